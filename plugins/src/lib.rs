@@ -1,0 +1,11 @@
+//! Policy engines for sluice. Nothing here knows about Pingora: engines take plain inputs
+//! (bytes, `http` types, `Instant`s) and return decisions, so each is unit-tested without
+//! sockets and a Pingora upgrade touches only the gateway's adapter.
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod body;
+pub mod glob;
+pub mod metrics;
+pub mod openai_error;
+pub mod router;

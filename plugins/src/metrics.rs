@@ -1,0 +1,258 @@
+//! The metrics registry. Families are created once; the gateway resolves per-route handles
+//! when it compiles a policy, so the request path never looks labels up by string.
+//! Label values come only from config names (routes, upstreams, variants) and status codes.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+/// Latency buckets in seconds: sub-millisecond gateway overhead up to long generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+/// Every metric family sluice exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttfb: HistogramVec,
+    inflight: IntGaugeVec,
+    connections: IntCounterVec,
+    reloads: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers all families; `version` goes into `sluice_build_info`.
+    pub fn new(version: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_requests_total",
+                "Requests answered, by route, upstream, variant and status code",
+            ),
+            &["route", "upstream", "variant", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_request_duration_seconds",
+                "Time from request start to the last response byte",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "variant"],
+        )?;
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_upstream_ttfb_seconds",
+                "Time from sending to the upstream to its response header",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "upstream", "variant"],
+        )?;
+        let inflight = IntGaugeVec::new(
+            Opts::new(
+                "sluice_inflight_requests",
+                "Requests being served, by route",
+            ),
+            &["route"],
+        )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "sluice_upstream_connections_total",
+                "Upstream connections used, new or reused from the pool",
+            ),
+            &["upstream", "reused"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "sluice_config_reloads_total",
+                "Configuration reloads, by result",
+            ),
+            &["result"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("sluice_build_info", "Build information"),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[version]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(ttfb.clone()),
+            Box::new(inflight.clone()),
+            Box::new(connections.clone()),
+            Box::new(reloads.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c)?;
+        }
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            ttfb,
+            inflight,
+            connections,
+            reloads,
+        })
+    }
+
+    /// Handles for one route (and the upstream it sends to), resolved once per policy.
+    #[must_use]
+    pub fn route(&self, route: &str, upstream: &str, variant: &str) -> RouteMetrics {
+        RouteMetrics {
+            duration: self.duration.with_label_values(&[route, variant]),
+            ttfb: self.ttfb.with_label_values(&[route, upstream, variant]),
+            inflight: self.inflight.with_label_values(&[route]),
+            served: self.codes(route, upstream, variant),
+            local: self.codes(route, "", variant),
+        }
+    }
+
+    /// Counters for requests no route matched.
+    #[must_use]
+    pub fn unrouted(&self) -> StatusCounters {
+        self.codes("", "", "")
+    }
+
+    /// Handles for one upstream's connection reuse.
+    #[must_use]
+    pub fn connections(&self, upstream: &str) -> ConnectionMetrics {
+        ConnectionMetrics {
+            new: self.connections.with_label_values(&[upstream, "false"]),
+            reused: self.connections.with_label_values(&[upstream, "true"]),
+        }
+    }
+
+    /// Counts one reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every family.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn codes(&self, route: &str, upstream: &str, variant: &str) -> StatusCounters {
+        StatusCounters {
+            family: self.requests.clone(),
+            labels: [route.to_string(), upstream.to_string(), variant.to_string()],
+            by_code: (0..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+/// Pre-resolved handles for one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub duration: Histogram,
+    pub ttfb: Histogram,
+    pub inflight: IntGauge,
+    /// Responses that came from the upstream.
+    pub served: StatusCounters,
+    /// Responses the gateway made itself before any upstream answered (400, 413, 502, ...).
+    pub local: StatusCounters,
+}
+
+/// `sluice_requests_total` for fixed route/upstream/variant labels; a status code's counter is
+/// resolved on its first use and then read lock-free.
+#[derive(Clone)]
+pub struct StatusCounters {
+    family: IntCounterVec,
+    labels: [String; 3],
+    by_code: Box<[OnceLock<IntCounter>]>,
+}
+
+impl StatusCounters {
+    /// Counts one response with `status`.
+    pub fn inc(&self, status: u16) {
+        let Some(slot) = self.by_code.get(usize::from(status)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            let code = status.to_string();
+            let [route, upstream, variant] = &self.labels;
+            self.family
+                .with_label_values(&[route.as_str(), upstream, variant, &code])
+        })
+        .inc();
+    }
+}
+
+/// New vs reused upstream connections for one upstream.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub new: IntCounter,
+    pub reused: IntCounter,
+}
+
+impl ConnectionMetrics {
+    pub fn record(&self, reused: bool) {
+        if reused {
+            self.reused.inc()
+        } else {
+            self.new.inc()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn exports_conventional_families() {
+        let m = Metrics::new("1.2.3").unwrap();
+        let r = m.route("chat", "local", "");
+        r.served.inc(200);
+        r.served.inc(200);
+        r.local.inc(413);
+        r.duration.observe(0.02);
+        m.connections("local").record(true);
+        m.reload(false);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"sluice_requests_total{code="200",route="chat",upstream="local",variant=""} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"sluice_requests_total{code="413",route="chat",upstream="",variant=""} 1"#
+        ));
+        assert!(
+            text.contains(r#"sluice_request_duration_seconds_count{route="chat",variant=""} 1"#)
+        );
+        assert!(
+            text.contains(r#"sluice_upstream_connections_total{reused="true",upstream="local"} 1"#)
+        );
+        assert!(text.contains(r#"sluice_config_reloads_total{result="error"} 1"#));
+        assert!(text.contains(r#"sluice_config_reloads_total{result="ok"} 0"#));
+        assert!(text.contains(r#"sluice_build_info{version="1.2.3"} 1"#));
+    }
+
+    #[test]
+    fn out_of_range_status_is_ignored() {
+        let m = Metrics::new("0").unwrap();
+        m.unrouted().inc(999);
+        assert!(!m.encode().contains("999"));
+    }
+}
