@@ -1,1 +1,5 @@
+//! sluice: an LLM gateway on Pingora. The binary's parts are exposed as a library so that
+//! benches and tests can drive them directly.
+#![forbid(unsafe_code)]
 
+pub mod config;

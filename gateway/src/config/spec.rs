@@ -1,0 +1,230 @@
+//! `Spec`: serde structs mirroring the user's YAML one to one. Unknown fields are errors, so a
+//! typo is reported with its line instead of being silently ignored.
+
+use super::units::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    #[serde(default)]
+    pub server: ServerSpec,
+    pub admin: Option<AdminSpec>,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: ByteSize,
+    #[serde(default = "default_grace")]
+    pub grace_period: HumanDuration,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        ServerSpec {
+            listen: default_listen(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body(),
+            grace_period: default_grace(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 * 1024 * 1024)
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    pub listen: String,
+    /// Name of the environment variable holding the admin bearer token.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub balance: BalanceSpec,
+    #[serde(default)]
+    pub pool: PoolSpec,
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    #[serde(default)]
+    pub set_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tls: TlsSpec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceSpec {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastOutstanding,
+    PeakEwma,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    #[serde(default = "default_max_idle")]
+    pub max_idle: usize,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    #[serde(default)]
+    pub http2: bool,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        PoolSpec {
+            max_idle: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+            http2: false,
+        }
+    }
+}
+
+fn default_max_idle() -> usize {
+    128
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    #[serde(default = "default_connect")]
+    pub connect: HumanDuration,
+    #[serde(default = "default_first_byte")]
+    pub first_byte: HumanDuration,
+    #[serde(default = "default_idle")]
+    pub idle: HumanDuration,
+}
+
+impl Default for TimeoutsSpec {
+    fn default() -> Self {
+        TimeoutsSpec {
+            connect: default_connect(),
+            first_byte: default_first_byte(),
+            idle: default_idle(),
+        }
+    }
+}
+
+fn default_connect() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_first_byte() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// Retries after the first try; `on` lists `connect`, `timeout` and status codes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub on: Vec<RetryOnSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RetryOnSpec {
+    Status(u16),
+    Event(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// PEM file of CA certificates to trust instead of the system roots.
+    pub ca_file: Option<String>,
+    /// Server name to send and verify; defaults to the endpoint's host.
+    pub sni: Option<String>,
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchSpec,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Glob on the JSON body's `model` field; makes the route read the body.
+    pub model: Option<String>,
+}
+
+impl Default for MatchSpec {
+    fn default() -> Self {
+        MatchSpec {
+            path_prefix: default_prefix(),
+            methods: vec![],
+            headers: BTreeMap::new(),
+            model: None,
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "/".into()
+}
