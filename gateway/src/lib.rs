@@ -2,4 +2,9 @@
 //! benches and tests can drive them directly.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
+pub mod admin;
 pub mod config;
+pub mod proxy;
+pub mod reload;
+pub mod server;

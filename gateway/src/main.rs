@@ -1,1 +1,73 @@
-fn main() {}
+//! `sluice`: the gateway binary.
+
+use clap::{Parser, Subcommand};
+use sluice::access_log::{self, LogFormat};
+use sluice::config::{compile, load_file, SharedState};
+use sluice_plugins::metrics::Metrics;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// sluice: a fast, policy-driven gateway for OpenAI-compatible LLM APIs.
+///
+/// Point clients at sluice instead of the model server; routes, upstreams and limits live
+/// in one YAML file that is reloaded live (file change, SIGHUP or POST /admin/reload).
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about)]
+struct Cli {
+    /// Log format of the process (access lines included).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config until SIGTERM (graceful) or SIGINT (immediate).
+    Run {
+        /// The YAML config file (see config/gateway.yaml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every error as file:line:column: field: message.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let result = load_file(&config).and_then(|loaded| {
+                let metrics = Metrics::new(env!("CARGO_PKG_VERSION")).map_err(|e| {
+                    sluice::config::ConfigErrors(
+                        vec![loaded.error_at(&[], format!("metrics: {e}"))],
+                    )
+                })?;
+                compile(&loaded, &SharedState::new(metrics)).map(|_| ())
+            });
+            match result {
+                Ok(()) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            access_log::init(cli.log_format);
+            match sluice::server::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

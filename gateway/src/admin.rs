@@ -1,0 +1,121 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and `/admin/*` (behind the bearer
+//! token when `admin.token_env` is set).
+
+use crate::reload::PolicyStore;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Serves the admin endpoints.
+pub struct AdminApp {
+    store: Arc<PolicyStore>,
+    token: Option<String>,
+    draining: Arc<AtomicBool>,
+}
+
+impl AdminApp {
+    #[must_use]
+    pub fn new(store: Arc<PolicyStore>, token: Option<String>, draining: Arc<AtomicBool>) -> Self {
+        AdminApp {
+            store,
+            token,
+            draining,
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = session.get_header_bytes(http::header::AUTHORIZATION);
+        let expected = format!("Bearer {token}");
+        // Length-independent comparison so timing does not reveal the token.
+        given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        session: &ServerSession,
+    ) -> (StatusCode, &'static str, Vec<u8>) {
+        let text = "text/plain; charset=utf-8";
+        let json_type = "application/json";
+        match (method, path) {
+            (&Method::GET, "/metrics") => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.store.shared().metrics.encode().into_bytes(),
+            ),
+            (&Method::GET, "/healthz") => (StatusCode::OK, text, b"ok\n".to_vec()),
+            (&Method::GET, "/readyz") => {
+                if self.draining.load(Ordering::Acquire) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        text,
+                        b"draining\n".to_vec(),
+                    )
+                } else {
+                    (StatusCode::OK, text, b"ready\n".to_vec())
+                }
+            }
+            (_, p) if p.starts_with("/admin/") && !self.authorized(session) => (
+                StatusCode::UNAUTHORIZED,
+                json_type,
+                error_json("admin token missing or wrong", "unauthorized"),
+            ),
+            (&Method::GET, "/admin/config") => {
+                let body =
+                    serde_json::to_vec_pretty(&self.store.load().redacted).unwrap_or_default();
+                (StatusCode::OK, json_type, body)
+            }
+            (&Method::POST, "/admin/reload") => match self.store.reload("admin") {
+                Ok(()) => (
+                    StatusCode::OK,
+                    json_type,
+                    json!({"status": "reloaded"}).to_string().into_bytes(),
+                ),
+                Err(errors) => {
+                    let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                    (StatusCode::BAD_REQUEST, json_type, json!({"error": {"message": "config rejected, running policy kept", "type": "invalid_config", "code": "invalid_config", "errors": list}}).to_string().into_bytes())
+                }
+            },
+            _ => (
+                StatusCode::NOT_FOUND,
+                json_type,
+                error_json("no such admin endpoint", "not_found"),
+            ),
+        }
+    }
+}
+
+fn error_json(message: &str, code: &str) -> Vec<u8> {
+    json!({"error": {"message": message, "type": "admin_error", "code": code}})
+        .to_string()
+        .into_bytes()
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let _ = session.drain_request_body().await;
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let (status, content_type, body) = self.route(&method, &path, session);
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

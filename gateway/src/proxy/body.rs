@@ -1,0 +1,30 @@
+//! Reading a request body whole, up to the configured cap.
+
+use super::forward::ForwardError;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::proxy::Session;
+use sluice_plugins::openai_error::GatewayError;
+
+/// Reads the whole body; more than `limit` bytes is a 413 (checked early from Content-Length).
+pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ForwardError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
+    while let Some(chunk) = session.read_request_body().await.map_err(|e| {
+        ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
+    })? {
+        if buf.len() + chunk.len() > limit {
+            return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,109 @@
+//! Header rewriting between client and upstream: hop-by-hop headers stop at the gateway,
+//! `Host` names the upstream, `x-forwarded-for` gains the client, and configured headers
+//! (API keys) are set.
+
+use crate::config::policy::{Endpoint, Upstream};
+use http::header::{self, HeaderName};
+use http::Version;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+use std::net::IpAddr;
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub const X_SLUICE_ROUTE: &str = "x-sluice-route";
+pub const X_SLUICE_UPSTREAM: &str = "x-sluice-upstream";
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = HOP_BY_HOP
+        .iter()
+        .map(|h| HeaderName::from_static(h))
+        .collect();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(v) = value.to_str() {
+            names.extend(
+                v.split(',')
+                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+            );
+        }
+    }
+    names.retain(|n| headers.contains_key(n));
+    names
+}
+
+/// The request sent to `endpoint`. `body_len` is set when the body was read whole.
+pub fn upstream_request(
+    client: &RequestHeader,
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    client_ip: Option<IpAddr>,
+    body_len: Option<usize>,
+) -> Result<RequestHeader> {
+    let mut req = client.clone();
+    req.set_version(Version::HTTP_11);
+    for name in strip_hop_by_hop(&client.headers) {
+        req.remove_header(&name);
+    }
+    if let Some(len) = body_len {
+        req.remove_header(&header::TRANSFER_ENCODING);
+        req.insert_header(header::CONTENT_LENGTH, len)?;
+    }
+    req.insert_header(header::HOST, endpoint.authority.clone())?;
+    if let Some(ip) = client_ip {
+        let xff = match client
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    for (name, value) in &upstream.set_headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    if !endpoint.base_path.is_empty() {
+        let pq = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri: http::Uri = format!("{}{pq}", endpoint.base_path).parse().map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad upstream path")
+        })?;
+        req.set_uri(uri);
+    }
+    Ok(req)
+}
+
+/// The response header sent to the client.
+pub fn client_response(
+    upstream: &ResponseHeader,
+    route: &str,
+    endpoint: &str,
+    head_request: bool,
+) -> Result<ResponseHeader> {
+    let mut resp = upstream.clone();
+    resp.set_version(Version::HTTP_11);
+    for name in strip_hop_by_hop(&upstream.headers) {
+        resp.remove_header(&name);
+    }
+    let status = resp.status.as_u16();
+    let has_body = !head_request && status >= 200 && status != 204 && status != 304;
+    // An h2 upstream has no framing header; keep the client connection alive with chunking.
+    if has_body
+        && !resp.headers.contains_key(header::CONTENT_LENGTH)
+        && !resp.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    resp.insert_header(X_SLUICE_ROUTE, route)?;
+    resp.insert_header(X_SLUICE_UPSTREAM, endpoint)?;
+    Ok(resp)
+}

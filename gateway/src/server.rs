@@ -1,0 +1,139 @@
+//! Building and running the Pingora server: the proxy and admin services, reload triggers,
+//! and shutdown (SIGTERM drains in-flight requests up to `server.grace_period`, SIGINT exits).
+
+use crate::admin::AdminApp;
+use crate::config::{compile, load_file, SharedState};
+use crate::proxy::{ActiveRequests, Forwarder, Gateway};
+use crate::reload::{watch_file, watch_sighup, PolicyStore};
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use sluice_plugins::metrics::Metrics;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Loads `config` and serves until a shutdown signal.
+pub fn run(config: &Path) -> Result<(), String> {
+    let loaded = load_file(config).map_err(|e| e.to_string())?;
+    let metrics = Metrics::new(env!("CARGO_PKG_VERSION")).map_err(|e| format!("metrics: {e}"))?;
+    let shared = Arc::new(SharedState::new(metrics));
+    let policy = compile(&loaded, &shared).map_err(|e| e.to_string())?;
+    let spec = loaded.spec;
+    let admin_token = match spec.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
+        Some(var) => match std::env::var(var) {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => {
+                return Err(format!(
+                    "admin.token_env names {var}, but that environment variable is not set"
+                ))
+            }
+        },
+        None => None,
+    };
+    let store = Arc::new(PolicyStore::new(config.to_path_buf(), policy, shared));
+
+    let grace = spec.server.grace_period.0;
+    let conf = ServerConf {
+        threads: spec.server.threads,
+        work_stealing: true,
+        grace_period_seconds: Some(grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: spec
+            .upstreams
+            .values()
+            .map(|u| u.pool.max_idle)
+            .max()
+            .unwrap_or(128),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let active = Arc::new(ActiveRequests::default());
+    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
+        &server.configuration,
+    )));
+    let gateway = Gateway::new(
+        Arc::clone(&store),
+        Forwarder::new(connector),
+        Arc::clone(&active),
+    );
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "sluice");
+    for addr in &spec.server.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    let draining = Arc::new(AtomicBool::new(false));
+    if let Some(admin) = &spec.admin {
+        let mut service = Service::new(
+            "sluice-admin".to_string(),
+            AdminApp::new(Arc::clone(&store), admin_token, Arc::clone(&draining)),
+        );
+        service.add_tcp(&admin.listen);
+        server.add_service(service);
+    }
+
+    watch_file(Arc::clone(&store)).map_err(|e| format!("watching {}: {e}", config.display()))?;
+    watch_sighup(Arc::clone(&store)).map_err(|e| format!("SIGHUP handler: {e}"))?;
+    tracing::info!(listen = ?spec.server.listen, admin = ?spec.admin.as_ref().map(|a| &a.listen), "sluice started");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnTerm {
+            active,
+            draining,
+            grace,
+        }),
+    });
+    Ok(())
+}
+
+/// SIGTERM: stop accepting, let in-flight requests finish, exit when none is left (or at the
+/// end of the grace period). SIGINT: exit now.
+struct DrainOnTerm {
+    active: Arc<ActiveRequests>,
+    draining: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!(
+                "cannot install signal handlers; SIGTERM/SIGINT will not shut down gracefully"
+            );
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!(in_flight = self.active.count(), grace = ?self.grace, "SIGTERM: draining");
+                self.draining.store(true, Ordering::Release);
+                let (active, grace) = (Arc::clone(&self.active), self.grace);
+                // Pingora waits out the whole grace period; exit as soon as the last request is done.
+                let _ = std::thread::Builder::new().name("drain".into()).spawn(move || {
+                    let deadline = Instant::now() + grace;
+                    while active.count() > 0 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    tracing::info!(left = active.count(), "drained, exiting");
+                    std::process::exit(0);
+                });
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}

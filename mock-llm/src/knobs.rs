@@ -1,0 +1,59 @@
+//! Behaviour knobs: command-line defaults, overridden per request by `x-mock-*` headers.
+
+use clap::Args;
+use http::HeaderMap;
+use std::time::Duration;
+
+/// Defaults for every request.
+#[derive(Args, Debug, Clone)]
+pub struct Defaults {
+    /// Delay before the response header (ms). Header: x-mock-latency-ms.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Delay between streamed tokens (ms). Header: x-mock-token-delay-ms.
+    #[arg(long, default_value_t = 0)]
+    pub token_delay_ms: u64,
+    /// Tokens in a completion. Header: x-mock-tokens.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: usize,
+    /// Status code to answer with (non-2xx gives an OpenAI-shaped error). Header: x-mock-status.
+    #[arg(long, default_value_t = 200)]
+    pub status: u16,
+    /// `retry-after` seconds to send with an error status. Header: x-mock-retry-after.
+    #[arg(long)]
+    pub retry_after: Option<u64>,
+    /// Cut the connection after this many SSE chunks. Header: x-mock-abort-after.
+    #[arg(long)]
+    pub abort_after: Option<usize>,
+}
+
+/// The knobs in force for one request.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    pub latency: Duration,
+    pub token_delay: Duration,
+    pub tokens: usize,
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub abort_after: Option<usize>,
+}
+
+fn header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+impl Knobs {
+    #[must_use]
+    pub fn from_request(d: &Defaults, h: &HeaderMap) -> Self {
+        Knobs {
+            latency: Duration::from_millis(header(h, "x-mock-latency-ms").unwrap_or(d.latency_ms)),
+            token_delay: Duration::from_millis(
+                header(h, "x-mock-token-delay-ms").unwrap_or(d.token_delay_ms),
+            ),
+            tokens: header(h, "x-mock-tokens").unwrap_or(d.tokens),
+            status: header(h, "x-mock-status").unwrap_or(d.status),
+            retry_after: header(h, "x-mock-retry-after").or(d.retry_after),
+            abort_after: header(h, "x-mock-abort-after").or(d.abort_after),
+        }
+    }
+}
