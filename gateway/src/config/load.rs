@@ -342,6 +342,10 @@ routes:
         );
         assert_eq!(l.spec.server.max_body_bytes.0, 10 * 1024 * 1024);
         assert_eq!(l.spec.routes[0].matcher.model.as_deref(), Some("gpt-4*"));
+        assert!(
+            l.spec.upstreams["local"].tls.verify,
+            "certificates are verified unless turned off"
+        );
     }
 
     #[test]

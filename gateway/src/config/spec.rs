@@ -177,7 +177,7 @@ pub enum RetryOnSpec {
     Event(String),
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// PEM file of CA certificates to trust instead of the system roots.
@@ -186,6 +186,16 @@ pub struct TlsSpec {
     pub sni: Option<String>,
     #[serde(default = "default_true")]
     pub verify: bool,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            ca_file: None,
+            sni: None,
+            verify: true,
+        }
+    }
 }
 
 fn default_true() -> bool {

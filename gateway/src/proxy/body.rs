@@ -5,6 +5,11 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::proxy::Session;
 use sluice_plugins::openai_error::GatewayError;
+use std::time::Duration;
+
+/// How long and how much of a rejected body is read and discarded before closing.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Reads the whole body; more than `limit` bytes is a 413 (checked early from Content-Length).
 pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ForwardError> {
@@ -27,4 +32,20 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, For
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// After answering early (413), reads and discards what the client is still sending for a
+/// bounded time, so it sees the answer instead of a reset; then the connection is closed.
+pub async fn linger(session: &mut Session) {
+    session.set_keepalive(None);
+    let mut discarded = 0usize;
+    let drain = async {
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            discarded += chunk.len();
+            if discarded > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }

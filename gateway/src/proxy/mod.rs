@@ -151,10 +151,6 @@ impl Gateway {
         if let Some(route) = route {
             let _ = resp.insert_header(headers::X_SLUICE_ROUTE, route.name.as_str());
         }
-        if err.status == 413 {
-            // The rest of an oversized body is not worth draining.
-            session.set_keepalive(None);
-        }
         ctx.status = Some(err.status);
         ctx.error = Some(err.message.clone());
         if session
@@ -163,6 +159,9 @@ impl Gateway {
             .is_ok()
         {
             let _ = session.write_response_body(Some(body), true).await;
+        }
+        if err.status == 413 {
+            body::linger(session).await;
         }
     }
 }
