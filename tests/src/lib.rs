@@ -100,6 +100,12 @@ impl Gateway {
 
     #[must_use]
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_with(yaml, env, &[])
+    }
+
+    /// Starts sluice with extra environment and command-line arguments (before `run`).
+    #[must_use]
+    pub fn start_with(yaml: &str, env: &[(&str, &str)], args: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let (listen, admin) = (
             format!("127.0.0.1:{}", free_port()),
@@ -114,6 +120,7 @@ impl Gateway {
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin("sluice"))
+            .args(args)
             .args(["run", "--config"])
             .arg(&config)
             .envs(env.iter().copied())

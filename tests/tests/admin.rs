@@ -1,0 +1,271 @@
+//! The admin listener, metrics, and keeping secrets out of logs and the config dump.
+
+use serde_json::Value;
+use sluice_e2e::{chat_body, config, metric_value, Gateway, Mock};
+
+#[tokio::test]
+async fn admin_token_guards_admin_but_not_metrics_and_config_is_redacted() {
+    let a = Mock::start("a", &[]);
+    let mut yaml = config(
+        &[&a.url],
+        "    set_headers: { authorization: \"Bearer ${UPSTREAM_KEY}\" }\n",
+        "  - name: all\n    upstream: up\n",
+    );
+    yaml = yaml.replace(
+        "  listen: \"{admin}\"\n",
+        "  listen: \"{admin}\"\n  token_env: ADMIN_TOKEN\n",
+    );
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            ("UPSTREAM_KEY", "sk-upstream-SECRET1"),
+            ("ADMIN_TOKEN", "admin-SECRET2"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{}/admin/config", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let wrong = client
+        .get(format!("{}/admin/config", gw.admin))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let resp = client
+        .get(format!("{}/admin/config", gw.admin))
+        .bearer_auth("admin-SECRET2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("SECRET"), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["upstreams"]["up"]["set_headers"]["authorization"],
+        "<redacted>"
+    );
+    assert_eq!(
+        client
+            .post(format!("{}/admin/reload", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .post(format!("{}/admin/reload", gw.admin))
+            .bearer_auth("admin-SECRET2")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/metrics", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/readyz", gw.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn refuses_to_start_when_the_admin_token_variable_is_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.yaml");
+    let yaml = config(
+        &["http://127.0.0.1:1"],
+        "",
+        "  - name: all\n    upstream: up\n",
+    )
+    .replace("{listen}", "127.0.0.1:0")
+    .replace(
+        "  listen: \"{admin}\"\n",
+        "  listen: \"0.0.0.0:0\"\n  token_env: SLUICE_TEST_UNSET_TOKEN\n",
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(sluice_e2e::bin("sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SLUICE_TEST_UNSET_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn no_key_or_token_reaches_the_log() {
+    let a = Mock::start("a", &[]);
+    let mut yaml = config(&[&a.url], "    set_headers: { authorization: \"Bearer ${UPSTREAM_KEY}\" }\n", "  - name: chat\n    match: { model: \"*\" }\n    upstream: up\n  - name: all\n    upstream: up\n");
+    yaml = yaml.replace(
+        "  listen: \"{admin}\"\n",
+        "  listen: \"{admin}\"\n  token_env: ADMIN_TOKEN\n",
+    );
+    let gw = Gateway::start_with(
+        &yaml,
+        &[
+            ("UPSTREAM_KEY", "sk-upstream-SECRET1"),
+            ("ADMIN_TOKEN", "admin-SECRET2"),
+            ("RUST_LOG", "debug"),
+        ],
+        &["--log-format", "json"],
+    );
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!(
+            "{}/v1/chat/completions?api_key=sk-query-SECRET3",
+            gw.url
+        ))
+        .bearer_auth("sk-client-SECRET4")
+        .header("api-key", "azure-SECRET5")
+        .body(chat_body("m", 100, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = client
+        .get(format!("{}/admin/config", gw.admin))
+        .bearer_auth("admin-SECRET2")
+        .send()
+        .await
+        .unwrap();
+    let _ = client
+        .get(format!("{}/admin/config", gw.admin))
+        .bearer_auth("admin-SECRET6-wrong")
+        .send()
+        .await
+        .unwrap();
+    gw.write_config(&yaml.replace("name: all", "name: all2"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = gw.log_text();
+    assert!(!log.contains("SECRET"), "a secret reached the log:\n{log}");
+    let access: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line per request:\n{log}");
+    let line = &access[0];
+    assert_eq!(line["route"], "chat");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["path"], "/v1/chat/completions");
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(line.get("variant").is_some() && line.get("cache").is_some());
+}
+
+#[tokio::test]
+async fn metrics_count_requests_latency_and_connection_reuse() {
+    let a = Mock::start("a", &[]);
+    let gw = Gateway::start(&config(
+        &[&a.url],
+        "",
+        "  - name: chat\n    match: { path_prefix: /v1/chat }\n    upstream: up\n",
+    ));
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let r = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .body(chat_body("m", 10, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(
+        client
+            .get(format!("{}/nope", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_requests_total{code="200",route="chat",upstream="up",variant=""}"#
+        ),
+        5.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_requests_total{code="404",route="",upstream="",variant=""}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_request_duration_seconds_count{route="chat",variant=""}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_upstream_ttfb_seconds_count{route="chat",upstream="up",variant=""}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"sluice_inflight_requests{route="chat"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_upstream_connections_total{reused="false",upstream="up"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"sluice_upstream_connections_total{reused="true",upstream="up"}"#
+        ),
+        4.0
+    );
+    assert!(m.contains("sluice_build_info{version="));
+}

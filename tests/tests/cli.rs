@@ -1,0 +1,74 @@
+//! `sluice check` and `--help`.
+
+use sluice_e2e::{bin, workspace};
+use std::process::Command;
+
+fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    let mut files = Vec::new();
+    yaml_files(&workspace().join("config"), &mut files);
+    assert!(
+        files.len() >= 2,
+        "expected the default config and examples, found {files:?}"
+    );
+    for f in files {
+        let out = Command::new(bin("sluice"))
+            .args(["check", "--config"])
+            .arg(&f)
+            .env("OPENAI_API_KEY", "sk-test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_rejects_a_misspelled_field_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let good = std::fs::read_to_string(workspace().join("config/gateway.yaml")).unwrap();
+    let bad = good.replacen("    upstream: local-llm", "    upstreem: local-llm", 1);
+    let line = bad.lines().position(|l| l.contains("upstreem")).unwrap() + 1;
+    std::fs::write(&path, bad).unwrap();
+    let out = Command::new(bin("sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "{}:{line}:5: routes[0].upstreem: unknown field `upstreem`",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&expected),
+        "expected `{expected}`, got `{stderr}`"
+    );
+}
+
+#[test]
+fn help_explains_commands() {
+    let out = Command::new(bin("sluice")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("run") && text.contains("check") && text.contains("--log-format"),
+        "{text}"
+    );
+}

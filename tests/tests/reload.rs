@@ -1,0 +1,180 @@
+//! Live reload: file edits, SIGHUP and the admin endpoint swap the policy without failing
+//! requests; a broken file keeps the running policy and is counted.
+
+use sluice_e2e::{config, metric_value, Gateway, Mock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn to(url: &str) -> String {
+    config(&[url], "", "  - name: all\n    upstream: up\n")
+}
+
+async fn served_by(client: &reqwest::Client, gw: &Gateway) -> String {
+    let resp = client
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-mock-instance"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn file_edit_switches_upstream_within_a_second() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    let gw = Gateway::start(&to(&a.url));
+    let client = reqwest::Client::new();
+    assert_eq!(served_by(&client, &gw).await, "a");
+    let start = Instant::now();
+    gw.write_config(&to(&b.url));
+    while served_by(&client, &gw).await != "b" {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "still on the old upstream after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        metric_value(
+            &gw.metrics().await,
+            "sluice_config_reloads_total{result=\"ok\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn broken_file_keeps_old_policy_and_is_counted() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    let gw = Gateway::start(&to(&a.url));
+    let client = reqwest::Client::new();
+    let broken = to(&b.url).replace("    upstream: up", "    upstrem: up");
+    gw.write_config(&broken);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metric_value(
+        &gw.metrics().await,
+        "sluice_config_reloads_total{result=\"error\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "broken reload not counted; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        served_by(&client, &gw).await,
+        "a",
+        "old policy must keep serving"
+    );
+    let log = gw.log_text();
+    assert!(
+        log.contains("gateway.yaml:") && log.contains("routes[0].upstrem: unknown field `upstrem`"),
+        "{log}"
+    );
+
+    // The admin endpoint reports the same errors and keeps the policy too.
+    let resp = client
+        .post(format!("{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let first = body["error"]["errors"][0].as_str().unwrap();
+    assert!(
+        first.contains(":") && first.contains("unknown field `upstrem`"),
+        "{first}"
+    );
+    assert_eq!(served_by(&client, &gw).await, "a");
+}
+
+#[tokio::test]
+async fn ten_reloads_under_concurrent_load_fail_no_request() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    let gw = Arc::new(Gateway::start(&to(&a.url)));
+    let client = reqwest::Client::new();
+    let stop = Instant::now() + Duration::from_secs(4);
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        let (client, gw, ok, failed) = (
+            client.clone(),
+            Arc::clone(&gw),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+        );
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let req = if i % 2 == 0 {
+                    client.get(format!("{}/v1/models", gw.url))
+                } else {
+                    client
+                        .post(format!("{}/v1/chat/completions", gw.url))
+                        .body(sluice_e2e::chat_body("m", 2000, i % 4 == 1))
+                };
+                let success = match req.send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if success {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        }));
+    }
+    // Ten reloads, by all three triggers, alternating the upstream.
+    for n in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let url = if n % 2 == 0 { &b.url } else { &a.url };
+        std::fs::write(
+            &gw.config,
+            to(url)
+                .replace("{listen}", gw.url.trim_start_matches("http://"))
+                .replace("{admin}", gw.admin.trim_start_matches("http://")),
+        )
+        .unwrap();
+        match n % 3 {
+            0 => gw.signal("HUP"),
+            1 => assert_eq!(
+                client
+                    .post(format!("{}/admin/reload", gw.admin))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            ),
+            _ => {} // the file watcher picks it up
+        }
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during reloads ({ok} succeeded)"
+    );
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    assert!(
+        metric_value(
+            &gw.metrics().await,
+            "sluice_config_reloads_total{result=\"ok\"}"
+        ) >= 10.0
+    );
+    assert_eq!(
+        metric_value(
+            &gw.metrics().await,
+            "sluice_config_reloads_total{result=\"error\"}"
+        ),
+        0.0
+    );
+}

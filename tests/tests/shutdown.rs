@@ -1,0 +1,67 @@
+//! SIGTERM lets a stream in flight finish, then exits; SIGINT exits at once.
+
+use sluice_e2e::{chat_body, config, Gateway, Mock};
+use std::time::{Duration, Instant};
+
+fn wait_exit(gw: &mut Gateway, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = gw.proc.child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_stream_finish_then_exits() {
+    let a = Mock::start("a", &["--token-delay-ms", "100", "--tokens", "15"]);
+    let mut gw = Gateway::start(&config(&[&a.url], "", "  - name: all\n    upstream: up\n"));
+    let mut resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .body(chat_body("m", 100, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("reply-"));
+    gw.signal("TERM");
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .expect("stream must not be cut by SIGTERM")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream incomplete: {text}"
+    );
+    assert!(text.contains(" tok14"));
+    let status = wait_exit(&mut gw, Duration::from_secs(3)).expect("sluice must exit once drained");
+    assert!(status.success(), "{status:?}");
+    assert!(gw.log_text().contains("SIGTERM: draining"));
+}
+
+#[tokio::test]
+async fn sigint_exits_at_once() {
+    let a = Mock::start("a", &["--token-delay-ms", "200", "--tokens", "50"]);
+    let mut gw = Gateway::start(&config(&[&a.url], "", "  - name: all\n    upstream: up\n"));
+    let mut resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .body(chat_body("m", 100, true))
+        .send()
+        .await
+        .unwrap();
+    resp.chunk().await.unwrap();
+    let start = Instant::now();
+    gw.signal("INT");
+    assert!(
+        wait_exit(&mut gw, Duration::from_secs(2)).is_some(),
+        "SIGINT must not wait for the 10 s stream"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
