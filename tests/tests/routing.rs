@@ -137,3 +137,15 @@ async fn passthrough_streams_request_bodies_without_a_body_route() {
     let echo: Value = resp.json().await.unwrap();
     assert_eq!(echo["body_sha256"], sluice_e2e::sha256(&body));
 }
+
+#[tokio::test]
+async fn bodyless_request_skips_model_routes() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    let yaml = format!(
+        "server:\n  listen: [\"{{listen}}\"]\nadmin:\n  listen: \"{{admin}}\"\nupstreams:\n  a: {{ endpoints: [{{url: \"{}\"}}] }}\n  b: {{ endpoints: [{{url: \"{}\"}}] }}\nroutes:\n  - name: by-model\n    match: {{ model: \"gpt-*\" }}\n    upstream: a\n  - name: rest\n    upstream: b\n",
+        a.url, b.url
+    );
+    let gw = Gateway::start(&yaml);
+    let resp = reqwest::get(format!("{}/v1/models", gw.url)).await.unwrap();
+    assert_eq!(instance(resp).await, (200, "b".into(), "rest".into()));
+}

@@ -113,12 +113,19 @@ impl Gateway {
             HeadMatch::NeedsBody => {
                 let bytes = read_body(session, policy.max_body_bytes).await?;
                 ctx.bytes_in = bytes.len();
-                let parsed = ParsedBody::parse(&bytes)
-                    .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e)))?;
+                // No body (a GET, say) has no model; a body that is there must be JSON.
+                let parsed = if bytes.is_empty() {
+                    None
+                } else {
+                    let p = ParsedBody::parse(&bytes)
+                        .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e)))?;
+                    Some(p)
+                };
+                let model = parsed.as_ref().and_then(ParsedBody::model);
                 let req = session.req_header();
                 policy
                     .router
-                    .select_with_model(&method, &path, &req.headers, parsed.model())
+                    .select_with_model(&method, &path, &req.headers, model)
                     .map(|i| (i, RequestBody::Buffered(bytes)))
                     .ok_or_else(|| {
                         ForwardError::Respond(GatewayError::no_route(method.as_str(), &path))

@@ -1,0 +1,60 @@
+# sluice: `make run` starts a demo (two mock-llm upstreams + sluice), `make test` runs everything.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+# Debian packages the build, tests and benches need: cmake (zlib-ng in pingora's flate2),
+# redis-server (shared cache and limits), nginx and wrk (the load benchmark's baseline and client).
+APT_PACKAGES := cmake:cmake redis-server:redis-server nginx:nginx wrk:wrk
+
+.PHONY: deps venv build build-release run test lint bench clean
+
+deps:
+	@missing=""; \
+	for entry in $(APT_PACKAGES); do \
+	  bin=$${entry%%:*}; pkg=$${entry##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(PYTHON): tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+	@touch $(PYTHON)
+
+venv: $(PYTHON)
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+build-release: deps
+	$(CARGO) build --release --bins
+
+run: build-release
+	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT INT TERM; \
+	./target/release/mock-llm --listen 127.0.0.1:8001 --name mock-a --token-delay-ms 20 & \
+	./target/release/mock-llm --listen 127.0.0.1:8002 --name mock-b --token-delay-ms 20 & \
+	sleep 0.3; \
+	echo ""; \
+	echo "sluice on http://127.0.0.1:8080  (metrics: http://127.0.0.1:9090/metrics)"; \
+	echo "try:  curl -s http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
+	echo "      curl -sN http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
+	echo ""; \
+	./target/release/sluice run --config config/gateway.yaml
+
+test: build venv
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps
+	$(CARGO) bench --workspace
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)
