@@ -27,8 +27,9 @@ $(PYTHON): tests/python/requirements.txt
 
 venv: $(PYTHON)
 
+# All targets, so the test run that follows reuses the same build (same feature set).
 build: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --all-targets
 
 build-release: deps
 	$(CARGO) build --release --bins
