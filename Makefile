@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Debian packages the build, tests and benches need: cmake (zlib-ng in pingora's flate2),
 # redis-server (shared cache and limits), nginx and wrk (the load benchmark's baseline and client).
-APT_PACKAGES := cmake:cmake redis-server:redis-server nginx:nginx wrk:wrk
+APT_PACKAGES := cmake:cmake redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux
 
 .PHONY: deps venv build build-release run test lint bench clean
 
@@ -15,6 +15,7 @@ deps:
 	  bin=$${entry%%:*}; pkg=$${entry##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
 	done; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -53,8 +54,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The load benchmark (sluice vs direct vs nginx, report in target/bench/), then the criterion
+# micro-benchmarks; BENCH_QUICK=1 shortens both.
 bench: deps
-	$(CARGO) bench --workspace
+	$(CARGO) build --release --bins
+	./target/release/loadbench
+	if [ "$${BENCH_QUICK:-0}" = "1" ]; then \
+	  $(CARGO) bench -p sluice-benches --bench hot_path -- --warm-up-time 0.3 --measurement-time 0.7; \
+	else \
+	  $(CARGO) bench -p sluice-benches --bench hot_path; \
+	fi
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,382 @@
+//! `make bench`: measures sluice against direct and nginx in one run, alternating systems so
+//! drift hits all alike. `BENCH_QUICK=1` for a short run. Needs release builds of sluice and
+//! mock-llm, and nginx + wrk (installed by `make deps`).
+
+use bytes::Bytes;
+use sluice_benches::chat_body;
+use sluice_benches::load::openloop::{self, OpenLoopResult, Plan};
+use sluice_benches::load::procs::{
+    free_port, nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running,
+};
+use sluice_benches::load::report::{ClosedRow, OpenRow, Report};
+use sluice_benches::load::wrk;
+use sluice_benches::workload::{repeat_share, PromptMix};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const FIXED_COMPLETION: &str = r#"{"id":"cmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A fixed completion for benchmarking."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
+const LOAD_CPU: &str = "1";
+
+struct Settings {
+    quick: bool,
+    closed: Duration,
+    rounds: usize,
+    open: Duration,
+    target: PathBuf,
+}
+
+/// The systems under test for one thread count.
+struct Proxies {
+    nginx_port: u16,
+    sluice_port: u16,
+    sluice: Running,
+    _nginx: Running,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("loadbench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace")?
+        .to_path_buf();
+    let target = workspace.join("target");
+    let s = Settings {
+        quick,
+        closed: Duration::from_secs(if quick { 2 } else { 8 }),
+        rounds: if quick { 1 } else { 3 },
+        open: Duration::from_secs(if quick { 2 } else { 8 }),
+        target: target.clone(),
+    };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    let release = target.join("release");
+    let (sluice_bin, mock_bin) = (release.join("sluice"), release.join("mock-llm"));
+    for b in [&sluice_bin, &mock_bin] {
+        if !b.exists() {
+            return Err(format!("{} missing: `make bench` builds it", b.display()));
+        }
+    }
+
+    // Fixed upstreams: nginx returning a completion, mock-llm streaming for the TTFB scenario.
+    let up_port = free_port()?;
+    let up_conf = d.join("upstream.conf");
+    std::fs::write(&up_conf, nginx_conf(d, 1, up_port, None, FIXED_COMPLETION))
+        .map_err(|e| e.to_string())?;
+    let _upstream = spawn(
+        "nginx-upstream",
+        "0",
+        Path::new("/usr/sbin/nginx"),
+        &["-c", path_str(&up_conf)?, "-p", path_str(d)?],
+        &d.join("up.log"),
+    )?;
+    let mock_port = free_port()?;
+    let mock_listen = format!("127.0.0.1:{mock_port}");
+    let _mock = spawn(
+        "mock-llm",
+        "0",
+        &mock_bin,
+        &[
+            "--listen",
+            &mock_listen,
+            "--threads",
+            "1",
+            "--tokens",
+            "16",
+            "--token-delay-ms",
+            "2",
+        ],
+        &d.join("mock.log"),
+    )?;
+    wait_port(up_port, Duration::from_secs(5))?;
+    wait_port(mock_port, Duration::from_secs(5))?;
+
+    let body_1k = write_body(d, "1k.json", &chat_body("bench-model", 1024))?;
+    let body_256k = write_body(d, "256k.json", &chat_body("bench-model", 256 * 1024))?;
+    let mut report = Report {
+        machine: machine(),
+        quick,
+        ..Report::default()
+    };
+
+    for threads in [1usize, 2] {
+        let cpus = if threads == 1 { "0" } else { "0,1" };
+        let p = start_proxies(d, threads, cpus, up_port, mock_port, &sluice_bin)?;
+        if threads == 1 {
+            std::thread::sleep(Duration::from_millis(300));
+            report.idle_rss_mib = rss_kib(p.sluice.pid()).unwrap_or(0) as f64 / 1024.0;
+        }
+        closed_loop(
+            &s,
+            &mut report,
+            threads,
+            up_port,
+            &p,
+            &[
+                ("GET passthrough", None),
+                ("POST 1KB", Some(&body_1k)),
+                ("POST 256KB", Some(&body_256k)),
+            ],
+        )?;
+        if threads == 1 {
+            open_loop(&s, &mut report, up_port, &p)?;
+            streaming_ttfb(&s, &mut report, mock_port, &p)?;
+            prompt_mix(&s, &mut report, &p)?;
+        }
+    }
+
+    let out = s.target.join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let md = report.markdown();
+    println!("{md}");
+    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    report.chart(&out.join("report.svg"))?;
+    println!(
+        "written: {} and {}",
+        out.join("report.md").display(),
+        out.join("report.svg").display()
+    );
+    Ok(())
+}
+
+fn path_str(p: &Path) -> Result<&str, String> {
+    p.to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()))
+}
+
+fn write_body(dir: &Path, name: &str, body: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    std::fs::write(&path, body).map_err(|e| e.to_string())?;
+    let script = dir.join(format!("{name}.lua"));
+    std::fs::write(&script, wrk::post_script(&path)).map_err(|e| e.to_string())?;
+    Ok(script)
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {model}")
+}
+
+fn start_proxies(
+    d: &Path,
+    threads: usize,
+    cpus: &str,
+    up_port: u16,
+    mock_port: u16,
+    sluice_bin: &Path,
+) -> Result<Proxies, String> {
+    let nginx_port = free_port()?;
+    let conf = d.join(format!("proxy-{threads}.conf"));
+    std::fs::write(&conf, nginx_conf(d, threads, nginx_port, Some(up_port), ""))
+        .map_err(|e| e.to_string())?;
+    let nginx = spawn(
+        "nginx-proxy",
+        cpus,
+        Path::new("/usr/sbin/nginx"),
+        &["-c", path_str(&conf)?, "-p", path_str(d)?],
+        &d.join(format!("nginx-{threads}.log")),
+    )?;
+    let sluice_port = free_port()?;
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{sluice_port}\"]\n  threads: {threads}\n  max_body_bytes: 64MiB\nupstreams:\n  fixed:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\n  mock:\n    endpoints: [{{url: \"http://127.0.0.1:{mock_port}\"}}]\nroutes:\n  - name: stream\n    match: {{ methods: [POST], model: \"stream-*\" }}\n    upstream: mock\n  - name: by-model\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: fixed\n  - name: mix\n    match: {{ methods: [POST], model: \"mock-*\" }}\n    upstream: mock\n  - name: passthrough\n    upstream: fixed\n"
+    );
+    let cfg = d.join(format!("sluice-{threads}.yaml"));
+    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
+    let sluice = spawn(
+        "sluice",
+        cpus,
+        sluice_bin,
+        &["run", "--config", path_str(&cfg)?],
+        &d.join(format!("sluice-{threads}.log")),
+    )?;
+    wait_port(nginx_port, Duration::from_secs(5))?;
+    wait_port(sluice_port, Duration::from_secs(10))?;
+    Ok(Proxies {
+        nginx_port,
+        sluice_port,
+        sluice,
+        _nginx: nginx,
+    })
+}
+
+/// wrk against each system in turn, `rounds` times; keeps each system's median round.
+fn closed_loop(
+    s: &Settings,
+    report: &mut Report,
+    threads: usize,
+    up_port: u16,
+    p: &Proxies,
+    scenarios: &[(&'static str, Option<&PathBuf>)],
+) -> Result<(), String> {
+    let mut systems: Vec<(&'static str, u16)> =
+        vec![("nginx", p.nginx_port), ("sluice", p.sluice_port)];
+    if threads == 1 {
+        systems.insert(0, ("direct", up_port));
+    }
+    for (scenario, script) in scenarios {
+        let mut runs: Vec<Vec<(wrk::WrkResult, Option<f64>)>> = vec![Vec::new(); systems.len()];
+        // Warm-up, so pools and caches are hot for every system.
+        for (_, port) in &systems {
+            let _ = wrk::run(
+                &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                32,
+                Duration::from_secs(1),
+                script.map(PathBuf::as_path),
+                LOAD_CPU,
+            );
+        }
+        for _ in 0..s.rounds {
+            for (i, (system, port)) in systems.iter().enumerate() {
+                let sampler = (*system == "sluice").then(|| RssSampler::start(p.sluice.pid()));
+                let r = wrk::run(
+                    &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                    32,
+                    s.closed,
+                    script.map(PathBuf::as_path),
+                    LOAD_CPU,
+                )?;
+                runs[i].push((r, sampler.map(RssSampler::finish)));
+            }
+        }
+        for (i, (system, _)) in systems.iter().enumerate() {
+            let mut rs = runs[i].clone();
+            rs.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
+            let (median, _) = rs[rs.len() / 2];
+            let rss = rs.iter().filter_map(|(_, m)| *m).reduce(f64::max);
+            let errors = rs.iter().map(|(r, _)| r.errors).sum();
+            eprintln!(
+                "{scenario:>16} t{threads} {system:>7}: {:>8.0} req/s p50 {:.3} ms p99 {:.3} ms",
+                median.rps, median.p50_ms, median.p99_ms
+            );
+            report.closed.push(ClosedRow {
+                scenario,
+                threads,
+                system,
+                rps: median.rps,
+                p50_ms: median.p50_ms,
+                p99_ms: median.p99_ms,
+                errors,
+                rss_mib: rss,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn run_open(plan: Plan) -> Result<OpenLoopResult, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .map(|rt| rt.block_on(openloop::run(plan)))
+}
+
+fn plan(
+    port: u16,
+    path: &str,
+    rate: f64,
+    duration: Duration,
+    bodies: Vec<Bytes>,
+    first_byte: bool,
+) -> Plan {
+    Plan {
+        addr: format!("127.0.0.1:{port}"),
+        path: path.into(),
+        rate,
+        duration,
+        connections: 64,
+        bodies: Arc::new(bodies),
+        first_byte,
+    }
+}
+
+/// Fixed rates at 25/50/75% of nginx's closed-loop capacity; latency added over direct.
+fn open_loop(s: &Settings, report: &mut Report, up_port: u16, p: &Proxies) -> Result<(), String> {
+    let capacity = report
+        .closed
+        .iter()
+        .find(|r| r.scenario == "GET passthrough" && r.system == "nginx" && r.threads == 1)
+        .map_or(10_000.0, |r| r.rps);
+    for pct in [25u32, 50, 75] {
+        let rate = capacity * f64::from(pct) / 100.0;
+        for (system, port) in [
+            ("direct", up_port),
+            ("nginx", p.nginx_port),
+            ("sluice", p.sluice_port),
+        ] {
+            let result = run_open(plan(port, "/v1/models", rate, s.open, vec![], false))?;
+            eprintln!("open {pct:>3}% {rate:>7.0}/s {system:>7}: p50 {:.3} p99 {:.3} p99.9 {:.3} ms, {} errors", result.p50_ms, result.p99_ms, result.p999_ms, result.errors);
+            report.open.push(OpenRow {
+                load_pct: pct,
+                rate,
+                system,
+                result,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Time to first token of an SSE stream, direct vs through sluice.
+fn streaming_ttfb(
+    s: &Settings,
+    report: &mut Report,
+    mock_port: u16,
+    p: &Proxies,
+) -> Result<(), String> {
+    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"model": "stream-bench", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).map_err(|e| e.to_string())?);
+    for (system, port, path) in [
+        ("direct", mock_port, "/v1/chat/completions"),
+        ("sluice", p.sluice_port, "/v1/chat/completions"),
+    ] {
+        let result = run_open(plan(port, path, 200.0, s.open, vec![body.clone()], true))?;
+        eprintln!(
+            "ttfb {system:>7}: p50 {:.3} p99 {:.3} ms, {} errors",
+            result.p50_ms, result.p99_ms, result.errors
+        );
+        report.ttfb.push((system, result));
+    }
+    Ok(())
+}
+
+/// A realistic mix (Zipf repeats, 30% streaming) through sluice to mock-llm.
+fn prompt_mix(s: &Settings, report: &mut Report, p: &Proxies) -> Result<(), String> {
+    let mut mix = PromptMix::new(2000, 1.05, 0.3, 7);
+    let draws: Vec<_> = (0..(if s.quick { 1000 } else { 4000 }))
+        .map(|_| mix.draw())
+        .collect();
+    let share = repeat_share(&draws.iter().map(|d| d.prompt).collect::<Vec<_>>());
+    let bodies = draws.into_iter().map(|d| Bytes::from(d.body)).collect();
+    let result = run_open(plan(
+        p.sluice_port,
+        "/v1/chat/completions",
+        500.0,
+        s.open,
+        bodies,
+        false,
+    ))?;
+    eprintln!(
+        "mix: p50 {:.3} p99 {:.3} ms, {} errors, repeat share {:.1}%",
+        result.p50_ms,
+        result.p99_ms,
+        result.errors,
+        share * 100.0
+    );
+    report.mix = Some((share, result));
+    Ok(())
+}

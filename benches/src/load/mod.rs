@@ -1,0 +1,8 @@
+//! The load benchmark harness behind `make bench`: real processes on loopback (nginx as
+//! upstream and as the reference proxy, mock-llm for streaming, sluice), `wrk` for closed-loop
+//! throughput, our own open-loop generator for latency at fixed rates, and a report.
+
+pub mod openloop;
+pub mod procs;
+pub mod report;
+pub mod wrk;
