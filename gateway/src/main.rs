@@ -61,7 +61,9 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => {
             access_log::init(cli.log_format);
-            match sluice::server::run(&config) {
+            let result = sluice::server::run(&config);
+            access_log::flush(std::time::Duration::from_millis(500));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sluice: {e}");

@@ -269,3 +269,35 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
     );
     assert!(m.contains("sluice_build_info{version="));
 }
+
+#[tokio::test]
+async fn pooled_connections_are_reused_with_several_worker_threads() {
+    let a = Mock::start("a", &[]);
+    let yaml = config(&[&a.url], "", "  - name: all\n    upstream: up\n")
+        .replace("  threads: 1\n", "  threads: 2\n");
+    let gw = Gateway::start(&yaml);
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        let r = client
+            .get(format!("{}/v1/models", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let m = gw.metrics().await;
+    let new = metric_value(
+        &m,
+        r#"sluice_upstream_connections_total{reused="false",upstream="up"}"#,
+    );
+    let reused = metric_value(
+        &m,
+        r#"sluice_upstream_connections_total{reused="true",upstream="up"}"#,
+    );
+    assert_eq!(new + reused, 200.0, "{m}");
+    assert!(
+        new <= 2.0,
+        "each worker thread should open one connection and reuse it, opened {new}"
+    );
+}

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const FIXED_COMPLETION: &str = r#"{"id":"cmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A fixed completion for benchmarking."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
+/// wrk and the upstreams share CPU 1; the proxy under test has CPU 0 to itself (1 thread),
+/// so the numbers measure the proxy's own cost per request rather than its co-tenant's.
 const LOAD_CPU: &str = "1";
+const UPSTREAM_CPU: &str = "1";
 
 struct Settings {
     quick: bool,

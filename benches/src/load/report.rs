@@ -63,7 +63,7 @@ impl Report {
     #[must_use]
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# sluice load benchmark\n\nMachine: {}. Mode: {}. wrk: 1 thread, 32 connections, pinned to CPU 1; servers pinned to CPU 0 (1 thread) or CPUs 0-1 (2 threads); upstream: nginx `return 200` with a fixed completion (mock-llm for streaming).\n", self.machine, if self.quick { "quick (BENCH_QUICK=1)" } else { "full" });
+        let _ = writeln!(s, "# sluice load benchmark\n\nMachine: {}. Mode: {}. wrk (1 thread, 32 connections) and the upstream (nginx `return 200` with a fixed completion; mock-llm for streaming) share CPU 1; the proxy under test runs on CPU 0 (1 thread) or CPUs 0-1 (2 threads). Each figure is the median of the rounds; systems alternate within a round.\n", self.machine, if self.quick { "quick (BENCH_QUICK=1)" } else { "full" });
         let _ = writeln!(s, "## Targets\n");
         let pass = |ok: bool| if ok { "met" } else { "NOT met" };
         for threads in [1, 2] {

@@ -8,12 +8,15 @@ use super::RequestCtx;
 use crate::config::policy::{Route, Upstream};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 use sluice_plugins::openai_error::GatewayError;
+use std::cell::OnceCell;
 use std::time::Instant;
-use tokio::time::timeout;
+// Pingora's timer registers lazily and on a shared wheel: no per-request tokio timer wake-up.
+use pingora::time::timeout;
 
 /// The request body as the forwarder gets it.
 pub enum RequestBody {
@@ -46,15 +49,27 @@ enum TryError {
     Final(ForwardError),
 }
 
-/// Forwards requests over one shared connection pool.
+/// Forwards requests over a connection pool per worker thread, so a pooled connection is
+/// reused by the thread (and so the runtime) that opened it, whatever the runtime flavour.
 pub struct Forwarder {
-    connector: Connector,
+    options: ConnectorOptions,
+}
+
+thread_local! {
+    static CONNECTOR: OnceCell<&'static Connector> = const { OnceCell::new() };
 }
 
 impl Forwarder {
     #[must_use]
-    pub fn new(connector: Connector) -> Self {
-        Forwarder { connector }
+    pub fn new(options: ConnectorOptions) -> Self {
+        Forwarder { options }
+    }
+
+    /// This thread's connector, created on first use and kept for the life of the thread.
+    fn connector(&self) -> &'static Connector {
+        CONNECTOR.with(|c| {
+            *c.get_or_init(|| Box::leak(Box::new(Connector::new(Some(self.options.clone())))))
+        })
     }
 
     /// Tries endpoints until one answers or the retry policy gives up.
@@ -124,6 +139,7 @@ impl Forwarder {
     ) -> Result<(), TryError> {
         let up: &Upstream = &route.upstream;
         let endpoint = &up.endpoints[idx];
+        let connector = self.connector();
         ctx.endpoint = Some(endpoint.url.clone());
         let _inflight = up.balancer.stats(idx).map(|s| s.start());
         let connect_failed = |error| TryError::Retry {
@@ -136,8 +152,7 @@ impl Forwarder {
             .peer()
             .await
             .map_err(|m| connect_failed(GatewayError::upstream_failed(&up.name, &m)))?;
-        let (mut conn, reused) = self
-            .connector
+        let (mut conn, reused) = connector
             .get_http_session(peer.as_ref())
             .await
             .map_err(|e| {
@@ -273,7 +288,7 @@ impl Forwarder {
             .await
             .map_err(|e| aborted(format!("client went away: {}", e.etype().as_str())))?;
         if conn.response_done() {
-            self.connector
+            connector
                 .release_http_session(conn, peer.as_ref(), Some(up.idle_timeout))
                 .await;
         }
