@@ -1,35 +1,71 @@
 //! What policies need from a request body, parsed once. Only routes whose matchers or
 //! policies need the body pay for this; passthrough routes never read it.
 
-use serde_json::Value;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
-/// The parsed JSON body of an OpenAI-style request.
+/// The fields of an OpenAI-style request body that routing reads.
 #[derive(Debug)]
 pub struct RequestBody {
-    json: Value,
+    model: Option<String>,
+    stream: bool,
+}
+
+/// Reads only the fields routing needs; everything else is validated as JSON and skipped
+/// without building values, which keeps large prompts cheap.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default, deserialize_with = "string_or_other")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_other")]
+    stream: bool,
+}
+
+/// A `model` that is not a string counts as absent, as for a missing field.
+fn string_or_other<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Model {
+        Text(String),
+        Other(IgnoredAny),
+    }
+    Ok(match Model::deserialize(d)? {
+        Model::Text(s) => Some(s),
+        Model::Other(_) => None,
+    })
+}
+
+fn bool_or_other<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Other(IgnoredAny),
+    }
+    Ok(matches!(Flag::deserialize(d)?, Flag::Bool(true)))
 }
 
 impl RequestBody {
-    /// Parses `bytes` as JSON; the error names what is wrong for the 400 message.
+    /// Parses `bytes` as a JSON object; the error names what is wrong for the 400 message.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(bytes)
-            .map(|json| RequestBody { json })
+        serde_json::from_slice::<Probe>(bytes)
+            .map(|p| RequestBody {
+                model: p.model,
+                stream: p.stream,
+            })
             .map_err(|e| e.to_string())
     }
 
     /// The `model` field, when present and a string.
     #[must_use]
     pub fn model(&self) -> Option<&str> {
-        self.json.get("model").and_then(Value::as_str)
+        self.model.as_deref()
     }
 
     /// Whether the client asked for an SSE stream.
     #[must_use]
     pub fn is_stream(&self) -> bool {
-        self.json
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.stream
     }
 }
 
@@ -39,7 +75,10 @@ mod tests {
 
     #[test]
     fn reads_model_and_stream() {
-        let b = RequestBody::parse(br#"{"model":"gpt-4o","stream":true,"messages":[]}"#).unwrap();
+        let b = RequestBody::parse(
+            br#"{"messages":[{"role":"user","content":"x"}],"model":"gpt-4o","stream":true}"#,
+        )
+        .unwrap();
         assert_eq!(b.model(), Some("gpt-4o"));
         assert!(b.is_stream());
         let b = RequestBody::parse(br#"{"messages":[]}"#).unwrap();
@@ -48,8 +87,20 @@ mod tests {
     }
 
     #[test]
-    fn rejects_non_json() {
+    fn odd_types_count_as_absent() {
+        let b = RequestBody::parse(br#"{"model":42,"stream":"yes"}"#).unwrap();
+        assert_eq!(b.model(), None);
+        assert!(!b.is_stream());
+    }
+
+    #[test]
+    fn rejects_non_json_and_broken_json_anywhere() {
         let err = RequestBody::parse(b"model=gpt").unwrap_err();
         assert!(err.contains("expected"), "{err}");
+        assert!(
+            RequestBody::parse(br#"{"model":"a","messages":[{"content":"x"]}"#).is_err(),
+            "broken nested JSON must still be a 400"
+        );
+        assert!(RequestBody::parse(br#"["not", "an", "object"]"#).is_err());
     }
 }
