@@ -75,7 +75,7 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let _upstream = spawn(
         "nginx-upstream",
-        "0",
+        UPSTREAM_CPU,
         Path::new("/usr/sbin/nginx"),
         &["-c", path_str(&up_conf)?, "-p", path_str(d)?],
         &d.join("up.log"),
@@ -84,7 +84,7 @@ fn run() -> Result<(), String> {
     let mock_listen = format!("127.0.0.1:{mock_port}");
     let _mock = spawn(
         "mock-llm",
-        "0",
+        UPSTREAM_CPU,
         &mock_bin,
         &[
             "--listen",
