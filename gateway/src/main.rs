@@ -7,6 +7,10 @@ use sluice_plugins::metrics::Metrics;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// glibc malloc/free were ~10% of a passthrough request's CPU; mimalloc's thread caches are cheaper.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sluice: a fast, policy-driven gateway for OpenAI-compatible LLM APIs.
 ///
 /// Point clients at sluice instead of the model server; routes, upstreams and limits live
