@@ -237,3 +237,23 @@ pub fn chat_body(model: &str, size: usize, stream: bool) -> Vec<u8> {
     }))
     .expect("json")
 }
+
+/// Sends `req` and returns the status code.
+pub async fn status(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.expect("request").status().as_u16()
+}
+
+/// The YAML of [`config`] with an admin token from `ADMIN_TOKEN` and an upstream key from
+/// `UPSTREAM_KEY`, for tests about secrets.
+#[must_use]
+pub fn config_with_secrets(urls: &[&str], routes: &str) -> String {
+    config(
+        urls,
+        "    set_headers: { authorization: \"Bearer ${UPSTREAM_KEY}\" }\n",
+        routes,
+    )
+    .replace(
+        "  listen: \"{admin}\"\n",
+        "  listen: \"{admin}\"\n  token_env: ADMIN_TOKEN\n",
+    )
+}

@@ -1,20 +1,12 @@
 //! The admin listener, metrics, and keeping secrets out of logs and the config dump.
 
 use serde_json::Value;
-use sluice_e2e::{chat_body, config, metric_value, Gateway, Mock};
+use sluice_e2e::{chat_body, config, config_with_secrets, metric_value, status, Gateway, Mock};
 
 #[tokio::test]
 async fn admin_token_guards_admin_but_not_metrics_and_config_is_redacted() {
     let a = Mock::start("a", &[]);
-    let mut yaml = config(
-        &[&a.url],
-        "    set_headers: { authorization: \"Bearer ${UPSTREAM_KEY}\" }\n",
-        "  - name: all\n    upstream: up\n",
-    );
-    yaml = yaml.replace(
-        "  listen: \"{admin}\"\n",
-        "  listen: \"{admin}\"\n  token_env: ADMIN_TOKEN\n",
-    );
+    let yaml = config_with_secrets(&[&a.url], "  - name: all\n    upstream: up\n");
     let gw = Gateway::start_with_env(
         &yaml,
         &[
@@ -24,12 +16,7 @@ async fn admin_token_guards_admin_but_not_metrics_and_config_is_redacted() {
     );
     let client = reqwest::Client::new();
     assert_eq!(
-        client
-            .get(format!("{}/admin/config", gw.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(client.get(format!("{}/admin/config", gw.admin))).await,
         401
     );
     let wrong = client
@@ -54,49 +41,28 @@ async fn admin_token_guards_admin_but_not_metrics_and_config_is_redacted() {
         "<redacted>"
     );
     assert_eq!(
-        client
-            .post(format!("{}/admin/reload", gw.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(client.post(format!("{}/admin/reload", gw.admin))).await,
         401
     );
     assert_eq!(
-        client
-            .post(format!("{}/admin/reload", gw.admin))
-            .bearer_auth("admin-SECRET2")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(
+            client
+                .post(format!("{}/admin/reload", gw.admin))
+                .bearer_auth("admin-SECRET2")
+        )
+        .await,
         200
     );
     assert_eq!(
-        client
-            .get(format!("{}/metrics", gw.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(client.get(format!("{}/metrics", gw.admin))).await,
         200
     );
     assert_eq!(
-        client
-            .get(format!("{}/healthz", gw.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(client.get(format!("{}/healthz", gw.admin))).await,
         200
     );
     assert_eq!(
-        client
-            .get(format!("{}/readyz", gw.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(client.get(format!("{}/readyz", gw.admin))).await,
         200
     );
 }
@@ -132,11 +98,7 @@ async fn refuses_to_start_when_the_admin_token_variable_is_unset() {
 #[tokio::test]
 async fn no_key_or_token_reaches_the_log() {
     let a = Mock::start("a", &[]);
-    let mut yaml = config(&[&a.url], "    set_headers: { authorization: \"Bearer ${UPSTREAM_KEY}\" }\n", "  - name: chat\n    match: { model: \"*\" }\n    upstream: up\n  - name: all\n    upstream: up\n");
-    yaml = yaml.replace(
-        "  listen: \"{admin}\"\n",
-        "  listen: \"{admin}\"\n  token_env: ADMIN_TOKEN\n",
-    );
+    let yaml = config_with_secrets(&[&a.url], "  - name: chat\n    match: { model: \"*\" }\n    upstream: up\n  - name: all\n    upstream: up\n");
     let gw = Gateway::start_with(
         &yaml,
         &[
@@ -208,15 +170,7 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    assert_eq!(
-        client
-            .get(format!("{}/nope", gw.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status(client.get(format!("{}/nope", gw.url))).await, 404);
     let m = gw.metrics().await;
     assert_eq!(
         metric_value(

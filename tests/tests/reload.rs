@@ -1,7 +1,7 @@
 //! Live reload: file edits, SIGHUP and the admin endpoint swap the policy without failing
 //! requests; a broken file keeps the running policy and is counted.
 
-use sluice_e2e::{config, metric_value, Gateway, Mock};
+use sluice_e2e::{config, metric_value, status, Gateway, Mock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,22 +134,11 @@ async fn ten_reloads_under_concurrent_load_fail_no_request() {
     for n in 0..10 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let url = if n % 2 == 0 { &b.url } else { &a.url };
-        std::fs::write(
-            &gw.config,
-            to(url)
-                .replace("{listen}", gw.url.trim_start_matches("http://"))
-                .replace("{admin}", gw.admin.trim_start_matches("http://")),
-        )
-        .unwrap();
+        gw.write_config(&to(url));
         match n % 3 {
             0 => gw.signal("HUP"),
             1 => assert_eq!(
-                client
-                    .post(format!("{}/admin/reload", gw.admin))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status(),
+                status(client.post(format!("{}/admin/reload", gw.admin))).await,
                 200
             ),
             _ => {} // the file watcher picks it up
