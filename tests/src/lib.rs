@@ -183,6 +183,19 @@ impl Gateway {
         assert!(status.success(), "kill -{sig} {pid}");
     }
 
+    /// `/metrics` once the sample `prefix` reaches `want` (metrics are recorded just after the
+    /// response is sent), or after two seconds; the caller asserts on the text.
+    pub async fn metrics_when(&self, prefix: &str, want: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let text = self.metrics().await;
+            if metric_value(&text, prefix) >= want || Instant::now() > deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The current text of `/metrics`.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin))

@@ -171,7 +171,12 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
         r.bytes().await.unwrap();
     }
     assert_eq!(status(client.get(format!("{}/nope", gw.url))).await, 404);
-    let m = gw.metrics().await;
+    let m = gw
+        .metrics_when(
+            r#"sluice_requests_total{code="404",route="",upstream="",variant=""}"#,
+            1.0,
+        )
+        .await;
     assert_eq!(
         metric_value(
             &m,
