@@ -8,7 +8,6 @@ use serde::Deserialize;
 #[derive(Debug)]
 pub struct RequestBody {
     model: Option<String>,
-    stream: bool,
 }
 
 /// Reads only the fields routing needs; everything else is validated as JSON and skipped
@@ -17,8 +16,6 @@ pub struct RequestBody {
 struct Probe {
     #[serde(default, deserialize_with = "string_or_other")]
     model: Option<String>,
-    #[serde(default, deserialize_with = "bool_or_other")]
-    stream: bool,
 }
 
 /// A `model` that is not a string counts as absent, as for a missing field.
@@ -35,24 +32,11 @@ fn string_or_other<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stri
     })
 }
 
-fn bool_or_other<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Flag {
-        Bool(bool),
-        Other(IgnoredAny),
-    }
-    Ok(matches!(Flag::deserialize(d)?, Flag::Bool(true)))
-}
-
 impl RequestBody {
     /// Parses `bytes` as a JSON object; the error names what is wrong for the 400 message.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         serde_json::from_slice::<Probe>(bytes)
-            .map(|p| RequestBody {
-                model: p.model,
-                stream: p.stream,
-            })
+            .map(|p| RequestBody { model: p.model })
             .map_err(|e| e.to_string())
     }
 
@@ -61,12 +45,6 @@ impl RequestBody {
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
-
-    /// Whether the client asked for an SSE stream.
-    #[must_use]
-    pub fn is_stream(&self) -> bool {
-        self.stream
-    }
 }
 
 #[cfg(test)]
@@ -74,23 +52,20 @@ mod tests {
     use super::RequestBody;
 
     #[test]
-    fn reads_model_and_stream() {
+    fn reads_model() {
         let b = RequestBody::parse(
             br#"{"messages":[{"role":"user","content":"x"}],"model":"gpt-4o","stream":true}"#,
         )
         .unwrap();
         assert_eq!(b.model(), Some("gpt-4o"));
-        assert!(b.is_stream());
         let b = RequestBody::parse(br#"{"messages":[]}"#).unwrap();
         assert_eq!(b.model(), None);
-        assert!(!b.is_stream());
     }
 
     #[test]
-    fn odd_types_count_as_absent() {
+    fn a_model_that_is_not_a_string_counts_as_absent() {
         let b = RequestBody::parse(br#"{"model":42,"stream":"yes"}"#).unwrap();
         assert_eq!(b.model(), None);
-        assert!(!b.is_stream());
     }
 
     #[test]

@@ -5,7 +5,6 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
     pattern: Vec<char>,
-    source: String,
 }
 
 impl Glob {
@@ -13,13 +12,7 @@ impl Glob {
     pub fn new(pattern: &str) -> Self {
         Glob {
             pattern: pattern.chars().collect(),
-            source: pattern.to_string(),
         }
-    }
-
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.source
     }
 
     /// Whether `text` matches the whole pattern.

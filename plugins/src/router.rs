@@ -62,16 +62,6 @@ impl Router {
         Router { routes }
     }
 
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
     /// First step: match on the request head alone.
     #[must_use]
     pub fn select_head(&self, method: &Method, path: &str, headers: &HeaderMap) -> HeadMatch {
