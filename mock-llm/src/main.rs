@@ -92,7 +92,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, Arc::clone(&state)));
-            let http = hyper::server::conn::http1::Builder::new();
+            // HTTP/1.1, or HTTP/2 when the client opens with the h2 preface (h2c).
+            let http =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             let _ = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
                     Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,

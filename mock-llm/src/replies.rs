@@ -111,6 +111,7 @@ fn echo(parts: &http::request::Parts, received: &Received) -> Response<Body> {
     json_response(
         StatusCode::OK,
         &json!({"method": parts.method.as_str(), "path": parts.uri.path(), "query": parts.uri.query(),
+                "version": format!("{:?}", parts.version),
                 "headers": headers, "body_sha256": received.sha256, "body_bytes": received.bytes.len()}),
     )
 }

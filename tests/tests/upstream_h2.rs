@@ -1,0 +1,43 @@
+//! `pool.http2: true` speaks HTTP/2 (h2c) to the upstream; clients still get HTTP/1.1.
+
+use serde_json::Value;
+use sluice_e2e::{chat_body, config, sha256, Gateway, Mock};
+
+#[tokio::test]
+async fn h2c_upstream_carries_bodies_and_streams() {
+    let a = Mock::start("a", &[]);
+    let pool = "    pool: { http2: true }\n";
+    let routes = "  - name: chat\n    match: { model: \"*\" }\n    upstream: up\n  - name: rest\n    upstream: up\n";
+    let gw = Gateway::start(&config(&[&a.url], pool, routes));
+    let client = reqwest::Client::new();
+
+    let echo: Value = client
+        .get(format!("{}/mock/echo", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+
+    let body = chat_body("m", 400 * 1024, false);
+    let resp = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-mock-body-sha256"], sha256(&body).as_str());
+
+    let resp = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .body(chat_body("m", 10, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+}
