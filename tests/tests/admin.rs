@@ -145,6 +145,8 @@ async fn no_key_or_token_reaches_the_log() {
     assert_eq!(access.len(), 1, "one access line per request:\n{log}");
     let line = &access[0];
     assert_eq!(line["route"], "chat");
+    assert_eq!(line["upstream"], "up");
+    assert_eq!(line["endpoint"], a.url.as_str());
     assert_eq!(line["status"], 200);
     assert_eq!(line["path"], "/v1/chat/completions");
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);

@@ -140,7 +140,7 @@ impl Forwarder {
         let up: &Upstream = &route.upstream;
         let endpoint = &up.endpoints[idx];
         let connector = self.connector();
-        ctx.endpoint = Some(endpoint.url.clone());
+        ctx.endpoint = Some(idx);
         let _inflight = up.balancer.stats(idx).map(|s| s.start());
         let connect_failed = |error| TryError::Retry {
             error,

@@ -50,7 +50,8 @@ pub struct RequestCtx {
     start: Instant,
     policy: Option<Arc<Policy>>,
     route: Option<usize>,
-    endpoint: Option<String>,
+    /// Index of the endpoint last tried, in the route's upstream.
+    endpoint: Option<usize>,
     status: Option<u16>,
     /// Whether the status came from an upstream (vs. made by the gateway).
     served: bool,
@@ -305,7 +306,10 @@ pub(crate) mod view {
             Finished {
                 route: route.map(|r| r.name.as_str()),
                 upstream: route.map(|r| r.upstream.name.as_str()),
-                endpoint: self.endpoint.as_deref(),
+                endpoint: route
+                    .zip(self.endpoint)
+                    .and_then(|(r, i)| r.upstream.endpoints.get(i))
+                    .map(|e| e.url.as_str()),
                 status: self.status,
                 served: self.served,
                 duration,
