@@ -115,3 +115,40 @@ async fn https_upstream_with_private_ca_works() {
         .unwrap();
     assert_eq!(resp.status(), 502);
 }
+
+#[tokio::test]
+async fn retried_status_passes_the_upstreams_own_answer_when_tries_run_out() {
+    let (b1, b2) = (
+        Mock::start("b1", &["--status", "503"]),
+        Mock::start("b2", &["--status", "503"]),
+    );
+    let retry = "    retry: { attempts: 1, on: [503] }\n";
+    let gw = Gateway::start(&config(
+        &[&b1.url, &b2.url],
+        retry,
+        "  - name: all\n    upstream: up\n",
+    ));
+    let client = reqwest::Client::new();
+    // GET: retried once on the other endpoint, then that endpoint's 503 is passed through.
+    let resp = client
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        resp.headers().get("x-mock-instance").is_some(),
+        "the upstream's answer, not a gateway error"
+    );
+    // A streamed (unread) POST body cannot be replayed: the first 503 is passed through as is.
+    let resp = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .body(chat_body("m", 10, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("x-mock-instance").is_some());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "mock_error");
+}

@@ -85,13 +85,14 @@ impl Forwarder {
         let mut retries_left = up.retry.attempts;
         let mut stale_retry_left = true;
         let mut body_streamed = false;
+        let streams_body = matches!(body, RequestBody::Stream);
         loop {
             let idx = up
                 .balancer
                 .pick(&tried)
                 .ok_or_else(|| ForwardError::Respond(GatewayError::no_endpoint(&up.name)))?;
-            let replayable = !matches!(body, RequestBody::Stream) || !body_streamed;
-            let can_retry = retries_left > 0 && replayable;
+            // A status is retried only with a body still in hand; a streamed one is gone by then.
+            let can_retry = retries_left > 0 && !streams_body;
             match self
                 .try_endpoint(
                     session,
@@ -111,7 +112,7 @@ impl Forwarder {
                     allowed,
                     stale,
                 }) => {
-                    let replayable = !matches!(body, RequestBody::Stream) || !body_streamed;
+                    let replayable = !streams_body || !body_streamed;
                     if stale && stale_retry_left && replayable {
                         stale_retry_left = false;
                     } else if allowed && retries_left > 0 && replayable {
