@@ -22,6 +22,7 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, For
     if declared.is_some_and(|len| len > limit) {
         return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
     }
+    continue_if_expected(session).await?;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
     while let Some(chunk) = session.read_request_body().await.map_err(|e| {
         ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
@@ -38,6 +39,10 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, For
 /// bounded time, so it sees the answer instead of a reset; then the connection is closed.
 pub async fn linger(session: &mut Session) {
     session.set_keepalive(None);
+    if expects_continue(session) {
+        // It was never told to continue, so no body is coming.
+        return;
+    }
     let mut discarded = 0usize;
     let drain = async {
         while let Ok(Some(chunk)) = session.read_request_body().await {
@@ -48,4 +53,22 @@ pub async fn linger(session: &mut Session) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// Tells a client that sent `Expect: 100-continue` to send its body, before sluice reads it.
+pub async fn continue_if_expected(session: &mut Session) -> Result<(), ForwardError> {
+    if expects_continue(session) {
+        session.write_continue_response().await.map_err(|e| {
+            ForwardError::Aborted(format!("writing 100 Continue: {}", e.etype().as_str()))
+        })?;
+    }
+    Ok(())
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }

@@ -212,7 +212,7 @@ impl Forwarder {
             }
         }
 
-        let header = timeout(up.timeouts.first_byte, conn.read_response_header()).await;
+        let header = timeout(up.timeouts.first_byte, read_final_header(&mut conn)).await;
         match header {
             Err(_) => {
                 return Err(TryError::Retry {
@@ -303,6 +303,9 @@ async fn stream_request_body(
     conn: &mut HttpSession,
     upstream: &str,
 ) -> Result<(), TryError> {
+    super::body::continue_if_expected(session)
+        .await
+        .map_err(TryError::Final)?;
     loop {
         let chunk = session.read_request_body().await.map_err(|e| {
             TryError::Final(ForwardError::Aborted(format!(
@@ -322,6 +325,17 @@ async fn stream_request_body(
         }
         if end {
             return Ok(());
+        }
+    }
+}
+
+/// Reads the upstream's response header, passing over informational ones (100, 103).
+async fn read_final_header(conn: &mut HttpSession) -> pingora::Result<()> {
+    loop {
+        conn.read_response_header().await?;
+        match conn.response_header().map(|h| h.status.as_u16()) {
+            Some(status) if (100..200).contains(&status) && status != 101 => continue,
+            _ => return Ok(()),
         }
     }
 }

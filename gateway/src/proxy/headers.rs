@@ -53,6 +53,8 @@ pub fn upstream_request(
     for name in strip_hop_by_hop(&client.headers) {
         req.remove_header(&name);
     }
+    // sluice answers `Expect: 100-continue` itself and always sends the body at once.
+    req.remove_header(&header::EXPECT);
     if let Some(len) = body_len {
         req.remove_header(&header::TRANSFER_ENCODING);
         req.insert_header(header::CONTENT_LENGTH, len)?;
