@@ -183,6 +183,16 @@ impl Gateway {
         assert!(status.success(), "kill -{sig} {pid}");
     }
 
+    /// POSTs `body` to `/v1/chat/completions`.
+    pub async fn chat(&self, client: &reqwest::Client, body: Vec<u8>) -> reqwest::Response {
+        client
+            .post(format!("{}/v1/chat/completions", self.url))
+            .body(body)
+            .send()
+            .await
+            .expect("chat request")
+    }
+
     /// `/metrics` once the sample `prefix` reaches `want` (metrics are recorded just after the
     /// response is sent), or after two seconds; the caller asserts on the text.
     pub async fn metrics_when(&self, prefix: &str, want: f64) -> String {

@@ -163,12 +163,7 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
     ));
     let client = reqwest::Client::new();
     for _ in 0..5 {
-        let r = client
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .body(chat_body("m", 10, false))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(&client, chat_body("m", 10, false)).await;
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }

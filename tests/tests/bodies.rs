@@ -10,12 +10,7 @@ fn model_route() -> &'static str {
 
 async fn send_and_check(gw: &Gateway, size: usize) {
     let body = chat_body("big-model", size, false);
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&reqwest::Client::new(), body.clone()).await;
     assert_eq!(resp.status(), 200, "{size} bytes");
     assert_eq!(resp.headers()["x-sluice-route"], "by-model");
     assert_eq!(
@@ -42,14 +37,12 @@ async fn large_prompts_arrive_byte_identical() {
     let body = chat_body("big-model", 700 * 1024, false);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw
+        .chat(
+            &reqwest::Client::new(),
+            reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-mock-body-sha256"], sha256(&body).as_str());
 }
@@ -60,12 +53,7 @@ async fn body_over_the_cap_is_413_and_never_reaches_upstream() {
     let gw = Gateway::start(&config(&[&a.url], "", model_route()));
     let client = reqwest::Client::new();
     let body = chat_body("big-model", 9 * 1024 * 1024, false);
-    let resp = client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&client, body).await;
     assert_eq!(resp.status(), 413);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "body_too_large");

@@ -28,12 +28,7 @@ async fn retry_moves_to_a_live_endpoint() {
     ));
     let client = reqwest::Client::new();
     for _ in 0..6 {
-        let resp = client
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .body(chat_body("x", 50_000, false))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.chat(&client, chat_body("x", 50_000, false)).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-mock-instance"], "live");
     }
@@ -97,12 +92,7 @@ async fn https_upstream_with_private_ca_works() {
     let tls = format!("    tls: {{ ca_file: \"{}\" }}\n", ca_path.display());
     let gw = Gateway::start(&config(&[&url], &tls, "  - name: all\n    upstream: up\n"));
     let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(chat_body("m", 10, false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&client, chat_body("m", 10, false)).await;
     assert_eq!(resp.status(), 200, "{}", gw.log_text());
     assert_eq!(resp.headers()["x-mock-instance"], "tls");
 
@@ -141,12 +131,7 @@ async fn retried_status_passes_the_upstreams_own_answer_when_tries_run_out() {
         "the upstream's answer, not a gateway error"
     );
     // A streamed (unread) POST body cannot be replayed: the first 503 is passed through as is.
-    let resp = client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(chat_body("m", 10, false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&client, chat_body("m", 10, false)).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("x-mock-instance").is_some());
     let v: Value = resp.json().await.unwrap();

@@ -77,12 +77,7 @@ async fn model_route_rejects_non_json_with_400() {
         "",
         "  - name: m\n    match: { model: \"gpt-*\" }\n    upstream: up\n",
     ));
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body("model=gpt-4")
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&reqwest::Client::new(), "model=gpt-4").await;
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_json");

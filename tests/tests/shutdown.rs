@@ -18,12 +18,9 @@ fn wait_exit(gw: &mut Gateway, within: Duration) -> Option<std::process::ExitSta
 async fn sigterm_lets_the_stream_finish_then_exits() {
     let a = Mock::start("a", &["--token-delay-ms", "100", "--tokens", "15"]);
     let mut gw = Gateway::start(&config(&[&a.url], "", "  - name: all\n    upstream: up\n"));
-    let mut resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(chat_body("m", 100, true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = gw
+        .chat(&reqwest::Client::new(), chat_body("m", 100, true))
+        .await;
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("reply-"));
@@ -50,12 +47,9 @@ async fn sigterm_lets_the_stream_finish_then_exits() {
 async fn sigint_exits_at_once() {
     let a = Mock::start("a", &["--token-delay-ms", "200", "--tokens", "50"]);
     let mut gw = Gateway::start(&config(&[&a.url], "", "  - name: all\n    upstream: up\n"));
-    let mut resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(chat_body("m", 100, true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = gw
+        .chat(&reqwest::Client::new(), chat_body("m", 100, true))
+        .await;
     resp.chunk().await.unwrap();
     let start = Instant::now();
     gw.signal("INT");

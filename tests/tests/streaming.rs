@@ -12,12 +12,9 @@ async fn sse_chunks_arrive_spread_over_time() {
         "  - name: chat\n    match: { model: \"*\" }\n    upstream: up\n",
     ));
     let start = Instant::now();
-    let mut resp = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(chat_body("m", 100, true))
-        .send()
-        .await
-        .unwrap();
+    let mut resp = gw
+        .chat(&reqwest::Client::new(), chat_body("m", 100, true))
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert!(resp.headers().get("content-length").is_none());

@@ -22,21 +22,11 @@ async fn h2c_upstream_carries_bodies_and_streams() {
     assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
 
     let body = chat_body("m", 400 * 1024, false);
-    let resp = client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&client, body.clone()).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-mock-body-sha256"], sha256(&body).as_str());
 
-    let resp = client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .body(chat_body("m", 10, true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(&client, chat_body("m", 10, true)).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
