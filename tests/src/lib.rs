@@ -184,7 +184,11 @@ impl Gateway {
     }
 
     /// POSTs `body` to `/v1/chat/completions`.
-    pub async fn chat(&self, client: &reqwest::Client, body: Vec<u8>) -> reqwest::Response {
+    pub async fn chat(
+        &self,
+        client: &reqwest::Client,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         client
             .post(format!("{}/v1/chat/completions", self.url))
             .body(body)
