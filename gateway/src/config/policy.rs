@@ -15,7 +15,7 @@ use sluice_plugins::glob::Glob;
 use sluice_plugins::metrics::{ConnectionMetrics, Metrics, RouteMetrics, StatusCounters};
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -266,16 +266,14 @@ fn compile_upstream(
     up: &UpstreamSpec,
     shared: &SharedState,
 ) -> Result<Upstream, ConfigError> {
-    let at = |field: &str| {
-        vec![
-            Seg::Key("upstreams".into()),
-            Seg::Key(name.into()),
-            Seg::Key("tls".into()),
-            Seg::Key(field.into()),
-        ]
+    // An error at `fields` below this upstream.
+    let error_at = |fields: &[&str], message: String| {
+        let mut path = vec![Seg::Key("upstreams".into()), Seg::Key(name.into())];
+        path.extend(fields.iter().map(|f| Seg::Key((*f).into())));
+        loaded.error_at(&path, message)
     };
     let ca = match &up.tls.ca_file {
-        Some(path) => Some(load_ca(path).map_err(|m| loaded.error_at(&at("ca_file"), m))?),
+        Some(path) => Some(load_ca(path).map_err(|m| error_at(&["tls", "ca_file"], m))?),
         None => None,
     };
     let timeouts = Timeouts {
@@ -288,9 +286,7 @@ fn compile_upstream(
     let mut weights = Vec::new();
     for ep in &up.endpoints {
         // Validation already checked the URL; a failure here is unreachable but still not a panic.
-        let parsed = parse_endpoint_url(&ep.url).map_err(|m| {
-            loaded.error_at(&[Seg::Key("upstreams".into()), Seg::Key(name.into())], m)
-        })?;
+        let parsed = parse_endpoint_url(&ep.url).map_err(|m| error_at(&[], m))?;
         let template = PeerTemplate {
             tls: parsed.tls,
             sni: up.tls.sni.clone().unwrap_or_else(|| parsed.host.clone()),
@@ -301,22 +297,14 @@ fn compile_upstream(
             idle_timeout: up.pool.idle_timeout.0,
         };
         let peer = OnceCell::new();
-        if let Some(addr) = (parsed.host.as_str(), parsed.port)
-            .to_socket_addrs()
-            .ok()
-            .filter(|_| parsed.host.parse::<std::net::IpAddr>().is_ok())
-            .and_then(|mut a| a.next())
-        {
-            let _ = peer.set(Arc::new(template.build(addr)));
+        // An address needs no lookup; a host name is resolved on first use, never at load.
+        if let Ok(ip) = parsed.host.parse::<IpAddr>() {
+            let _ = peer.set(Arc::new(template.build(SocketAddr::new(ip, parsed.port))));
         }
         endpoints.push(Endpoint {
             url: ep.url.clone(),
-            authority: HeaderValue::from_str(&parsed.authority).map_err(|e| {
-                loaded.error_at(
-                    &[Seg::Key("upstreams".into()), Seg::Key(name.into())],
-                    e.to_string(),
-                )
-            })?,
+            authority: HeaderValue::from_str(&parsed.authority)
+                .map_err(|e| error_at(&[], e.to_string()))?,
             base_path: parsed.base_path,
             host: parsed.host,
             port: parsed.port,
