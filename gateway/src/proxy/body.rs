@@ -24,9 +24,11 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, For
     }
     continue_if_expected(session).await?;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
-    while let Some(chunk) = session.read_request_body().await.map_err(|e| {
-        ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
-    })? {
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| client_body_error(&e))?
+    {
         if buf.len() + chunk.len() > limit {
             return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
         }
@@ -71,4 +73,9 @@ fn expects_continue(session: &Session) -> bool {
         .headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reading the client's body failed: it went away or broke the framing.
+pub fn client_body_error(e: &pingora::Error) -> ForwardError {
+    ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
 }

@@ -3,6 +3,7 @@
 //! proxy loop) lets a body read for routing reach the upstream whole at any size, and lets
 //! POSTs be retried on another endpoint with the body replayed.
 
+use super::body::client_body_error;
 use super::headers::{client_response, upstream_request};
 use super::RequestCtx;
 use crate::config::policy::{Route, Upstream};
@@ -47,6 +48,15 @@ enum TryError {
         stale: bool,
     },
     Final(ForwardError),
+}
+
+impl TryError {
+    /// The upstream failed in a way no retry helps: answer 502.
+    fn failed(upstream: &str, detail: &str) -> Self {
+        TryError::Final(ForwardError::Respond(GatewayError::upstream_failed(
+            upstream, detail,
+        )))
+    }
 }
 
 /// Forwards requests over a connection pool per worker thread, so a pooled connection is
@@ -187,12 +197,7 @@ impl Forwarder {
             _ => None,
         };
         let req = upstream_request(session.req_header(), up, endpoint, client_ip, body_len)
-            .map_err(|e| {
-                TryError::Final(ForwardError::Respond(GatewayError::upstream_failed(
-                    &up.name,
-                    &e.to_string(),
-                )))
-            })?;
+            .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
         let sent = Instant::now();
         conn.write_request_header(Box::new(req))
             .await
@@ -232,9 +237,7 @@ impl Forwarder {
         ctx.ttfb = Some(ttfb);
 
         let Some(upstream_resp) = conn.response_header() else {
-            return Err(TryError::Final(ForwardError::Respond(
-                GatewayError::upstream_failed(&up.name, "no response header"),
-            )));
+            return Err(TryError::failed(&up.name, "no response header"));
         };
         let status = upstream_resp.status.as_u16();
         if can_retry && up.retry.on_status(status) {
@@ -245,14 +248,11 @@ impl Forwarder {
             });
         }
         let head = session.req_header().method == http::Method::HEAD;
-        let resp =
-            client_response(upstream_resp, &route.name, &endpoint.url, head).map_err(|e| {
-                TryError::Final(ForwardError::Respond(GatewayError::upstream_failed(
-                    &up.name,
-                    &e.to_string(),
-                )))
-            })?;
+        let resp = client_response(upstream_resp, &route.name, &endpoint.url, head)
+            .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
         let aborted = |m: String| TryError::Final(ForwardError::Aborted(m));
+        let client_gone =
+            |e: pingora::BError| aborted(format!("client went away: {}", e.etype().as_str()));
         session
             .write_response_header(Box::new(resp), false)
             .await
@@ -282,12 +282,12 @@ impl Forwarder {
             session
                 .write_response_body(Some(chunk), false)
                 .await
-                .map_err(|e| aborted(format!("client went away: {}", e.etype().as_str())))?;
+                .map_err(client_gone)?;
         }
         session
             .write_response_body(None, true)
             .await
-            .map_err(|e| aborted(format!("client went away: {}", e.etype().as_str())))?;
+            .map_err(client_gone)?;
         if conn.response_done() {
             connector
                 .release_http_session(conn, peer.as_ref(), Some(up.idle_timeout))
@@ -307,20 +307,15 @@ async fn stream_request_body(
         .await
         .map_err(TryError::Final)?;
     loop {
-        let chunk = session.read_request_body().await.map_err(|e| {
-            TryError::Final(ForwardError::Aborted(format!(
-                "reading client body: {}",
-                e.etype().as_str()
-            )))
-        })?;
+        let chunk = session
+            .read_request_body()
+            .await
+            .map_err(|e| TryError::Final(client_body_error(&e)))?;
         let end = chunk.is_none();
         let data = chunk.unwrap_or_default();
         if !data.is_empty() || end {
             conn.write_request_body(data, end).await.map_err(|e| {
-                TryError::Final(ForwardError::Respond(GatewayError::upstream_failed(
-                    upstream,
-                    &format!("writing body: {}", e.etype().as_str()),
-                )))
+                TryError::failed(upstream, &format!("writing body: {}", e.etype().as_str()))
             })?;
         }
         if end {

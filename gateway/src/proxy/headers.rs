@@ -22,22 +22,19 @@ const HOP_BY_HOP: [&str; 7] = [
 pub const X_SLUICE_ROUTE: &str = "x-sluice-route";
 pub const X_SLUICE_UPSTREAM: &str = "x-sluice-upstream";
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &http::HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = HOP_BY_HOP
+/// The hop-by-hop headers present in `headers`, including those its `Connection` names.
+fn hop_by_hop(headers: &http::HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+    HOP_BY_HOP
         .iter()
         .map(|h| HeaderName::from_static(h))
-        .collect();
-    for value in headers.get_all(header::CONNECTION) {
-        if let Ok(v) = value.to_str() {
-            names.extend(
-                v.split(',')
-                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-            );
-        }
-    }
-    names.retain(|n| headers.contains_key(n));
-    names
+        .chain(named)
+        .filter(|n| headers.contains_key(n))
 }
 
 /// The request sent to `endpoint`. `body_len` is set when the body was read whole.
@@ -50,7 +47,7 @@ pub fn upstream_request(
 ) -> Result<RequestHeader> {
     let mut req = client.clone();
     req.set_version(Version::HTTP_11);
-    for name in strip_hop_by_hop(&client.headers) {
+    for name in hop_by_hop(&client.headers) {
         req.remove_header(&name);
     }
     // sluice answers `Expect: 100-continue` itself and always sends the body at once.
@@ -93,7 +90,7 @@ pub fn client_response(
 ) -> Result<ResponseHeader> {
     let mut resp = upstream.clone();
     resp.set_version(Version::HTTP_11);
-    for name in strip_hop_by_hop(&upstream.headers) {
+    for name in hop_by_hop(&upstream.headers) {
         resp.remove_header(&name);
     }
     let status = resp.status.as_u16();

@@ -59,7 +59,7 @@ pub struct RequestCtx {
     bytes_in: usize,
     bytes_out: usize,
     error: Option<String>,
-    _active: Option<ActiveGuard>,
+    _active: ActiveGuard,
     _inflight: Option<InflightGauge>,
 }
 
@@ -96,13 +96,16 @@ impl Gateway {
         ctx: &mut RequestCtx,
         policy: &Policy,
     ) -> Result<(usize, RequestBody), ForwardError> {
+        let no_route = |session: &Session| {
+            let req = session.req_header();
+            ForwardError::Respond(GatewayError::no_route(req.method.as_str(), req.uri.path()))
+        };
         let req = session.req_header();
-        let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        match policy.router.select_head(&method, &path, &req.headers) {
-            HeadMatch::NoRoute => Err(ForwardError::Respond(GatewayError::no_route(
-                method.as_str(),
-                &path,
-            ))),
+        match policy
+            .router
+            .select_head(&req.method, req.uri.path(), &req.headers)
+        {
+            HeadMatch::NoRoute => Err(no_route(session)),
             HeadMatch::Route(i) => Ok((
                 i,
                 if session.is_body_empty() {
@@ -126,11 +129,9 @@ impl Gateway {
                 let req = session.req_header();
                 policy
                     .router
-                    .select_with_model(&method, &path, &req.headers, model)
+                    .select_with_model(&req.method, req.uri.path(), &req.headers, model)
                     .map(|i| (i, RequestBody::Buffered(bytes)))
-                    .ok_or_else(|| {
-                        ForwardError::Respond(GatewayError::no_route(method.as_str(), &path))
-                    })
+                    .ok_or_else(|| no_route(session))
             }
         }
     }
@@ -149,13 +150,13 @@ impl Gateway {
         route: Option<&Route>,
         err: &GatewayError,
     ) {
-        let body = Bytes::from(err.body());
+        let json = Bytes::from(err.body());
         let mut resp = match ResponseHeader::build(err.status, Some(4)) {
             Ok(r) => r,
             Err(_) => return,
         };
         let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
-        let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
+        let _ = resp.insert_header(header::CONTENT_LENGTH, json.len());
         if let Some(route) = route {
             let _ = resp.insert_header(headers::X_SLUICE_ROUTE, route.name.as_str());
         }
@@ -166,7 +167,7 @@ impl Gateway {
             .await
             .is_ok()
         {
-            let _ = session.write_response_body(Some(body), true).await;
+            let _ = session.write_response_body(Some(json), true).await;
         }
         if err.status == 413 {
             body::linger(session).await;
@@ -191,7 +192,7 @@ impl ProxyHttp for Gateway {
             bytes_in: 0,
             bytes_out: 0,
             error: None,
-            _active: Some(ActiveGuard(Arc::clone(&self.active))),
+            _active: ActiveGuard(Arc::clone(&self.active)),
             _inflight: None,
         }
     }
