@@ -265,6 +265,18 @@ pub fn chat_body(model: &str, size: usize, stream: bool) -> Vec<u8> {
     .expect("json")
 }
 
+/// GETs `url` and parses the JSON answer.
+pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON answer")
+}
+
 /// Sends `req` and returns the status code.
 pub async fn status(req: reqwest::RequestBuilder) -> u16 {
     req.send().await.expect("request").status().as_u16()

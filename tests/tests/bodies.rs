@@ -2,7 +2,7 @@
 //! the cap answers 413.
 
 use serde_json::Value;
-use sluice_e2e::{chat_body, config, sha256, Gateway, Mock};
+use sluice_e2e::{chat_body, config, get_json, sha256, Gateway, Mock};
 
 fn model_route() -> &'static str {
     "  - name: by-model\n    match: { path_prefix: /v1/chat/completions, model: \"big-*\" }\n    upstream: up\n"
@@ -71,14 +71,7 @@ async fn body_over_the_cap_is_413_and_never_reaches_upstream() {
     if let Ok(resp) = resp {
         assert_eq!(resp.status(), 413);
     }
-    let stats: Value = client
-        .get(format!("{}/mock/stats", a.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&client, format!("{}/mock/stats", a.url)).await;
     assert_eq!(
         stats["requests"], 1,
         "only this stats request reached the mock"

@@ -1,7 +1,7 @@
 //! `pool.http2: true` speaks HTTP/2 (h2c) to the upstream; clients still get HTTP/1.1.
 
 use serde_json::Value;
-use sluice_e2e::{chat_body, config, sha256, Gateway, Mock};
+use sluice_e2e::{chat_body, config, get_json, sha256, Gateway, Mock};
 
 #[tokio::test]
 async fn h2c_upstream_carries_bodies_and_streams() {
@@ -11,14 +11,7 @@ async fn h2c_upstream_carries_bodies_and_streams() {
     let gw = Gateway::start(&config(&[&a.url], pool, routes));
     let client = reqwest::Client::new();
 
-    let echo: Value = client
-        .get(format!("{}/mock/echo", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo: Value = get_json(&client, format!("{}/mock/echo", gw.url)).await;
     assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
 
     let body = chat_body("m", 400 * 1024, false);
