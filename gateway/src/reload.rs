@@ -47,11 +47,8 @@ impl PolicyStore {
         match result {
             Ok(policy) => {
                 let old = self.current.load();
-                if serde_json::to_value(&old.spec.server).ok()
-                    != serde_json::to_value(&policy.spec.server).ok()
-                    || serde_json::to_value(&old.spec.admin).ok()
-                        != serde_json::to_value(&policy.spec.admin).ok()
-                {
+                let changed = |key: &str| old.redacted.get(key) != policy.redacted.get(key);
+                if changed("server") || changed("admin") {
                     tracing::warn!(
                         trigger,
                         "server/admin settings changed: they take effect on restart"

@@ -54,8 +54,6 @@ pub struct Policy {
     pub unrouted: StatusCounters,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
-    /// The spec it was compiled from (server/admin settings need a restart to change).
-    pub spec: Spec,
 }
 
 pub struct Route {
@@ -256,7 +254,6 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         max_body_bytes: usize::try_from(spec.server.max_body_bytes.0).unwrap_or(usize::MAX),
         unrouted: shared.metrics.unrouted(),
         redacted: redact(spec),
-        spec: spec.clone(),
     })
 }
 
