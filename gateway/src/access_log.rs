@@ -3,8 +3,7 @@
 //! Lines are written by a background thread in batches, so the event loop never blocks on
 //! stderr and a busy second costs a few writes instead of one per request.
 
-use crate::proxy::RequestCtx;
-use pingora::proxy::Session;
+use crate::observe::Finished;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -129,24 +128,22 @@ pub fn flush(within: Duration) {
     }
 }
 
-/// Records metrics for a finished request and writes its access line.
-pub fn record(session: &Session, ctx: &RequestCtx) {
-    let f = ctx.finish();
-    let req = session.req_header();
+/// Writes a finished request's access line.
+pub fn write(f: &Finished<'_>) {
     tracing::info!(
         target: "access",
-        method = %req.method,
-        path = req.uri.path(),
-        route = f.route.unwrap_or(""),
-        upstream = f.upstream.unwrap_or(""),
+        method = f.method,
+        path = f.path,
+        route = f.route.map_or("", |r| r.name.as_str()),
+        upstream = f.route.map_or("", |r| r.upstream.name.as_str()),
         endpoint = f.endpoint.unwrap_or(""),
         status = f.status.unwrap_or(0),
         served_by = if f.served { "upstream" } else { "gateway" },
         duration_ms = f.duration.as_secs_f64() * 1000.0,
         ttfb_ms = f.ttfb.map_or(0.0, |t| t.as_secs_f64() * 1000.0),
-        bytes_in = f.bytes_in.max(session.body_bytes_read()),
+        bytes_in = f.bytes_in,
         bytes_out = f.bytes_out,
-        cache = "",
+        cache = f.cache,
         variant = "",
         error = f.error.unwrap_or(""),
         "request"

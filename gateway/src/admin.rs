@@ -7,6 +7,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use sluice_plugins::openai_error::GatewayError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -71,7 +72,7 @@ impl AdminApp {
             (_, p) if p.starts_with("/admin/") && !self.authorized(session) => (
                 StatusCode::UNAUTHORIZED,
                 json_type,
-                error_json("admin token missing or wrong", "unauthorized"),
+                admin_error(401, "unauthorized", "admin token missing or wrong").body(),
             ),
             (&Method::GET, "/admin/config") => {
                 let body =
@@ -86,22 +87,30 @@ impl AdminApp {
                 ),
                 Err(errors) => {
                     let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                    (StatusCode::BAD_REQUEST, json_type, json!({"error": {"message": "config rejected, running policy kept", "type": "invalid_config", "code": "invalid_config", "errors": list}}).to_string().into_bytes())
+                    let err = GatewayError::new(
+                        400,
+                        "invalid_config",
+                        "invalid_config",
+                        "config rejected, running policy kept",
+                    );
+                    (
+                        StatusCode::BAD_REQUEST,
+                        json_type,
+                        err.body_with_errors(&list),
+                    )
                 }
             },
             _ => (
                 StatusCode::NOT_FOUND,
                 json_type,
-                error_json("no such admin endpoint", "not_found"),
+                admin_error(404, "not_found", "no such admin endpoint").body(),
             ),
         }
     }
 }
 
-fn error_json(message: &str, code: &str) -> Vec<u8> {
-    json!({"error": {"message": message, "type": "admin_error", "code": code}})
-        .to_string()
-        .into_bytes()
+fn admin_error(status: u16, code: &'static str, message: &str) -> GatewayError {
+    GatewayError::new(status, "admin_error", code, message)
 }
 
 #[async_trait]

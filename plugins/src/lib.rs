@@ -5,6 +5,7 @@
 
 pub mod balance;
 pub mod body;
+pub mod cache;
 pub mod glob;
 pub mod metrics;
 pub mod openai_error;

@@ -90,9 +90,17 @@ impl GatewayError {
     /// The JSON body: `{"error":{"message","type","code"}}`.
     #[must_use]
     pub fn body(&self) -> Vec<u8> {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
-            .to_string()
-            .into_bytes()
+        self.body_with_errors(&[])
+    }
+
+    /// The JSON body with an `errors` list of details (e.g. each config problem), when any.
+    #[must_use]
+    pub fn body_with_errors(&self, errors: &[String]) -> Vec<u8> {
+        let mut error = json!({"message": self.message, "type": self.kind, "code": self.code});
+        if !errors.is_empty() {
+            error["errors"] = json!(errors);
+        }
+        json!({ "error": error }).to_string().into_bytes()
     }
 }
 

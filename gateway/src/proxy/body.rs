@@ -1,6 +1,6 @@
 //! Reading a request body whole, up to the configured cap.
 
-use super::forward::ForwardError;
+use super::respond::ForwardError;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::proxy::Session;
@@ -54,7 +54,7 @@ pub async fn linger(session: &mut Session) {
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    let _ = pingora::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// Tells a client that sent `Expect: 100-continue` to send its body, before sluice reads it.

@@ -1,0 +1,148 @@
+//! Per-request state, from the first phase to `logging`, and the count of requests in flight.
+
+use super::forward::Attempt;
+use crate::config::policy::Route;
+use crate::config::Policy;
+use crate::observe::Finished;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Requests in flight across all routes; shutdown waits for it to reach zero.
+#[derive(Debug, Default)]
+pub struct ActiveRequests(AtomicUsize);
+
+impl ActiveRequests {
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Counts a request in until the guard drops.
+    #[must_use]
+    pub fn enter(self: &Arc<Self>) -> ActiveGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(Arc::clone(self))
+    }
+}
+
+/// One request counted in [`ActiveRequests`].
+pub struct ActiveGuard(Arc<ActiveRequests>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps `sluice_inflight_requests{route}` up while the request lives.
+struct InflightGauge(prometheus::IntGauge);
+
+impl Drop for InflightGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The request body as the phases and the forwarder get it.
+#[derive(Debug, Default)]
+pub enum RequestBody {
+    /// No body (GET and the like).
+    #[default]
+    Empty,
+    /// Read whole (a phase needed it); replayable on retry.
+    Buffered(Bytes),
+    /// Not read: streamed from the client to the upstream as it arrives.
+    Stream,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    pub(super) start: Instant,
+    pub(super) policy: Option<Arc<Policy>>,
+    pub(super) route: Option<usize>,
+    pub(super) body: RequestBody,
+    /// The body as JSON, when a phase parsed it (cache routes).
+    pub(super) json: Option<serde_json::Map<String, serde_json::Value>>,
+    /// What the forwarder did, if it ran.
+    pub(super) attempt: Option<Attempt>,
+    /// The status the client got and whether an upstream made it.
+    pub(super) status: Option<u16>,
+    pub(super) served: bool,
+    pub(super) bytes_in: usize,
+    pub(super) bytes_out: usize,
+    pub(super) cache: &'static str,
+    pub(super) error: Option<String>,
+    _active: ActiveGuard,
+    _inflight: Option<InflightGauge>,
+}
+
+impl RequestCtx {
+    #[must_use]
+    pub fn new(active: ActiveGuard) -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            policy: None,
+            route: None,
+            body: RequestBody::Empty,
+            json: None,
+            attempt: None,
+            status: None,
+            served: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            cache: "",
+            error: None,
+            _active: active,
+            _inflight: None,
+        }
+    }
+
+    /// Marks the request as belonging to route `index` for metrics and logs.
+    pub(super) fn enter_route(&mut self, index: usize, route: &Route) {
+        self.route = Some(index);
+        route.metrics.inflight.inc();
+        self._inflight = Some(InflightGauge(route.metrics.inflight.clone()));
+    }
+
+    /// The route this request was matched to, if any.
+    pub(super) fn route(&self) -> Option<&Route> {
+        self.policy.as_ref()?.routes.get(self.route?)
+    }
+
+    /// Takes in what the forwarder did.
+    pub(super) fn record_attempt(&mut self, attempt: Attempt) {
+        if let Some(status) = attempt.status {
+            self.status = Some(status);
+            self.served = true;
+        }
+        self.bytes_out += attempt.bytes_out;
+        self.attempt = Some(attempt);
+    }
+
+    /// The record the access log and the metrics read.
+    pub(super) fn finished<'a>(&'a self, session: &'a Session) -> Finished<'a> {
+        let req = session.req_header();
+        let route = self.route();
+        let attempt = self.attempt.as_ref();
+        Finished {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route,
+            endpoint: route
+                .zip(attempt.and_then(|a| a.endpoint))
+                .and_then(|(r, i)| r.upstream.endpoints.get(i))
+                .map(|e| e.url.as_str()),
+            status: self.status,
+            served: self.served,
+            duration: self.start.elapsed(),
+            ttfb: attempt.and_then(|a| a.ttfb),
+            bytes_in: self.bytes_in.max(session.body_bytes_read()),
+            bytes_out: self.bytes_out,
+            cache: self.cache,
+            error: self.error.as_deref(),
+        }
+    }
+}

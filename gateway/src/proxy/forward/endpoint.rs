@@ -1,0 +1,293 @@
+//! One try at one endpoint, in four steps: connect (pooled), send the request, await the
+//! response head (first-byte timeout), relay the body into the [`Tee`] (idle timeout).
+
+use super::Attempt;
+use crate::config::policy::{Route, Upstream};
+use crate::proxy::body::{client_body_error, continue_if_expected};
+use crate::proxy::ctx::RequestBody;
+use crate::proxy::headers::{client_response, upstream_request};
+use crate::proxy::respond::ForwardError;
+use crate::proxy::sink::{StreamEnd, Tee};
+use pingora::connectors::http::Connector;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+use sluice_plugins::openai_error::GatewayError;
+use std::sync::Arc;
+use std::time::Instant;
+// Pingora's timer registers lazily and on a shared wheel: no per-request tokio timer wake-up.
+use pingora::time::timeout;
+
+/// What one try needs to know.
+pub(super) struct TryRequest<'a> {
+    pub route: &'a Route,
+    pub idx: usize,
+    pub body: &'a RequestBody,
+    /// Whether a retryable status may be turned into another try (instead of relayed).
+    pub can_retry_status: bool,
+}
+
+/// A failed try at one endpoint.
+pub(super) enum TryError {
+    /// May be tried again elsewhere if the retry policy (`allowed`) says so; `stale` marks a
+    /// pooled connection the upstream had closed, which is always worth one more try;
+    /// `body_used` says a streamed client body was (partly) sent and cannot be sent again.
+    Retry {
+        error: GatewayError,
+        allowed: bool,
+        stale: bool,
+        body_used: bool,
+    },
+    Final(ForwardError),
+}
+
+impl TryError {
+    /// The upstream failed in a way no retry helps: answer 502.
+    fn failed(upstream: &str, detail: &str) -> Self {
+        TryError::Final(ForwardError::Respond(GatewayError::upstream_failed(
+            upstream, detail,
+        )))
+    }
+
+    fn aborted(why: String) -> Self {
+        TryError::Final(ForwardError::Aborted(why))
+    }
+}
+
+/// A connection to the endpoint, and whether it came from the pool.
+struct Connected {
+    conn: HttpSession,
+    peer: Arc<HttpPeer>,
+    reused: bool,
+}
+
+pub(super) async fn try_endpoint(
+    connector: &Connector,
+    session: &mut Session,
+    req: &TryRequest<'_>,
+    tee: &mut Tee<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), TryError> {
+    let up: &Upstream = &req.route.upstream;
+    let _inflight = up.balancer.stats(req.idx).map(|s| s.start());
+    let mut c = connect(connector, up, req.idx).await?;
+    let sent = Instant::now();
+    send(session, &mut c, req).await?;
+    await_head(&mut c.conn, up, req.body, c.reused).await?;
+    let ttfb = sent.elapsed();
+    if let Some(stats) = up.balancer.stats(req.idx) {
+        stats.observe(ttfb, Instant::now());
+    }
+    req.route.metrics.ttfb.observe(ttfb.as_secs_f64());
+    attempt.ttfb = Some(ttfb);
+
+    let Some(upstream_resp) = c.conn.response_header() else {
+        return Err(TryError::failed(&up.name, "no response header"));
+    };
+    let status = upstream_resp.status.as_u16();
+    if req.can_retry_status && up.retry.on_status(status) {
+        return Err(TryError::Retry {
+            error: GatewayError::upstream_failed(&up.name, &format!("status {status}")),
+            allowed: true,
+            stale: false,
+            body_used: false,
+        });
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    let endpoint = &up.endpoints[req.idx];
+    let resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
+        .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+    tee.head(session, resp).await.map_err(TryError::aborted)?;
+    attempt.status = Some(status);
+    relay(session, &mut c.conn, up, tee).await?;
+    if c.conn.response_done() {
+        connector
+            .release_http_session(c.conn, c.peer.as_ref(), Some(up.idle_timeout))
+            .await;
+    }
+    Ok(())
+}
+
+/// A pooled or new connection to endpoint `idx`.
+async fn connect(connector: &Connector, up: &Upstream, idx: usize) -> Result<Connected, TryError> {
+    let connect_failed = |error| TryError::Retry {
+        error,
+        allowed: up.retry.on_connect,
+        stale: false,
+        body_used: false,
+    };
+    let peer = up.endpoints[idx]
+        .peer()
+        .await
+        .map_err(|m| connect_failed(GatewayError::upstream_failed(&up.name, &m)))?;
+    let (conn, reused) = connector
+        .get_http_session(peer.as_ref())
+        .await
+        .map_err(|e| {
+            connect_failed(match e.etype() {
+                ErrorType::ConnectTimedout => {
+                    GatewayError::upstream_timeout(&up.name, "a connection")
+                }
+                _ => GatewayError::upstream_failed(
+                    &up.name,
+                    &format!("connect: {}", e.etype().as_str()),
+                ),
+            })
+        })?;
+    up.connections.record(reused);
+    Ok(Connected {
+        conn,
+        peer: Arc::clone(peer),
+        reused,
+    })
+}
+
+/// Writes the request head and body.
+async fn send(
+    session: &mut Session,
+    c: &mut Connected,
+    req: &TryRequest<'_>,
+) -> Result<(), TryError> {
+    let up = &req.route.upstream;
+    // A reused connection the upstream already closed fails on first use: try once more.
+    let broken = |what: &str, e: pingora::BError| TryError::Retry {
+        error: GatewayError::upstream_failed(&up.name, &format!("{what}: {}", e.etype().as_str())),
+        allowed: up.retry.on_status(502),
+        stale: c.reused,
+        body_used: false,
+    };
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let body_len = match req.body {
+        RequestBody::Buffered(b) => Some(b.len()),
+        _ => None,
+    };
+    let head = upstream_request(
+        session.req_header(),
+        up,
+        &up.endpoints[req.idx],
+        client_ip,
+        body_len,
+    )
+    .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+    c.conn
+        .write_request_header(Box::new(head))
+        .await
+        .map_err(|e| broken("writing request", e))?;
+    match req.body {
+        RequestBody::Empty => c
+            .conn
+            .finish_request_body()
+            .await
+            .map_err(|e| broken("writing request", e)),
+        RequestBody::Buffered(b) => c
+            .conn
+            .write_request_body(b.clone(), true)
+            .await
+            .map_err(|e| broken("writing body", e)),
+        RequestBody::Stream => stream_request_body(session, &mut c.conn, &up.name).await,
+    }
+}
+
+/// Copies the client's body to the upstream as it arrives.
+async fn stream_request_body(
+    session: &mut Session,
+    conn: &mut HttpSession,
+    upstream: &str,
+) -> Result<(), TryError> {
+    continue_if_expected(session)
+        .await
+        .map_err(TryError::Final)?;
+    loop {
+        let chunk = session
+            .read_request_body()
+            .await
+            .map_err(|e| TryError::Final(client_body_error(&e)))?;
+        let end = chunk.is_none();
+        let data = chunk.unwrap_or_default();
+        if !data.is_empty() || end {
+            conn.write_request_body(data, end).await.map_err(|e| {
+                TryError::failed(upstream, &format!("writing body: {}", e.etype().as_str()))
+            })?;
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits for the final response head within the first-byte timeout.
+async fn await_head(
+    conn: &mut HttpSession,
+    up: &Upstream,
+    body: &RequestBody,
+    reused: bool,
+) -> Result<(), TryError> {
+    let body_used = matches!(body, RequestBody::Stream);
+    match timeout(up.timeouts.first_byte, read_final_header(conn)).await {
+        Err(_) => Err(TryError::Retry {
+            error: GatewayError::upstream_timeout(&up.name, "the first byte"),
+            allowed: up.retry.on_timeout,
+            stale: false,
+            body_used,
+        }),
+        Ok(Err(e)) => Err(TryError::Retry {
+            error: GatewayError::upstream_failed(
+                &up.name,
+                &format!("reading response: {}", e.etype().as_str()),
+            ),
+            allowed: up.retry.on_status(502),
+            stale: reused,
+            body_used,
+        }),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Reads the upstream's response header, passing over informational ones (100, 103).
+async fn read_final_header(conn: &mut HttpSession) -> pingora::Result<()> {
+    loop {
+        conn.read_response_header().await?;
+        match conn.response_header().map(|h| h.status.as_u16()) {
+            Some(status) if (100..200).contains(&status) && status != 101 => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Copies the response body into the tee, chunk by chunk, within the idle timeout.
+async fn relay(
+    session: &mut Session,
+    conn: &mut HttpSession,
+    up: &Upstream,
+    tee: &mut Tee<'_>,
+) -> Result<(), TryError> {
+    loop {
+        let failed = match timeout(up.timeouts.idle, conn.read_response_body()).await {
+            Err(_) => format!(
+                "upstream {} idle for {:?} mid-response",
+                up.name, up.timeouts.idle
+            ),
+            Ok(Err(e)) => format!(
+                "upstream {} failed mid-response: {}",
+                up.name,
+                e.etype().as_str()
+            ),
+            Ok(Ok(Some(chunk))) => {
+                tee.chunk(session, chunk).await.map_err(TryError::aborted)?;
+                continue;
+            }
+            Ok(Ok(None)) => {
+                return tee
+                    .end(session, StreamEnd::Complete)
+                    .await
+                    .map_err(TryError::aborted)
+            }
+        };
+        let _ = tee.end(session, StreamEnd::Aborted).await;
+        return Err(TryError::aborted(failed));
+    }
+}

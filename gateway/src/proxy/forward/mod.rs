@@ -1,0 +1,115 @@
+//! Sends a request to one of the route's upstream endpoints over Pingora's pooled
+//! `Connector` and streams the answer into a [`Tee`]. Forwarding ourselves (instead of
+//! Pingora's proxy loop) lets a body read for routing reach the upstream whole at any size,
+//! and lets POSTs be retried on another endpoint with the body replayed. The forwarder reports
+//! what happened as an [`Attempt`]; it writes nothing into the request's context.
+
+mod endpoint;
+
+use super::ctx::RequestBody;
+use super::respond::ForwardError;
+use super::sink::Tee;
+use crate::config::policy::Route;
+use endpoint::{TryError, TryRequest};
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::proxy::Session;
+use sluice_plugins::openai_error::GatewayError;
+use std::cell::OnceCell;
+use std::time::Duration;
+
+/// What forwarding did: the endpoint last tried, its time to first byte, the status the
+/// client got from it, the body bytes written, and how it ended.
+#[derive(Debug)]
+pub struct Attempt {
+    pub endpoint: Option<usize>,
+    pub ttfb: Option<Duration>,
+    pub status: Option<u16>,
+    pub bytes_out: usize,
+    pub outcome: Result<(), ForwardError>,
+}
+
+/// Forwards requests over a connection pool per worker thread, so a pooled connection is
+/// reused by the thread (and so the runtime) that opened it, whatever the runtime flavour.
+pub struct Forwarder {
+    options: ConnectorOptions,
+}
+
+thread_local! {
+    static CONNECTOR: OnceCell<&'static Connector> = const { OnceCell::new() };
+}
+
+impl Forwarder {
+    #[must_use]
+    pub fn new(options: ConnectorOptions) -> Self {
+        Forwarder { options }
+    }
+
+    /// This thread's connector, created on first use and kept for the life of the thread.
+    fn connector(&self) -> &'static Connector {
+        CONNECTOR.with(|c| {
+            *c.get_or_init(|| Box::leak(Box::new(Connector::new(Some(self.options.clone())))))
+        })
+    }
+
+    /// Tries endpoints until one answers or the retry policy gives up.
+    pub async fn forward(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        body: &RequestBody,
+        tee: &mut Tee<'_>,
+    ) -> Attempt {
+        let up = &route.upstream;
+        let mut attempt = Attempt {
+            endpoint: None,
+            ttfb: None,
+            status: None,
+            bytes_out: 0,
+            outcome: Ok(()),
+        };
+        let mut tried = Vec::new();
+        let mut retries_left = up.retry.attempts;
+        let mut stale_retry_left = true;
+        let streams_body = matches!(body, RequestBody::Stream);
+        attempt.outcome = loop {
+            let Some(idx) = up.balancer.pick(&tried) else {
+                break Err(ForwardError::Respond(GatewayError::no_endpoint(&up.name)));
+            };
+            attempt.endpoint = Some(idx);
+            let try_req = TryRequest {
+                route,
+                idx,
+                body,
+                // A status is retried only with a body still in hand; a streamed one is gone.
+                can_retry_status: retries_left > 0 && !streams_body,
+            };
+            match endpoint::try_endpoint(self.connector(), session, &try_req, tee, &mut attempt)
+                .await
+            {
+                Ok(()) => break Ok(()),
+                Err(TryError::Final(e)) => break Err(e),
+                Err(TryError::Retry {
+                    error,
+                    allowed,
+                    stale,
+                    body_used,
+                }) => {
+                    // A streamed body can be sent only once; a read one is replayed.
+                    let replayable = !(streams_body && body_used);
+                    if stale && stale_retry_left && replayable {
+                        stale_retry_left = false;
+                    } else if allowed && retries_left > 0 && replayable {
+                        retries_left -= 1;
+                        tried.push(idx);
+                    } else {
+                        break Err(ForwardError::Respond(error));
+                    }
+                    tracing::debug!(upstream = %up.name, endpoint = %up.endpoints[idx].url, reason = %error.message, "retrying");
+                }
+            }
+        };
+        attempt.bytes_out = tee.bytes_out;
+        attempt
+    }
+}

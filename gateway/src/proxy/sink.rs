@@ -1,0 +1,123 @@
+//! Where a response goes. The forwarder's copy loop hands each part to a [`Tee`]: the client
+//! writer first, then every [`ResponseSink`] (the cache recorder, which also feeds
+//! single-flight followers; later the usage counter). The copy loop never learns what a cache
+//! or a limiter is; a request with no sinks pays for an empty `Vec`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream finished it cleanly.
+    Complete,
+    /// The upstream failed, timed out or the copy was abandoned mid-way.
+    Aborted,
+}
+
+/// Observes one response as it passes; never slows the client (no async, no waiting).
+pub trait ResponseSink: Send {
+    fn on_head(&mut self, head: &ResponseHeader);
+    fn on_chunk(&mut self, chunk: &Bytes);
+    fn on_end(&mut self, end: StreamEnd);
+    /// Whether the rest of the body is still wanted after the client went away (single-flight
+    /// followers are waiting on it).
+    fn wants_rest(&self) -> bool {
+        false
+    }
+}
+
+/// The client writer plus the sinks.
+#[derive(Default)]
+pub struct Tee<'a> {
+    sinks: Vec<&'a mut dyn ResponseSink>,
+    /// Why the client stopped taking the response, once it did.
+    client_gone: Option<String>,
+    /// Body bytes written to the client.
+    pub bytes_out: usize,
+}
+
+impl<'a> Tee<'a> {
+    #[must_use]
+    pub fn new() -> Self {
+        Tee::default()
+    }
+
+    /// Adds a sink after the client writer.
+    pub fn add(&mut self, sink: &'a mut dyn ResponseSink) {
+        self.sinks.push(sink);
+    }
+
+    /// Why the client went away, if it did.
+    #[must_use]
+    pub fn client_gone(&self) -> Option<&str> {
+        self.client_gone.as_deref()
+    }
+
+    fn wants_rest(&self) -> bool {
+        self.sinks.iter().any(|s| s.wants_rest())
+    }
+
+    /// Sends the head. `Err` means nobody wants the response any more.
+    pub async fn head(
+        &mut self,
+        session: &mut Session,
+        head: ResponseHeader,
+    ) -> Result<(), String> {
+        for s in &mut self.sinks {
+            s.on_head(&head);
+        }
+        if let Err(e) = session.write_response_header(Box::new(head), false).await {
+            return self.lose_client(format!("writing response header: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Sends one body chunk. `Err` means nobody wants the rest.
+    pub async fn chunk(&mut self, session: &mut Session, chunk: Bytes) -> Result<(), String> {
+        for s in &mut self.sinks {
+            s.on_chunk(&chunk);
+        }
+        if self.client_gone.is_some() {
+            return Ok(());
+        }
+        let len = chunk.len();
+        match session.write_response_body(Some(chunk), false).await {
+            Ok(()) => {
+                self.bytes_out += len;
+                Ok(())
+            }
+            Err(e) => self.lose_client(format!("client went away: {}", e.etype().as_str())),
+        }
+    }
+
+    /// Ends the body. `Err` when the client could not take the end.
+    pub async fn end(&mut self, session: &mut Session, end: StreamEnd) -> Result<(), String> {
+        for s in &mut self.sinks {
+            s.on_end(end);
+        }
+        if let Some(why) = &self.client_gone {
+            return Err(why.clone());
+        }
+        if end == StreamEnd::Complete {
+            if let Err(e) = session.write_response_body(None, true).await {
+                return Err(format!("client went away: {}", e.etype().as_str()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The client failed: keep copying for the sinks that still want the body, else stop
+    /// (and tell the sinks the body is cut short).
+    fn lose_client(&mut self, why: String) -> Result<(), String> {
+        self.client_gone = Some(why.clone());
+        if self.wants_rest() {
+            return Ok(());
+        }
+        for s in &mut self.sinks {
+            s.on_end(StreamEnd::Aborted);
+        }
+        Err(why)
+    }
+}
