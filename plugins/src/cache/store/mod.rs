@@ -1,0 +1,360 @@
+//! The prompt cache's tiers: L1 in process memory, L2 a shared Redis, L3 a local disk file.
+//! A lookup walks them fastest first and promotes a hit into the faster tiers; a write lands
+//! in memory at once and reaches Redis and disk through background writers. The store owns a
+//! small runtime so the Redis connection and the writers belong to no Pingora worker runtime,
+//! and a slow or dead tier costs the request path nothing but a skipped lookup.
+
+mod disk;
+mod memory;
+mod outage;
+mod queue;
+mod redis;
+#[cfg(test)]
+mod tests;
+
+use self::disk::DiskTier;
+use self::memory::MemoryTier;
+use self::queue::{Change, Queue};
+use self::redis::RedisTier;
+use super::{CacheKey, Entry};
+use crate::metrics::{CacheTier, Metrics};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::runtime::{Handle, Runtime};
+
+/// Name of the store's runtime threads (also how `Drop` knows it runs on one of them).
+const RUNTIME_THREAD: &str = "sluice-cache";
+/// Writes waiting for Redis or disk beyond this are dropped rather than buffered without bound.
+const QUEUE_CAPACITY: usize = 4096;
+/// How long `Drop` waits for in-flight disk work before leaving it behind.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// An extension gaining less than this share of `extend_ms` is skipped, so a hot entry is
+/// rewritten about ten times per extension window instead of on every hit.
+const EXTEND_STEP_DIVISOR: u64 = 10;
+
+/// Which tiers to open and how large they may grow.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// L1 bound: the sum of [`Entry::weight`] held in memory.
+    pub memory_max_bytes: u64,
+    pub redis: Option<RedisConfig>,
+    pub disk: Option<DiskConfig>,
+}
+
+/// The shared L2.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Per-command timeout.
+    pub timeout: Duration,
+    /// Key prefix, default `"sluice"`.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    /// A config for `url` with the default timeout (100 ms) and prefix (`sluice`).
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            timeout: Duration::from_millis(100),
+            prefix: "sluice".into(),
+        }
+    }
+}
+
+/// The local L3.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// A directory; the store keeps its database file `cache.redb` in it (created if missing).
+    pub path: PathBuf,
+    /// Bound on the encoded entries stored (the file itself is somewhat larger).
+    pub max_bytes: u64,
+}
+
+/// Entries removed by a purge, per tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeCounts {
+    pub memory: u64,
+    pub redis: u64,
+    pub disk: u64,
+}
+
+/// What a slower tier found for a key.
+enum Lookup {
+    Hit(Entry),
+    Miss,
+    /// A value that can never be served (corrupt, or expired on disk): delete it.
+    Discard,
+}
+
+/// A slow tier with the queue that writes to it in the background.
+struct Backed<T> {
+    tier: Arc<T>,
+    writes: Queue,
+}
+
+/// The three tiers behind one lookup/store API; share it as `Arc<CacheStore>`.
+pub struct CacheStore {
+    memory: Arc<MemoryTier>,
+    redis: Option<Backed<RedisTier>>,
+    disk: Option<Backed<DiskTier>>,
+    handle: Handle,
+    /// Owns the threads `handle` runs on; `None` only while opening and once dropped.
+    runtime: Option<Runtime>,
+}
+
+// === impl CacheStore ===
+
+impl CacheStore {
+    /// Opens the tiers. Redis connects in the background (a dead Redis at start is not an
+    /// error: the tier is skipped until it answers), though `open` waits up to one Redis
+    /// timeout for the first answer so a healthy Redis serves the first request. A disk path
+    /// that cannot be opened is an error naming the path.
+    pub fn open(config: &StoreConfig, metrics: &Metrics) -> Result<CacheStore, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(RUNTIME_THREAD)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cache: cannot start its runtime: {e}"))?;
+        match Self::open_tiers(config, metrics, runtime.handle()) {
+            Ok(mut store) => {
+                store.runtime = Some(runtime);
+                Ok(store)
+            }
+            Err(e) => {
+                // Dropping a runtime in async context panics; the caller may be in one.
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
+    }
+
+    /// The tiers, their writers and housekeeping on `handle`; the caller adds the runtime.
+    fn open_tiers(
+        config: &StoreConfig,
+        metrics: &Metrics,
+        handle: &Handle,
+    ) -> Result<CacheStore, String> {
+        let memory = MemoryTier::start(
+            config.memory_max_bytes,
+            metrics.cache_tier(CacheTier::Memory),
+            handle,
+        );
+        let disk = match &config.disk {
+            Some(disk) => {
+                let tier = Arc::new(DiskTier::open(disk, metrics.cache_tier(CacheTier::Disk))?);
+                let errors = metrics.cache_tier(CacheTier::Disk).errors;
+                let writes = tier.writer(handle, QUEUE_CAPACITY, errors);
+                Some(Backed { tier, writes })
+            }
+            None => None,
+        };
+        let redis = match &config.redis {
+            Some(redis) => {
+                let tier = RedisTier::start(redis, metrics.cache_tier(CacheTier::Redis), handle)?;
+                let errors = metrics.cache_tier(CacheTier::Redis).errors;
+                let writes = tier.writer(handle, QUEUE_CAPACITY, errors);
+                Some(Backed { tier, writes })
+            }
+            None => None,
+        };
+        Ok(CacheStore {
+            memory,
+            redis,
+            disk,
+            handle: handle.clone(),
+            runtime: None,
+        })
+    }
+
+    /// L1 → L2 → L3; the first fresh hit wins and is promoted into the faster tiers; `None`
+    /// on a miss. Never fails: a tier error is logged once per outage, counted in that tier's
+    /// `errors`, and the lookup goes on. `route` names the entry's route (part of its Redis key).
+    pub async fn get(
+        &self,
+        key: CacheKey,
+        route: &str,
+        now_ms: u64,
+    ) -> Option<(Arc<Entry>, CacheTier)> {
+        if let Some(entry) = self.memory.get(key).await.filter(|e| e.is_fresh(now_ms)) {
+            return Some((entry, CacheTier::Memory));
+        }
+        if let Some(entry) = self.redis_lookup(key, route, now_ms).await {
+            self.memory.insert(key, Arc::clone(&entry)).await;
+            return Some((entry, CacheTier::Redis));
+        }
+        if let Some(entry) = self.disk_lookup(key, route, now_ms).await {
+            self.memory.insert(key, Arc::clone(&entry)).await;
+            if let Some(redis) = &self.redis {
+                let entry = Arc::clone(&entry);
+                redis.writes.push(Change::Put { key, entry, now_ms });
+            }
+            return Some((entry, CacheTier::Disk));
+        }
+        None
+    }
+
+    /// Stores in L1 at once and in L2/L3 in the background; replaces an older entry. Has no
+    /// time argument, so entries already expired by the wall clock are dropped here.
+    pub fn put(&self, key: CacheKey, entry: Arc<Entry>) {
+        let now_ms = unix_now_ms();
+        if !entry.is_fresh(now_ms) {
+            return;
+        }
+        self.store_everywhere(key, entry, now_ms);
+    }
+
+    /// Adaptive TTL: after a hit at `now_ms`, stores the entry with its extended expiry in
+    /// every tier (L2/L3 in the background). An extension gaining less than a tenth of
+    /// `extend_ms` is skipped, so hits on a hot entry do not each rewrite it.
+    pub fn extend(&self, key: CacheKey, entry: &Entry, now_ms: u64) {
+        let expires_at_ms = entry.extended_expiry(now_ms);
+        let gain = expires_at_ms.saturating_sub(entry.expires_at_ms);
+        if gain == 0 || gain < entry.extend_ms / EXTEND_STEP_DIVISOR {
+            return;
+        }
+        let extended = Arc::new(Entry {
+            expires_at_ms,
+            ..entry.clone()
+        });
+        self.store_everywhere(key, extended, now_ms);
+    }
+
+    /// Removes every entry, or those of one route; counts per tier. Writes queued before the
+    /// purge are purged too.
+    pub async fn purge(&self, route: Option<&str>) -> PurgeCounts {
+        let redis = async {
+            match &self.redis {
+                Some(redis) => redis.writes.purge(route).await,
+                None => 0,
+            }
+        };
+        let disk = async {
+            match &self.disk {
+                Some(disk) => disk.writes.purge(route).await,
+                None => 0,
+            }
+        };
+        let (memory, redis, disk) = tokio::join!(self.memory.purge(route), redis, disk);
+        PurgeCounts {
+            memory,
+            redis,
+            disk,
+        }
+    }
+
+    /// Waits until background writes queued so far are done and the gauges are current
+    /// (tests, shutdown).
+    pub async fn flush(&self) {
+        if let Some(redis) = &self.redis {
+            redis.writes.flush().await;
+        }
+        if let Some(disk) = &self.disk {
+            disk.writes.flush().await;
+        }
+        self.memory.sync_gauges().await;
+    }
+
+    /// Whether Redis is configured and answering (for health reporting).
+    #[must_use]
+    pub fn redis_up(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.tier.is_up())
+    }
+
+    /// One GET on the store's runtime, skipped while Redis is down.
+    async fn redis_lookup(&self, key: CacheKey, route: &str, now_ms: u64) -> Option<Arc<Entry>> {
+        let redis = self.redis.as_ref().filter(|r| r.tier.is_up())?;
+        let tier = Arc::clone(&redis.tier);
+        let owned_route = route.to_string();
+        let found = self
+            .handle
+            .spawn(async move { tier.get(key, &owned_route, now_ms).await })
+            .await;
+        Self::settle(found.unwrap_or(Lookup::Miss), &redis.writes, key, route)
+    }
+
+    /// One read transaction on the store's blocking threads.
+    async fn disk_lookup(&self, key: CacheKey, route: &str, now_ms: u64) -> Option<Arc<Entry>> {
+        let disk = self.disk.as_ref()?;
+        let tier = Arc::clone(&disk.tier);
+        let found = self
+            .handle
+            .spawn_blocking(move || tier.read(key, now_ms))
+            .await;
+        Self::settle(found.unwrap_or(Lookup::Miss), &disk.writes, key, route)
+    }
+
+    /// The hit, if any; an unusable value is queued for deletion.
+    fn settle(found: Lookup, writes: &Queue, key: CacheKey, route: &str) -> Option<Arc<Entry>> {
+        match found {
+            Lookup::Hit(entry) => Some(Arc::new(entry)),
+            Lookup::Miss => None,
+            Lookup::Discard => {
+                let route = route.to_string();
+                writes.push(Change::Remove { key, route });
+                None
+            }
+        }
+    }
+
+    fn store_everywhere(&self, key: CacheKey, entry: Arc<Entry>, now_ms: u64) {
+        self.memory
+            .insert_now(key, Arc::clone(&entry), &self.handle);
+        for writes in [
+            self.redis.as_ref().map(|r| &r.writes),
+            self.disk.as_ref().map(|d| &d.writes),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            writes.push(Change::Put {
+                key,
+                entry: Arc::clone(&entry),
+                now_ms,
+            });
+        }
+    }
+}
+
+impl Drop for CacheStore {
+    /// Stops the store's runtime. From outside it, waits (on a helper thread, since dropping a
+    /// runtime in async context panics) until its tasks are gone, so the disk file is closed
+    /// when `drop` returns and can be reopened at once.
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        if std::thread::current().name() == Some(RUNTIME_THREAD) {
+            runtime.shutdown_background();
+            return;
+        }
+        let (give, take) = std::sync::mpsc::channel::<Runtime>();
+        let closer = std::thread::Builder::new()
+            .name("sluice-cache-close".into())
+            .spawn(move || {
+                if let Ok(runtime) = take.recv() {
+                    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+                }
+            });
+        match closer {
+            Ok(closer) => {
+                if let Err(std::sync::mpsc::SendError(runtime)) = give.send(runtime) {
+                    runtime.shutdown_background();
+                }
+                let _ = closer.join();
+            }
+            Err(_) => runtime.shutdown_background(),
+        }
+    }
+}
+
+/// The wall clock in Unix ms, only where the API has no `now_ms` (put, moka's expiry).
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
