@@ -9,6 +9,38 @@ pub enum Seg {
     Index(usize),
 }
 
+impl From<&str> for Seg {
+    fn from(key: &str) -> Self {
+        Seg::Key(key.to_string())
+    }
+}
+
+impl From<&String> for Seg {
+    fn from(key: &String) -> Self {
+        Seg::Key(key.clone())
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(index: usize) -> Self {
+        Seg::Index(index)
+    }
+}
+
+/// A field path from keys and indexes: `field_path!["routes", 1, "cache", "ttl"]`, or below a base
+/// path: `field_path![base; "ttl"]`.
+macro_rules! field_path {
+    ($base:expr; $($seg:expr),* $(,)?) => {{
+        let mut p: Vec<$crate::config::locate::Seg> = $base.to_vec();
+        $(p.push($crate::config::locate::Seg::from($seg));)*
+        p
+    }};
+    ($($seg:expr),* $(,)?) => {
+        [$($crate::config::locate::Seg::from($seg)),*]
+    };
+}
+pub(crate) use field_path;
+
 /// Renders a path as `routes[1].match.model`.
 #[must_use]
 pub fn render(path: &[Seg]) -> String {
@@ -63,9 +95,15 @@ fn flow_key(line: &str, key: &str) -> Option<usize> {
     let mut from = open;
     while let Some(pos) = line[from..].find(key) {
         let at = from + pos;
-        let before = line[..at].trim_end().chars().last();
+        let before = line[..at]
+            .trim_end_matches(['"', '\''])
+            .trim_end()
+            .chars()
+            .last();
         if matches!(before, Some('{') | Some(',')) && starts_with_key(&line[at..], key) {
-            return Some(at);
+            // A quoted key starts at its quote.
+            let quoted = line[..at].ends_with(['"', '\'']);
+            return Some(if quoted { at - 1 } else { at });
         }
         from = at + key.len();
     }
@@ -83,9 +121,18 @@ fn block_end(lines: &[&str], i: usize, col: usize, end: usize) -> usize {
 #[must_use]
 pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
     let lines: Vec<&str> = text.lines().collect();
+    match walk(&lines, path).0 {
+        Some((i, col)) => (i + 1, col + 1),
+        None => (1, 1),
+    }
+}
+
+/// Walks `path` down the lines: the 0-based (line, column) of the deepest segment found, and
+/// whether every segment was.
+fn walk(lines: &[&str], path: &[Seg]) -> (Option<(usize, usize)>, bool) {
     let (mut start, mut end) = (0usize, lines.len());
     let mut parent: Option<usize> = None;
-    let mut found = (1, 1);
+    let mut found = None;
     for seg in path {
         match seg {
             Seg::Key(key) => {
@@ -100,10 +147,12 @@ pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
                         }
                     })
                     .min_by_key(|&(i, col)| (col, i));
-                let Some((i, col)) = hit else { return found };
-                found = (i + 1, col + 1);
+                let Some((i, col)) = hit else {
+                    return (found, false);
+                };
+                found = Some((i, col));
                 parent = Some(col);
-                end = block_end(&lines, i, col, end);
+                end = block_end(lines, i, col, end);
                 start = i;
             }
             Seg::Index(n) => {
@@ -116,25 +165,27 @@ pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
                     })
                     .collect();
                 let Some(&(_, list_indent)) = items.first() else {
-                    return found;
+                    return (found, false);
                 };
                 let same: Vec<usize> = items
                     .iter()
                     .filter(|(_, ind)| *ind == list_indent)
                     .map(|(i, _)| *i)
                     .collect();
-                let Some(&i) = same.get(*n) else { return found };
-                found = (i + 1, list_indent + 1);
+                let Some(&i) = same.get(*n) else {
+                    return (found, false);
+                };
+                found = Some((i, list_indent));
                 end = same
                     .get(n + 1)
                     .copied()
-                    .unwrap_or_else(|| block_end(&lines, i, list_indent, end));
+                    .unwrap_or_else(|| block_end(lines, i, list_indent, end));
                 start = i;
                 parent = Some(list_indent);
             }
         }
     }
-    found
+    (found, true)
 }
 
 #[cfg(test)]
