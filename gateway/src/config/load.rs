@@ -3,8 +3,9 @@
 //! one pass that both checks and builds. Every problem is reported as
 //! `file:line:column: field.path: message`.
 
-use super::locate::{locate, render, Seg};
+use super::locate::{locate, locate_value, render, Seg};
 use super::spec::Spec;
+use super::units;
 use std::fmt;
 use std::path::Path;
 
@@ -171,8 +172,9 @@ fn parse(file: &str, text: &str) -> Result<Spec, ConfigErrors> {
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        let segs = segments(e.path());
         let inner = e.into_inner();
-        let (line, column) = inner
+        let (mut line, mut column) = inner
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((1, 1));
@@ -189,6 +191,13 @@ fn parse(file: &str, text: &str) -> Result<Spec, ConfigErrors> {
             }
             _ => message,
         };
+        // serde_yaml places errors raised by our unit parsers at the enclosing map's first key;
+        // the value is where the user has to look.
+        if units::is_unit_error(&message) {
+            if let Some(at) = locate_value(text, &segs) {
+                (line, column) = at;
+            }
+        }
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
             line,
@@ -197,6 +206,18 @@ fn parse(file: &str, text: &str) -> Result<Spec, ConfigErrors> {
             message,
         }])
     })
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(Seg::Index(*index)),
+            Segment::Map { key } => Some(Seg::Key(key.clone())),
+            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -259,15 +280,47 @@ routes:
     }
 
     #[test]
-    fn bad_duration_is_located() {
+    fn bad_duration_in_flow_style_points_at_the_value() {
         let bad = GOOD.replace(
             "    set_headers",
             "    timeouts: { connect: 2 parsecs }\n    set_headers",
         );
         let e = load_str("g.yaml", &bad, &env).unwrap_err().to_string();
-        assert!(e.starts_with("g.yaml:5:"), "{e}");
-        assert!(e.contains("upstreams.local.timeouts.connect"), "{e}");
-        assert!(e.contains("invalid duration unit"), "{e}");
+        assert!(
+            e.starts_with(
+                "g.yaml:5:26: upstreams.local.timeouts.connect: invalid duration unit in `2 parsecs`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_in_block_style_points_at_the_value() {
+        let bad = format!("server:\n  threads: 1\n  grace_period: 5 seconds\n{GOOD}");
+        let e = load_str("g.yaml", &bad, &env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("g.yaml:3:17: server.grace_period: invalid duration unit in `5 seconds`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_size_in_block_style_points_at_the_value() {
+        let bad = format!(
+            "server:\n  listen: [\"127.0.0.1:8080\"]\n  threads: 1\n  max_body_bytes: 10 parsecs\n{GOOD}"
+        );
+        let e = load_str("g.yaml", &bad, &env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("g.yaml:4:19: server.max_body_bytes: invalid size unit in `10 parsecs`"),
+            "{e}"
+        );
+        // The first key of its map too, where serde_yaml's own position would coincide.
+        let bad = format!("server:\n  max_body_bytes: lots\n{GOOD}");
+        let e = load_str("g.yaml", &bad, &env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("g.yaml:2:19: server.max_body_bytes: invalid size `lots`"),
+            "{e}"
+        );
     }
 
     #[test]

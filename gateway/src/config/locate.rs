@@ -1,6 +1,7 @@
 //! Finds the line and column of a field path in YAML text. serde_yaml reports positions for
 //! parse errors only; validation errors (unknown upstream, duplicate route) need them too.
-//! Handles block style fully and flow style (`{ a: 1 }`) down to the line.
+//! Handles block style fully and flow style (`{ a: 1 }`) down to the line; finds where a
+//! key's value starts, for errors about the value itself.
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +126,28 @@ pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
         Some((i, col)) => (i + 1, col + 1),
         None => (1, 1),
     }
+}
+
+/// 1-based (line, column) where the value of the key at `path` starts: just after `key: `, in
+/// block or flow style. `None` when the key is not there or its value starts on a later line.
+#[must_use]
+pub fn locate_value(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
+    let Some(Seg::Key(key)) = path.last() else {
+        return None;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let (Some((i, col)), true) = walk(&lines, path) else {
+        return None;
+    };
+    let line = lines[i];
+    let rest = line[col..].trim_start_matches(['"', '\'']);
+    let rest = rest.strip_prefix(key.as_str())?;
+    let rest = rest.trim_start_matches(['"', '\'']).trim_start();
+    let value = rest.strip_prefix(':')?.trim_start();
+    if value.is_empty() || value.starts_with('#') {
+        return None;
+    }
+    Some((i + 1, line.len() - value.len() + 1))
 }
 
 /// Walks `path` down the lines: the 0-based (line, column) of the deepest segment found, and
@@ -261,6 +284,40 @@ routes:
                 ]
             ),
             (6, 11)
+        );
+    }
+
+    #[test]
+    fn finds_values_after_their_key() {
+        assert_eq!(
+            locate_value(DOC, &[k("routes"), Seg::Index(1), k("upstream")]),
+            Some((15, 15))
+        );
+        assert_eq!(
+            locate_value(DOC, &[k("server"), k("listen")]),
+            Some((2, 11))
+        );
+        assert_eq!(
+            locate_value(
+                DOC,
+                &[
+                    k("upstreams"),
+                    k("local"),
+                    k("endpoints"),
+                    Seg::Index(0),
+                    k("weight")
+                ]
+            ),
+            Some((6, 49))
+        );
+        assert_eq!(
+            locate_value(DOC, &[k("upstreams"), k("local")]),
+            None,
+            "a block value starts on a later line"
+        );
+        assert_eq!(
+            locate_value(DOC, &[k("routes"), Seg::Index(1), k("x")]),
+            None
         );
     }
 
