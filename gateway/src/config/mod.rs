@@ -1,6 +1,7 @@
 //! Configuration: YAML text → [`spec::Spec`] (parsed: syntax, types, unknown fields) →
 //! [`policy::Policy`] (checked and compiled in one pass, immutable, swapped atomically on reload).
 
+pub mod cache;
 pub mod load;
 pub mod locate;
 pub mod policy;

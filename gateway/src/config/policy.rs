@@ -4,10 +4,12 @@
 //! outlive a reload (endpoint stats, metric families) lives in [`SharedState`] and is
 //! re-attached by name, only once the whole file is free of errors.
 
+pub use super::cache::{CacheScope, CacheTiers, DiskSettings, RedisSettings, RouteCache};
 pub use super::upstream::{
     parse_endpoint_url, Endpoint, EndpointUrl, RetryPolicy, Timeouts, Upstream,
 };
 
+use super::cache::{compile_redis, compile_route_cache, compile_tiers, redact_url};
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
 use super::spec::{MatchSpec, RouteSpec, Spec};
@@ -55,6 +57,8 @@ pub struct Policy {
     pub routes: Vec<Route>,
     pub max_body_bytes: usize,
     pub unrouted: StatusCounters,
+    /// The cache tiers; `Some` when any route caches.
+    pub cache_tiers: Option<CacheTiers>,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -63,12 +67,17 @@ pub struct Route {
     pub name: String,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// The route's cache policy, if it caches.
+    pub cache: Option<RouteCache>,
+    /// Some phase needs the request body (a model glob or a cache policy), so the proxy reads it.
+    pub reads_body: bool,
 }
 
 /// A route that passed every check, waiting for its upstream and metric handles.
 struct CheckedRoute<'a> {
     spec: &'a RouteSpec,
     matcher: RouteMatcher,
+    cache: Option<RouteCache>,
 }
 
 /// Checks `loaded` and compiles it; every problem is reported, each at its field.
@@ -81,6 +90,11 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         .iter()
         .filter_map(|(name, up)| Some((name.as_str(), compile_upstream(&mut errors, name, up)?)))
         .collect();
+    let redis = spec
+        .redis
+        .as_ref()
+        .and_then(|r| compile_redis(&mut errors, r));
+    let tiers = compile_tiers(&mut errors, loaded, redis.as_ref());
     let checked_routes = check_routes(&mut errors, spec);
     errors.finish(())?;
 
@@ -99,14 +113,18 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
             name: r.spec.name.clone(),
             upstream: Arc::clone(upstream),
             metrics: shared.metrics.route(&r.spec.name, &r.spec.upstream, ""),
+            reads_body: r.matcher.model.is_some() || r.cache.is_some(),
+            cache: r.cache,
         });
         matchers.push(r.matcher);
     }
+    let any_cache = routes.iter().any(|r| r.cache.is_some());
     Ok(Policy {
         router: Router::new(matchers),
         routes,
         max_body_bytes: usize::try_from(spec.server.max_body_bytes.0).unwrap_or(usize::MAX),
         unrouted: shared.metrics.unrouted(),
+        cache_tiers: any_cache.then_some(tiers),
         redacted: redact(spec),
     })
 }
@@ -173,10 +191,15 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec) -> Vec<CheckedRoute<'a>
             );
         }
         let matcher = compile_matcher(errors, &field_path![base; "match"], &route.matcher);
+        let cache = route
+            .cache
+            .as_ref()
+            .and_then(|c| compile_route_cache(errors, &base, c));
         if errors.count() == before {
             out.push(CheckedRoute {
                 spec: route,
                 matcher,
+                cache,
             });
         }
     }
@@ -215,7 +238,7 @@ fn compile_matcher(errors: &mut Errors, base: &[Seg], m: &MatchSpec) -> RouteMat
     }
 }
 
-/// The spec as JSON with header values (API keys) replaced.
+/// The spec as JSON with secrets replaced: header values (API keys) and Redis passwords.
 fn redact(spec: &Spec) -> serde_json::Value {
     let mut v = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
     if let Some(ups) = v.get_mut("upstreams").and_then(|u| u.as_object_mut()) {
@@ -225,6 +248,11 @@ fn redact(spec: &Spec) -> serde_json::Value {
                     *value = serde_json::Value::String("<redacted>".into());
                 }
             }
+        }
+    }
+    if let Some(url) = v.pointer_mut("/redis/url") {
+        if let Some(text) = url.as_str() {
+            *url = serde_json::Value::String(redact_url(text));
         }
     }
     v
@@ -271,6 +299,9 @@ routes:
         let p = compile_text(GOOD).unwrap();
         assert_eq!(p.routes.len(), 1);
         assert_eq!(p.max_body_bytes, 10 * 1024 * 1024);
+        assert!(p.routes[0].reads_body, "a model glob reads the body");
+        assert!(p.routes[0].cache.is_none());
+        assert!(p.cache_tiers.is_none(), "no route caches");
         let up = &p.routes[0].upstream;
         assert_eq!(up.set_headers[0].1, "Bearer sekrit");
     }
@@ -381,9 +412,15 @@ routes:
 
     #[test]
     fn secrets_are_redacted() {
-        let p = compile_text(GOOD).unwrap();
+        let text = format!("redis:\n  url: redis://:hunter2@127.0.0.1:6379/0\n{GOOD}");
+        let p = compile_text(&text).unwrap();
         let view = p.redacted.to_string();
         assert!(!view.contains("sekrit"), "{view}");
+        assert!(!view.contains("hunter2"), "{view}");
         assert!(view.contains("<redacted>"), "{view}");
+        assert_eq!(
+            p.redacted["redis"]["url"],
+            "redis://:<redacted>@127.0.0.1:6379/0"
+        );
     }
 }
