@@ -1,6 +1,7 @@
 //! Finds the line and column of a field path in YAML text. serde_yaml reports positions for
 //! parse errors only; validation errors (unknown upstream, duplicate route) need them too.
-//! Handles block style fully and flow style (`{ a: 1 }`) down to the line.
+//! Handles block style fully and flow style (`{ a: 1 }`) down to the line; finds where a
+//! key's value starts, for errors about the value itself.
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -8,6 +9,38 @@ pub enum Seg {
     Key(String),
     Index(usize),
 }
+
+impl From<&str> for Seg {
+    fn from(key: &str) -> Self {
+        Seg::Key(key.to_string())
+    }
+}
+
+impl From<&String> for Seg {
+    fn from(key: &String) -> Self {
+        Seg::Key(key.clone())
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(index: usize) -> Self {
+        Seg::Index(index)
+    }
+}
+
+/// A field path from keys and indexes: `field_path!["routes", 1, "cache", "ttl"]`, or below a base
+/// path: `field_path![base; "ttl"]`.
+macro_rules! field_path {
+    ($base:expr; $($seg:expr),* $(,)?) => {{
+        let mut p: Vec<$crate::config::locate::Seg> = $base.to_vec();
+        $(p.push($crate::config::locate::Seg::from($seg));)*
+        p
+    }};
+    ($($seg:expr),* $(,)?) => {
+        [$($crate::config::locate::Seg::from($seg)),*]
+    };
+}
+pub(crate) use field_path;
 
 /// Renders a path as `routes[1].match.model`.
 #[must_use]
@@ -63,9 +96,15 @@ fn flow_key(line: &str, key: &str) -> Option<usize> {
     let mut from = open;
     while let Some(pos) = line[from..].find(key) {
         let at = from + pos;
-        let before = line[..at].trim_end().chars().last();
+        let before = line[..at]
+            .trim_end_matches(['"', '\''])
+            .trim_end()
+            .chars()
+            .last();
         if matches!(before, Some('{') | Some(',')) && starts_with_key(&line[at..], key) {
-            return Some(at);
+            // A quoted key starts at its quote.
+            let quoted = line[..at].ends_with(['"', '\'']);
+            return Some(if quoted { at - 1 } else { at });
         }
         from = at + key.len();
     }
@@ -83,9 +122,40 @@ fn block_end(lines: &[&str], i: usize, col: usize, end: usize) -> usize {
 #[must_use]
 pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
     let lines: Vec<&str> = text.lines().collect();
+    match walk(&lines, path).0 {
+        Some((i, col)) => (i + 1, col + 1),
+        None => (1, 1),
+    }
+}
+
+/// 1-based (line, column) where the value of the key at `path` starts: just after `key: `, in
+/// block or flow style. `None` when the key is not there or its value starts on a later line.
+#[must_use]
+pub fn locate_value(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
+    let Some(Seg::Key(key)) = path.last() else {
+        return None;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let (Some((i, col)), true) = walk(&lines, path) else {
+        return None;
+    };
+    let line = lines[i];
+    let rest = line[col..].trim_start_matches(['"', '\'']);
+    let rest = rest.strip_prefix(key.as_str())?;
+    let rest = rest.trim_start_matches(['"', '\'']).trim_start();
+    let value = rest.strip_prefix(':')?.trim_start();
+    if value.is_empty() || value.starts_with('#') {
+        return None;
+    }
+    Some((i + 1, line.len() - value.len() + 1))
+}
+
+/// Walks `path` down the lines: the 0-based (line, column) of the deepest segment found, and
+/// whether every segment was.
+fn walk(lines: &[&str], path: &[Seg]) -> (Option<(usize, usize)>, bool) {
     let (mut start, mut end) = (0usize, lines.len());
     let mut parent: Option<usize> = None;
-    let mut found = (1, 1);
+    let mut found = None;
     for seg in path {
         match seg {
             Seg::Key(key) => {
@@ -100,10 +170,12 @@ pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
                         }
                     })
                     .min_by_key(|&(i, col)| (col, i));
-                let Some((i, col)) = hit else { return found };
-                found = (i + 1, col + 1);
+                let Some((i, col)) = hit else {
+                    return (found, false);
+                };
+                found = Some((i, col));
                 parent = Some(col);
-                end = block_end(&lines, i, col, end);
+                end = block_end(lines, i, col, end);
                 start = i;
             }
             Seg::Index(n) => {
@@ -116,25 +188,27 @@ pub fn locate(text: &str, path: &[Seg]) -> (usize, usize) {
                     })
                     .collect();
                 let Some(&(_, list_indent)) = items.first() else {
-                    return found;
+                    return (found, false);
                 };
                 let same: Vec<usize> = items
                     .iter()
                     .filter(|(_, ind)| *ind == list_indent)
                     .map(|(i, _)| *i)
                     .collect();
-                let Some(&i) = same.get(*n) else { return found };
-                found = (i + 1, list_indent + 1);
+                let Some(&i) = same.get(*n) else {
+                    return (found, false);
+                };
+                found = Some((i, list_indent));
                 end = same
                     .get(n + 1)
                     .copied()
-                    .unwrap_or_else(|| block_end(&lines, i, list_indent, end));
+                    .unwrap_or_else(|| block_end(lines, i, list_indent, end));
                 start = i;
                 parent = Some(list_indent);
             }
         }
     }
-    found
+    (found, true)
 }
 
 #[cfg(test)]
@@ -210,6 +284,40 @@ routes:
                 ]
             ),
             (6, 11)
+        );
+    }
+
+    #[test]
+    fn finds_values_after_their_key() {
+        assert_eq!(
+            locate_value(DOC, &[k("routes"), Seg::Index(1), k("upstream")]),
+            Some((15, 15))
+        );
+        assert_eq!(
+            locate_value(DOC, &[k("server"), k("listen")]),
+            Some((2, 11))
+        );
+        assert_eq!(
+            locate_value(
+                DOC,
+                &[
+                    k("upstreams"),
+                    k("local"),
+                    k("endpoints"),
+                    Seg::Index(0),
+                    k("weight")
+                ]
+            ),
+            Some((6, 49))
+        );
+        assert_eq!(
+            locate_value(DOC, &[k("upstreams"), k("local")]),
+            None,
+            "a block value starts on a later line"
+        );
+        assert_eq!(
+            locate_value(DOC, &[k("routes"), Seg::Index(1), k("x")]),
+            None
         );
     }
 

@@ -1,11 +1,13 @@
-//! Configuration: YAML text → [`spec::Spec`] (parsed, validated) → [`policy::Policy`]
-//! (compiled, immutable, swapped atomically on reload).
+//! Configuration: YAML text → [`spec::Spec`] (parsed: syntax, types, unknown fields) →
+//! [`policy::Policy`] (checked and compiled in one pass, immutable, swapped atomically on reload).
 
+pub mod cache;
 pub mod load;
 pub mod locate;
 pub mod policy;
 pub mod spec;
 pub mod units;
+pub mod upstream;
 
 pub use load::{load_file, ConfigError, ConfigErrors, LoadedSpec};
 pub use policy::{compile, Policy, SharedState};

@@ -1,24 +1,29 @@
-//! `Policy`: what the proxy runs on, compiled once from a validated [`Spec`]. Matchers,
-//! balancers, peers and metric handles are built here so the request path only reads.
-//! State that must outlive a reload (endpoint stats, metric families) lives in
-//! [`SharedState`] and is re-attached by name.
+//! `Policy`: what the proxy runs on, compiled from a parsed [`Spec`] in one pass that checks
+//! every value while building (nothing is parsed twice, nothing dropped). Matchers, balancers,
+//! peers and metric handles are built here so the request path only reads. State that must
+//! outlive a reload (endpoint stats, metric families) lives in [`SharedState`] and is
+//! re-attached by name, only once the whole file is free of errors.
 
-use super::load::{ConfigError, ConfigErrors, LoadedSpec};
-use super::locate::Seg;
-use super::spec::{BalanceSpec, RetryOnSpec, Spec, UpstreamSpec};
-use http::header::{HeaderName, HeaderValue};
+pub use super::cache::{CacheScope, CacheTiers, DiskSettings, RedisSettings, RouteCache};
+pub use super::upstream::{
+    parse_endpoint_url, Endpoint, EndpointUrl, RetryPolicy, Timeouts, Upstream,
+};
+
+use super::cache::{compile_redis, compile_route_cache, compile_tiers, redact_url};
+use super::load::{ConfigErrors, Errors, LoadedSpec};
+use super::locate::{field_path, Seg};
+use super::spec::{MatchSpec, RouteSpec, Spec};
+use super::upstream::compile_upstream;
+use http::header::HeaderName;
 use http::Method;
-use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::WrappedX509;
-use sluice_plugins::balance::{Balancer, EndpointStats, Strategy};
+use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
-use sluice_plugins::metrics::{ConnectionMetrics, Metrics, RouteMetrics, StatusCounters};
+use sluice_plugins::metrics::{Metrics, RouteMetrics, StatusCounters};
 use sluice_plugins::router::{RouteMatcher, Router};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use std::time::Instant;
 
 /// State shared by every policy generation.
 pub struct SharedState {
@@ -35,7 +40,7 @@ impl SharedState {
         }
     }
 
-    fn stats_for(&self, upstream: &str, url: &str) -> Arc<EndpointStats> {
+    pub(super) fn stats_for(&self, upstream: &str, url: &str) -> Arc<EndpointStats> {
         let Ok(mut map) = self.endpoint_stats.lock() else {
             return Arc::new(EndpointStats::new(Instant::now()));
         };
@@ -52,6 +57,8 @@ pub struct Policy {
     pub routes: Vec<Route>,
     pub max_body_bytes: usize,
     pub unrouted: StatusCounters,
+    /// The cache tiers; `Some` when any route caches.
+    pub cache_tiers: Option<CacheTiers>,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -60,312 +67,178 @@ pub struct Route {
     pub name: String,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    /// The route's cache policy, if it caches.
+    pub cache: Option<RouteCache>,
+    /// Some phase needs the request body (a model glob or a cache policy), so the proxy reads it.
+    pub reads_body: bool,
 }
 
-pub struct Upstream {
-    pub name: String,
-    pub endpoints: Vec<Endpoint>,
-    pub balancer: Balancer,
-    pub timeouts: Timeouts,
-    pub retry: RetryPolicy,
-    pub set_headers: Vec<(HeaderName, HeaderValue)>,
-    pub idle_timeout: Duration,
-    pub connections: ConnectionMetrics,
+/// A route that passed every check, waiting for its upstream and metric handles.
+struct CheckedRoute<'a> {
+    spec: &'a RouteSpec,
+    matcher: RouteMatcher,
+    cache: Option<RouteCache>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub first_byte: Duration,
-    pub idle: Duration,
-}
-
-/// When a failed try is tried again on another endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub on_connect: bool,
-    pub on_timeout: bool,
-    pub statuses: Vec<u16>,
-}
-
-impl RetryPolicy {
-    #[must_use]
-    pub fn on_status(&self, status: u16) -> bool {
-        self.statuses.contains(&status)
-    }
-}
-
-/// One endpoint: its URL parts and a lazily resolved Pingora peer.
-pub struct Endpoint {
-    pub url: String,
-    pub authority: HeaderValue,
-    pub base_path: String,
-    host: String,
-    port: u16,
-    peer_template: PeerTemplate,
-    peer: OnceCell<Arc<HttpPeer>>,
-}
-
-#[derive(Clone)]
-struct PeerTemplate {
-    tls: bool,
-    sni: String,
-    verify: bool,
-    ca: Option<Arc<[WrappedX509]>>,
-    http2: bool,
-    timeouts: Timeouts,
-    idle_timeout: Duration,
-}
-
-impl Endpoint {
-    /// The peer to connect to, resolving the host name on first use.
-    pub async fn peer(&self) -> Result<&Arc<HttpPeer>, String> {
-        self.peer
-            .get_or_try_init(|| async {
-                let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-                    .await
-                    .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
-                let addr = addrs
-                    .next()
-                    .ok_or_else(|| format!("{} has no address", self.host))?;
-                Ok(Arc::new(self.peer_template.build(addr)))
-            })
-            .await
-    }
-}
-
-impl PeerTemplate {
-    fn build(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.total_connection_timeout = Some(self.timeouts.connect);
-        o.idle_timeout = Some(self.idle_timeout);
-        o.verify_cert = self.verify;
-        o.verify_hostname = self.verify;
-        o.ca = self.ca.clone();
-        if self.http2 {
-            // h2 over TLS is negotiated by ALPN; plain-text h2 needs prior knowledge (h2c).
-            if self.tls {
-                o.set_http_version(2, 1)
-            } else {
-                o.set_http_version(2, 2)
-            }
-            o.max_h2_streams = 128;
-        }
-        peer
-    }
-}
-
-/// The parts of an endpoint URL sluice needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    pub authority: String,
-    pub base_path: String,
-}
-
-/// Parses `http(s)://host[:port][/base]`.
-pub fn parse_endpoint_url(url: &str) -> Result<EndpointUrl, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(format!("`{url}` must start with http:// or https://")),
-    };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("`{url}` has no host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    if host.is_empty() {
-        return Err(format!("`{url}` has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("`{url}` must not have a query"));
-    }
-    Ok(EndpointUrl {
-        tls,
-        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-        host,
-        authority: authority.as_str().to_string(),
-        base_path: uri.path().trim_end_matches('/').to_string(),
-    })
-}
-
-/// Compiles a validated spec. Fails only on what validation cannot see (e.g. unreadable CA files).
+/// Checks `loaded` and compiles it; every problem is reported, each at its field.
 pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, ConfigErrors> {
     let spec = &loaded.spec;
-    let mut errors = Vec::new();
-    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
-    for (name, up) in &spec.upstreams {
-        match compile_upstream(loaded, name, up, shared) {
-            Ok(u) => {
-                upstreams.insert(name, Arc::new(u));
-            }
-            Err(e) => errors.push(e),
-        }
-    }
+    let mut errors = Errors::new(loaded);
+    check_server(&mut errors, spec);
+    let checked_upstreams: BTreeMap<&str, _> = spec
+        .upstreams
+        .iter()
+        .filter_map(|(name, up)| Some((name.as_str(), compile_upstream(&mut errors, name, up)?)))
+        .collect();
+    let redis = spec
+        .redis
+        .as_ref()
+        .and_then(|r| compile_redis(&mut errors, r));
+    let tiers = compile_tiers(&mut errors, loaded, redis.as_ref());
+    let checked_routes = check_routes(&mut errors, spec);
+    errors.finish(())?;
+
+    let upstreams: HashMap<&str, Arc<Upstream>> = checked_upstreams
+        .into_iter()
+        .map(|(name, up)| (name, Arc::new(up.attach(shared))))
+        .collect();
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
-    for route in &spec.routes {
-        let Some(upstream) = upstreams.get(route.upstream.as_str()) else {
+    for r in checked_routes {
+        // Every route's upstream was checked to exist and to have compiled.
+        let Some(upstream) = upstreams.get(r.spec.upstream.as_str()) else {
             continue;
         };
-        let m = &route.matcher;
-        matchers.push(RouteMatcher {
-            path_prefix: m.path_prefix.clone(),
-            methods: m
-                .methods
-                .iter()
-                .filter_map(|s| Method::from_bytes(s.to_ascii_uppercase().as_bytes()).ok())
-                .collect(),
-            headers: m
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    HeaderName::from_bytes(k.as_bytes())
-                        .ok()
-                        .map(|k| (k, v.clone()))
-                })
-                .collect(),
-            model: m.model.as_deref().map(Glob::new),
-        });
         routes.push(Route {
-            name: route.name.clone(),
+            name: r.spec.name.clone(),
             upstream: Arc::clone(upstream),
-            metrics: shared.metrics.route(&route.name, &route.upstream, ""),
+            metrics: shared.metrics.route(&r.spec.name, &r.spec.upstream, ""),
+            reads_body: r.matcher.model.is_some() || r.cache.is_some(),
+            cache: r.cache,
         });
+        matchers.push(r.matcher);
     }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
+    let any_cache = routes.iter().any(|r| r.cache.is_some());
     Ok(Policy {
         router: Router::new(matchers),
         routes,
         max_body_bytes: usize::try_from(spec.server.max_body_bytes.0).unwrap_or(usize::MAX),
         unrouted: shared.metrics.unrouted(),
+        cache_tiers: any_cache.then_some(tiers),
         redacted: redact(spec),
     })
 }
 
-fn compile_upstream(
-    loaded: &LoadedSpec,
-    name: &str,
-    up: &UpstreamSpec,
-    shared: &SharedState,
-) -> Result<Upstream, ConfigError> {
-    // An error at `fields` below this upstream.
-    let error_at = |fields: &[&str], message: String| {
-        let mut path = vec![Seg::Key("upstreams".into()), Seg::Key(name.into())];
-        path.extend(fields.iter().map(|f| Seg::Key((*f).into())));
-        loaded.error_at(&path, message)
-    };
-    let ca = match &up.tls.ca_file {
-        Some(path) => Some(load_ca(path).map_err(|m| error_at(&["tls", "ca_file"], m))?),
-        None => None,
-    };
-    let timeouts = Timeouts {
-        connect: up.timeouts.connect.0,
-        first_byte: up.timeouts.first_byte.0,
-        idle: up.timeouts.idle.0,
-    };
-    let mut endpoints = Vec::new();
-    let mut stats = Vec::new();
-    let mut weights = Vec::new();
-    for ep in &up.endpoints {
-        // Validation already checked the URL; a failure here is unreachable but still not a panic.
-        let parsed = parse_endpoint_url(&ep.url).map_err(|m| error_at(&[], m))?;
-        let template = PeerTemplate {
-            tls: parsed.tls,
-            sni: up.tls.sni.clone().unwrap_or_else(|| parsed.host.clone()),
-            verify: up.tls.verify,
-            ca: ca.clone(),
-            http2: up.pool.http2,
-            timeouts,
-            idle_timeout: up.pool.idle_timeout.0,
-        };
-        let peer = OnceCell::new();
-        // An address needs no lookup; a host name is resolved on first use, never at load.
-        if let Ok(ip) = parsed.host.parse::<IpAddr>() {
-            let _ = peer.set(Arc::new(template.build(SocketAddr::new(ip, parsed.port))));
-        }
-        endpoints.push(Endpoint {
-            url: ep.url.clone(),
-            authority: HeaderValue::from_str(&parsed.authority)
-                .map_err(|e| error_at(&[], e.to_string()))?,
-            base_path: parsed.base_path,
-            host: parsed.host,
-            port: parsed.port,
-            peer_template: template,
-            peer,
-        });
-        stats.push(shared.stats_for(name, &ep.url));
-        weights.push(ep.weight);
+fn check_server(errors: &mut Errors, spec: &Spec) {
+    if spec.server.listen.is_empty() {
+        errors.at(
+            &field_path!["server", "listen"],
+            "must list at least one address",
+        );
     }
-    let strategy = match up.balance {
-        BalanceSpec::RoundRobin => Strategy::RoundRobin,
-        BalanceSpec::Weighted => Strategy::Weighted,
-        BalanceSpec::LeastOutstanding => Strategy::LeastOutstanding,
-        BalanceSpec::PeakEwma => Strategy::PeakEwma,
-    };
-    let mut retry = RetryPolicy {
-        attempts: up.retry.attempts,
-        ..RetryPolicy::default()
-    };
-    for on in &up.retry.on {
-        match on {
-            RetryOnSpec::Status(s) => retry.statuses.push(*s),
-            RetryOnSpec::Event(e) if e == "connect" => retry.on_connect = true,
-            RetryOnSpec::Event(_) => retry.on_timeout = true,
+    for (i, addr) in spec.server.listen.iter().enumerate() {
+        if addr.parse::<SocketAddr>().is_err() {
+            errors.at(
+                &field_path!["server", "listen", i],
+                format!("`{addr}` is not an address like 127.0.0.1:8080"),
+            );
         }
     }
-    Ok(Upstream {
-        name: name.to_string(),
-        endpoints,
-        balancer: Balancer::new(strategy, &weights, stats),
-        timeouts,
-        retry,
-        set_headers: up
-            .set_headers
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    HeaderName::from_bytes(k.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect(),
-        idle_timeout: up.pool.idle_timeout.0,
-        connections: shared.metrics.connections(name),
-    })
+    if spec.server.threads == 0 {
+        errors.at(&field_path!["server", "threads"], "must be at least 1");
+    }
+    if let Some(admin) = &spec.admin {
+        match admin.listen.parse::<SocketAddr>() {
+            Err(_) => errors.at(
+                &field_path!["admin", "listen"],
+                format!("`{}` is not an address like 127.0.0.1:9090", admin.listen),
+            ),
+            Ok(addr) if !addr.ip().is_loopback() && admin.token_env.is_none() => errors.at(
+                &field_path!["admin", "listen"],
+                "admin listens beyond loopback: set admin.token_env to require a bearer token",
+            ),
+            Ok(_) => {}
+        }
+    }
 }
 
-/// Reads a PEM bundle of CA certificates.
-fn load_ca(path: &str) -> Result<Arc<[WrappedX509]>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let mut certs = Vec::new();
-    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let der = item.map_err(|e| format!("{path}: bad PEM: {e}"))?.to_vec();
-        x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| format!("{path}: bad certificate: {e}"))?;
-        certs.push(WrappedX509::new(der, pingora::utils::tls::parse_x509));
+fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec) -> Vec<CheckedRoute<'a>> {
+    if spec.routes.is_empty() {
+        errors.at(&field_path!["routes"], "must define at least one route");
     }
-    if certs.is_empty() {
-        return Err(format!("{path} holds no PEM certificate"));
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, route) in spec.routes.iter().enumerate() {
+        let base = field_path!["routes", i];
+        let before = errors.count();
+        if route.name.is_empty() {
+            errors.at(&field_path![base; "name"], "must not be empty");
+        } else if !seen.insert(route.name.as_str()) {
+            errors.at(
+                &field_path![base; "name"],
+                format!("duplicate route name `{}`", route.name),
+            );
+        }
+        if !spec.upstreams.contains_key(&route.upstream) {
+            let known: Vec<&str> = spec.upstreams.keys().map(String::as_str).collect();
+            errors.at(
+                &field_path![base; "upstream"],
+                format!(
+                    "unknown upstream `{}` (defined: {})",
+                    route.upstream,
+                    known.join(", ")
+                ),
+            );
+        }
+        let matcher = compile_matcher(errors, &field_path![base; "match"], &route.matcher);
+        let cache = route
+            .cache
+            .as_ref()
+            .and_then(|c| compile_route_cache(errors, &base, c));
+        if errors.count() == before {
+            out.push(CheckedRoute {
+                spec: route,
+                matcher,
+                cache,
+            });
+        }
     }
-    Ok(certs.into())
+    out
 }
 
-/// The spec as JSON with header values (API keys) replaced.
+fn compile_matcher(errors: &mut Errors, base: &[Seg], m: &MatchSpec) -> RouteMatcher {
+    if !m.path_prefix.starts_with('/') {
+        errors.at(&field_path![base; "path_prefix"], "must start with `/`");
+    }
+    let mut methods = Vec::new();
+    for name in &m.methods {
+        match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => errors.at(
+                &field_path![base; "methods"],
+                format!("`{name}` is not an HTTP method"),
+            ),
+        }
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.headers {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => headers.push((h, value.clone())),
+            Err(_) => errors.at(
+                &field_path![base; "headers"],
+                format!("`{name}` is not a valid header name"),
+            ),
+        }
+    }
+    RouteMatcher {
+        path_prefix: m.path_prefix.clone(),
+        methods,
+        headers,
+        model: m.model.as_deref().map(Glob::new),
+    }
+}
+
+/// The spec as JSON with secrets replaced: header values (API keys) and Redis passwords.
 fn redact(spec: &Spec) -> serde_json::Value {
     let mut v = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
     if let Some(ups) = v.get_mut("upstreams").and_then(|u| u.as_object_mut()) {
@@ -377,42 +250,177 @@ fn redact(spec: &Spec) -> serde_json::Value {
             }
         }
     }
+    if let Some(url) = v.pointer_mut("/redis/url") {
+        if let Some(text) = url.as_str() {
+            *url = serde_json::Value::String(redact_url(text));
+        }
+    }
     v
+}
+
+/// Loads and compiles `text` as `g.yaml`, errors as strings.
+#[cfg(test)]
+pub(super) fn compile_text(text: &str) -> Result<Policy, Vec<String>> {
+    let loaded = super::load::load_str("g.yaml", text, &|_| None)
+        .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let shared = SharedState::new(Metrics::new("t").expect("metrics"));
+    compile(&loaded, &shared).map_err(|e| e.0.iter().map(ToString::to_string).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const GOOD: &str = "\
+upstreams:
+  local:
+    endpoints:
+      - url: http://127.0.0.1:8001
+    set_headers: { authorization: \"Bearer sekrit\" }
+routes:
+  - name: chat
+    match: { path_prefix: /v1/chat, methods: [POST], model: \"gpt-4*\" }
+    upstream: local
+";
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match compile_text(text) {
+            Ok(_) => panic!("compiled:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn has(errors: &[String], prefix: &str) -> bool {
+        errors.iter().any(|e| e.starts_with(prefix))
+    }
+
     #[test]
-    fn endpoint_urls() {
-        let u = parse_endpoint_url("https://api.openai.com").unwrap();
-        assert_eq!(
-            (u.tls, u.port, u.host.as_str(), u.base_path.as_str()),
-            (true, 443, "api.openai.com", "")
+    fn good_file_compiles() {
+        let p = compile_text(GOOD).unwrap();
+        assert_eq!(p.routes.len(), 1);
+        assert_eq!(p.max_body_bytes, 10 * 1024 * 1024);
+        assert!(p.routes[0].reads_body, "a model glob reads the body");
+        assert!(p.routes[0].cache.is_none());
+        assert!(p.cache_tiers.is_none(), "no route caches");
+        let up = &p.routes[0].upstream;
+        assert_eq!(up.set_headers[0].1, "Bearer sekrit");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_positions() {
+        let bad = format!(
+            "{GOOD}  - name: chat\n    upstream: nowhere\n  - name: x\n    match: {{ methods: [\"BAD METHOD\"] }}\n    upstream: local\n"
         );
-        let u = parse_endpoint_url("http://127.0.0.1:8001/base/").unwrap();
-        assert_eq!(
-            (u.tls, u.port, u.authority.as_str(), u.base_path.as_str()),
-            (false, 8001, "127.0.0.1:8001", "/base")
+        let bad = bad.replace("http://127.0.0.1:8001", "ftp://127.0.0.1:8001");
+        let errs = errors_of(&bad);
+        assert!(
+            has(&errs, "g.yaml:4:9: upstreams.local.endpoints[0].url:"),
+            "{errs:?}"
         );
-        assert!(parse_endpoint_url("ftp://x").is_err());
-        assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
-        assert!(parse_endpoint_url("http://x/?a=1").is_err());
+        assert!(
+            has(
+                &errs,
+                "g.yaml:10:5: routes[1].name: duplicate route name `chat`"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                "g.yaml:11:5: routes[1].upstream: unknown upstream `nowhere`"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "g.yaml:13:14: routes[2].match.methods:"),
+            "{errs:?}"
+        );
+        assert_eq!(errs.len(), 4, "{errs:?}");
+    }
+
+    #[test]
+    fn every_check_of_the_old_validation_remains() {
+        let bad = "\
+server:
+  listen: [\"nowhere\"]
+  threads: 0
+admin:
+  listen: localhost
+upstreams:
+  a:
+    endpoints: []
+  b:
+    endpoints:
+      - { url: \"http://127.0.0.1:1\", weight: 0 }
+    set_headers: { \"bad name\": x, good: \"line\\nbreak\" }
+    retry: { on: [connect, timeout, 503, 200, later] }
+routes:
+  - name: \"\"
+    match: { path_prefix: v1, headers: { \"a b\": c } }
+    upstream: a
+";
+        let errs = errors_of(bad);
+        for expected in [
+            "g.yaml:2:3: server.listen[0]: `nowhere` is not an address",
+            "g.yaml:3:3: server.threads: must be at least 1",
+            "g.yaml:5:3: admin.listen: `localhost` is not an address",
+            "g.yaml:8:5: upstreams.a.endpoints: must list at least one endpoint",
+            "g.yaml:11:38: upstreams.b.endpoints[0].weight: must be at least 1",
+            "g.yaml:12:20: upstreams.b.set_headers.bad name: `bad name` is not a valid header name",
+            "g.yaml:12:35: upstreams.b.set_headers.good: value is not a valid header value",
+            "g.yaml:13:14: upstreams.b.retry.on[3]: expected `connect`, `timeout`",
+            "g.yaml:13:14: upstreams.b.retry.on[4]: expected `connect`, `timeout`",
+            "g.yaml:15:5: routes[0].name: must not be empty",
+            "g.yaml:16:14: routes[0].match.path_prefix: must start with `/`",
+            "g.yaml:16:31: routes[0].match.headers: `a b` is not a valid header name",
+        ] {
+            assert!(has(&errs, expected), "missing `{expected}` in {errs:#?}");
+        }
+        assert_eq!(errs.len(), 12, "{errs:#?}");
+        let errs = errors_of("upstreams: {}\nroutes: []\n");
+        assert_eq!(errs, ["g.yaml:2:1: routes: must define at least one route"]);
+    }
+
+    #[test]
+    fn public_admin_without_token_is_refused() {
+        let bad = format!("admin:\n  listen: 0.0.0.0:9090\n{GOOD}");
+        let errs = errors_of(&bad);
+        assert!(
+            has(
+                &errs,
+                "g.yaml:2:3: admin.listen: admin listens beyond loopback"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_ca_file_is_located() {
+        let bad = GOOD.replace(
+            "    set_headers",
+            "    tls: { ca_file: /nonexistent/ca.pem }\n    set_headers",
+        );
+        let errs = errors_of(&bad);
+        assert!(
+            has(
+                &errs,
+                "g.yaml:5:12: upstreams.local.tls.ca_file: cannot read /nonexistent/ca.pem"
+            ),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn secrets_are_redacted() {
-        let loaded = super::super::load::load_str(
-            "t.yaml",
-            "upstreams:\n  o:\n    endpoints: [{url: \"https://api.openai.com\"}]\n    set_headers: {authorization: \"Bearer sk-123\"}\nroutes:\n  - {name: r, upstream: o}\n",
-            &|_| None,
-        )
-        .unwrap();
-        let shared = SharedState::new(Metrics::new("t").unwrap());
-        let p = compile(&loaded, &shared).unwrap();
-        let text = p.redacted.to_string();
-        assert!(!text.contains("sk-123"), "{text}");
-        assert!(text.contains("<redacted>"));
+        let text = format!("redis:\n  url: redis://:hunter2@127.0.0.1:6379/0\n{GOOD}");
+        let p = compile_text(&text).unwrap();
+        let view = p.redacted.to_string();
+        assert!(!view.contains("sekrit"), "{view}");
+        assert!(!view.contains("hunter2"), "{view}");
+        assert!(view.contains("<redacted>"), "{view}");
+        assert_eq!(
+            p.redacted["redis"]["url"],
+            "redis://:<redacted>@127.0.0.1:6379/0"
+        );
     }
 }

@@ -12,6 +12,10 @@ pub struct Spec {
     #[serde(default)]
     pub server: ServerSpec,
     pub admin: Option<AdminSpec>,
+    /// Shared Redis (L2 cache; later distributed limits).
+    pub redis: Option<RedisSpec>,
+    /// Cache tiers; routes opt in with their own `cache:`.
+    pub cache: Option<CacheSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
 }
@@ -209,6 +213,8 @@ pub struct RouteSpec {
     #[serde(rename = "match", default)]
     pub matcher: MatchSpec,
     pub upstream: String,
+    /// Response caching for this route; absent means no caching.
+    pub cache: Option<RouteCacheSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -237,4 +243,137 @@ impl Default for MatchSpec {
 
 fn default_prefix() -> String {
     "/".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
+    pub url: String,
+    /// Per command.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: HumanDuration,
+    /// Prefix of every key sluice writes.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+}
+
+fn default_redis_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
+fn default_redis_prefix() -> String {
+    "sluice".into()
+}
+
+/// The cache tiers, shared by every caching route.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// L1, in process; on whenever any route caches.
+    #[serde(default)]
+    pub memory: MemoryTierSpec,
+    /// L2 on the top-level `redis:`.
+    #[serde(default)]
+    pub redis: bool,
+    /// L3 on local disk; survives restarts.
+    pub disk: Option<DiskTierSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryTierSpec {
+    #[serde(default = "default_memory_max")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for MemoryTierSpec {
+    fn default() -> Self {
+        MemoryTierSpec {
+            max_bytes: default_memory_max(),
+        }
+    }
+}
+
+fn default_memory_max() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskTierSpec {
+    /// Directory of the entries, relative to the config file's directory.
+    pub path: String,
+    #[serde(default = "default_disk_max")]
+    pub max_bytes: ByteSize,
+}
+
+fn default_disk_max() -> ByteSize {
+    ByteSize(1024 * 1024 * 1024)
+}
+
+/// A route's cache policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSpec {
+    pub ttl: HumanDuration,
+    /// Caps `x-sluice-cache-ttl` and adaptive extension; defaults to `ttl`.
+    pub max_ttl: Option<HumanDuration>,
+    /// Hits extend the entry's TTL, up to `max_ttl`.
+    #[serde(default)]
+    pub adaptive: bool,
+    #[serde(default)]
+    pub key: CacheKeySpec,
+    /// Cache only requests meeting one of these conditions.
+    pub when: Option<CacheWhenSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheKeySpec {
+    /// Body fields that make up the key; absent means the engine's default list.
+    pub include: Option<Vec<String>>,
+    #[serde(default)]
+    pub normalize: NormalizeSpec,
+    /// `api_key`, `none` or `header:NAME`.
+    #[serde(default = "default_scope")]
+    pub scope: String,
+}
+
+impl Default for CacheKeySpec {
+    fn default() -> Self {
+        CacheKeySpec {
+            include: None,
+            normalize: NormalizeSpec::default(),
+            scope: default_scope(),
+        }
+    }
+}
+
+fn default_scope() -> String {
+    "api_key".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeSpec {
+    #[serde(default)]
+    pub whitespace: WhitespaceSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhitespaceSpec {
+    #[default]
+    Keep,
+    Collapse,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheWhenSpec {
+    /// Cache when the request's `temperature` is at most this.
+    pub max_temperature: Option<f64>,
+    /// Cache when the request carries a `seed`.
+    #[serde(default)]
+    pub seed: bool,
 }

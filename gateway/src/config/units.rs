@@ -57,6 +57,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
+/// Whether a parse error message came from [`parse_duration`] or [`parse_size`]. serde_yaml
+/// cannot place errors raised after a value was read, so the loader places these itself.
+#[must_use]
+pub fn is_unit_error(message: &str) -> bool {
+    message.starts_with("invalid duration") || message.starts_with("invalid size")
+}
+
 /// Accepts a YAML string or a bare number.
 struct TextOrNumber;
 

@@ -1,0 +1,355 @@
+//! Upstreams as the proxy uses them: endpoints with their parsed URL and a lazily resolved
+//! Pingora peer, the balancer over them, timeouts, retry policy and headers to set. Compiled
+//! from an [`UpstreamSpec`], checking every field on the way.
+
+use super::load::Errors;
+use super::locate::{field_path, Seg};
+use super::policy::SharedState;
+use super::spec::{BalanceSpec, RetryOnSpec, UpstreamSpec};
+use http::header::{HeaderName, HeaderValue};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+use sluice_plugins::balance::{Balancer, Strategy};
+use sluice_plugins::metrics::ConnectionMetrics;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub balancer: Balancer,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub idle_timeout: Duration,
+    pub connections: ConnectionMetrics,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+/// When a failed try is tried again on another endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub on_connect: bool,
+    pub on_timeout: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl RetryPolicy {
+    #[must_use]
+    pub fn on_status(&self, status: u16) -> bool {
+        self.statuses.contains(&status)
+    }
+}
+
+/// One endpoint: its URL parts and a lazily resolved Pingora peer.
+pub struct Endpoint {
+    pub url: String,
+    pub authority: HeaderValue,
+    pub base_path: String,
+    host: String,
+    port: u16,
+    peer_template: PeerTemplate,
+    peer: OnceCell<Arc<HttpPeer>>,
+}
+
+#[derive(Clone)]
+struct PeerTemplate {
+    tls: bool,
+    sni: String,
+    verify: bool,
+    ca: Option<Arc<[WrappedX509]>>,
+    http2: bool,
+    timeouts: Timeouts,
+    idle_timeout: Duration,
+}
+
+impl Endpoint {
+    /// The peer to connect to, resolving the host name on first use.
+    pub async fn peer(&self) -> Result<&Arc<HttpPeer>, String> {
+        self.peer
+            .get_or_try_init(|| async {
+                let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
+                let addr = addrs
+                    .next()
+                    .ok_or_else(|| format!("{} has no address", self.host))?;
+                Ok(Arc::new(self.peer_template.build(addr)))
+            })
+            .await
+    }
+}
+
+impl PeerTemplate {
+    fn build(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.idle_timeout = Some(self.idle_timeout);
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        o.ca = self.ca.clone();
+        if self.http2 {
+            // h2 over TLS is negotiated by ALPN; plain-text h2 needs prior knowledge (h2c).
+            if self.tls {
+                o.set_http_version(2, 1)
+            } else {
+                o.set_http_version(2, 2)
+            }
+            o.max_h2_streams = 128;
+        }
+        peer
+    }
+}
+
+/// The parts of an endpoint URL sluice needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub authority: String,
+    pub base_path: String,
+}
+
+/// Parses `http(s)://host[:port][/base]`.
+pub fn parse_endpoint_url(url: &str) -> Result<EndpointUrl, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not have a query"));
+    }
+    Ok(EndpointUrl {
+        tls,
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        host,
+        authority: authority.as_str().to_string(),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+/// An upstream that passed every check, before it is attached to the shared state (endpoint
+/// stats, metric handles): a file with errors must not leave traces there.
+pub(super) struct CheckedUpstream {
+    name: String,
+    endpoints: Vec<Endpoint>,
+    weights: Vec<u32>,
+    strategy: Strategy,
+    timeouts: Timeouts,
+    retry: RetryPolicy,
+    set_headers: Vec<(HeaderName, HeaderValue)>,
+    idle_timeout: Duration,
+}
+
+impl CheckedUpstream {
+    pub(super) fn attach(self, shared: &SharedState) -> Upstream {
+        let stats = self
+            .endpoints
+            .iter()
+            .map(|ep| shared.stats_for(&self.name, &ep.url))
+            .collect();
+        Upstream {
+            balancer: Balancer::new(self.strategy, &self.weights, stats),
+            connections: shared.metrics.connections(&self.name),
+            name: self.name,
+            endpoints: self.endpoints,
+            timeouts: self.timeouts,
+            retry: self.retry,
+            set_headers: self.set_headers,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// Checks and builds the upstream `name`, recording every problem; `None` when there was one.
+pub(super) fn compile_upstream(
+    errors: &mut Errors,
+    name: &str,
+    up: &UpstreamSpec,
+) -> Option<CheckedUpstream> {
+    let before = errors.count();
+    let base = field_path!["upstreams", name];
+    let ca = match &up.tls.ca_file {
+        Some(file) => load_ca(file)
+            .map_err(|m| errors.at(&field_path![base; "tls", "ca_file"], m))
+            .ok(),
+        None => None,
+    };
+    let timeouts = Timeouts {
+        connect: up.timeouts.connect.0,
+        first_byte: up.timeouts.first_byte.0,
+        idle: up.timeouts.idle.0,
+    };
+    if up.endpoints.is_empty() {
+        errors.at(
+            &field_path![base; "endpoints"],
+            "must list at least one endpoint",
+        );
+    }
+    let mut endpoints = Vec::new();
+    let mut weights = Vec::new();
+    for (i, ep) in up.endpoints.iter().enumerate() {
+        let at = |field: &str| field_path![base; "endpoints", i, field];
+        if ep.weight == 0 {
+            errors.at(&at("weight"), "must be at least 1");
+        }
+        let parsed = match parse_endpoint_url(&ep.url) {
+            Ok(p) => p,
+            Err(m) => {
+                errors.at(&at("url"), m);
+                continue;
+            }
+        };
+        let Ok(authority) = HeaderValue::from_str(&parsed.authority) else {
+            errors.at(&at("url"), format!("`{}` has an invalid host", ep.url));
+            continue;
+        };
+        let template = PeerTemplate {
+            tls: parsed.tls,
+            sni: up.tls.sni.clone().unwrap_or_else(|| parsed.host.clone()),
+            verify: up.tls.verify,
+            ca: ca.clone(),
+            http2: up.pool.http2,
+            timeouts,
+            idle_timeout: up.pool.idle_timeout.0,
+        };
+        let peer = OnceCell::new();
+        // An address needs no lookup; a host name is resolved on first use, never at load.
+        if let Ok(ip) = parsed.host.parse::<IpAddr>() {
+            let _ = peer.set(Arc::new(template.build(SocketAddr::new(ip, parsed.port))));
+        }
+        endpoints.push(Endpoint {
+            url: ep.url.clone(),
+            authority,
+            base_path: parsed.base_path,
+            host: parsed.host,
+            port: parsed.port,
+            peer_template: template,
+            peer,
+        });
+        weights.push(ep.weight);
+    }
+    let strategy = match up.balance {
+        BalanceSpec::RoundRobin => Strategy::RoundRobin,
+        BalanceSpec::Weighted => Strategy::Weighted,
+        BalanceSpec::LeastOutstanding => Strategy::LeastOutstanding,
+        BalanceSpec::PeakEwma => Strategy::PeakEwma,
+    };
+    let retry = compile_retry(errors, &base, up);
+    let set_headers = compile_set_headers(errors, &base, up);
+    (errors.count() == before).then(|| CheckedUpstream {
+        name: name.to_string(),
+        endpoints,
+        weights,
+        strategy,
+        timeouts,
+        retry,
+        set_headers,
+        idle_timeout: up.pool.idle_timeout.0,
+    })
+}
+
+fn compile_retry(errors: &mut Errors, base: &[Seg], up: &UpstreamSpec) -> RetryPolicy {
+    let mut retry = RetryPolicy {
+        attempts: up.retry.attempts,
+        ..RetryPolicy::default()
+    };
+    for (i, on) in up.retry.on.iter().enumerate() {
+        match on {
+            RetryOnSpec::Status(s) if (400..=599).contains(s) => retry.statuses.push(*s),
+            RetryOnSpec::Event(e) if e == "connect" => retry.on_connect = true,
+            RetryOnSpec::Event(e) if e == "timeout" => retry.on_timeout = true,
+            _ => errors.at(
+                &field_path![base; "retry", "on", i],
+                "expected `connect`, `timeout` or a status code 400-599",
+            ),
+        }
+    }
+    retry
+}
+
+fn compile_set_headers(
+    errors: &mut Errors,
+    base: &[Seg],
+    up: &UpstreamSpec,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (name, value) in &up.set_headers {
+        let at = field_path![base; "set_headers", name];
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            errors.at(&at, format!("`{name}` is not a valid header name"));
+            continue;
+        };
+        let Ok(value) = HeaderValue::from_str(value) else {
+            errors.at(&at, "value is not a valid header value");
+            continue;
+        };
+        out.push((name, value));
+    }
+    out
+}
+
+/// Reads a PEM bundle of CA certificates.
+fn load_ca(path: &str) -> Result<Arc<[WrappedX509]>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let der = item.map_err(|e| format!("{path}: bad PEM: {e}"))?.to_vec();
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("{path}: bad certificate: {e}"))?;
+        certs.push(WrappedX509::new(der, pingora::utils::tls::parse_x509));
+    }
+    if certs.is_empty() {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(certs.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        let u = parse_endpoint_url("https://api.openai.com").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.host.as_str(), u.base_path.as_str()),
+            (true, 443, "api.openai.com", "")
+        );
+        let u = parse_endpoint_url("http://127.0.0.1:8001/base/").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.authority.as_str(), u.base_path.as_str()),
+            (false, 8001, "127.0.0.1:8001", "/base")
+        );
+        assert!(parse_endpoint_url("ftp://x").is_err());
+        assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
+        assert!(parse_endpoint_url("http://x/?a=1").is_err());
+    }
+}
