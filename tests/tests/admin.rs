@@ -134,14 +134,18 @@ async fn no_key_or_token_reaches_the_log() {
         .await
         .unwrap();
     gw.write_config(&yaml.replace("name: all", "name: all2"));
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let log = gw.log_text();
+    gw.metrics_when(r#"sluice_config_reloads_total{result="ok"}"#, 1.0)
+        .await;
+    // Lines reach the file from a writer thread, a little after the event.
+    let access_lines = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    };
+    let log = gw.log_until(|log| log.contains("config reloaded") && !access_lines(log).is_empty());
     assert!(!log.contains("SECRET"), "a secret reached the log:\n{log}");
-    let access: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access")
-        .collect();
+    let access = access_lines(&log);
     assert_eq!(access.len(), 1, "one access line per request:\n{log}");
     let line = &access[0];
     assert_eq!(line["route"], "chat");
@@ -168,28 +172,15 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
         r.bytes().await.unwrap();
     }
     assert_eq!(status(client.get(format!("{}/nope", gw.url))).await, 404);
+    let (ok_200, not_found) = (
+        r#"sluice_requests_total{code="200",route="chat",upstream="up",variant=""}"#,
+        r#"sluice_requests_total{code="404",route="",upstream="",variant=""}"#,
+    );
     let m = gw
-        .metrics_when(
-            r#"sluice_requests_total{code="404",route="",upstream="",variant=""}"#,
-            1.0,
-        )
+        .metrics_until(|m| metric_value(m, ok_200) >= 5.0 && metric_value(m, not_found) >= 1.0)
         .await;
-    assert_eq!(
-        metric_value(
-            &m,
-            r#"sluice_requests_total{code="200",route="chat",upstream="up",variant=""}"#
-        ),
-        5.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            r#"sluice_requests_total{code="404",route="",upstream="",variant=""}"#
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric_value(&m, ok_200), 5.0, "{m}");
+    assert_eq!(metric_value(&m, not_found), 1.0, "{m}");
     assert_eq!(
         metric_value(
             &m,
@@ -242,15 +233,14 @@ async fn pooled_connections_are_reused_with_several_worker_threads() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    let m = gw.metrics().await;
-    let new = metric_value(
-        &m,
+    let (opened, reused) = (
         r#"sluice_upstream_connections_total{reused="false",upstream="up"}"#,
-    );
-    let reused = metric_value(
-        &m,
         r#"sluice_upstream_connections_total{reused="true",upstream="up"}"#,
     );
+    let m = gw
+        .metrics_until(|m| metric_value(m, opened) + metric_value(m, reused) >= 200.0)
+        .await;
+    let (new, reused) = (metric_value(&m, opened), metric_value(&m, reused));
     assert_eq!(new + reused, 200.0, "{m}");
     assert!(
         new <= 2.0,

@@ -10,7 +10,8 @@ use std::time::Duration;
 /// Returns (interim status line, final response text).
 fn post_expecting_continue(gw: &Gateway, path: &str, body: &[u8]) -> (String, String) {
     let mut s = TcpStream::connect(gw.url.trim_start_matches("http://")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Only a hang runs into this; an interim answer comes at once.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         body.len()

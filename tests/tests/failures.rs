@@ -36,21 +36,32 @@ async fn retry_moves_to_a_live_endpoint() {
 
 #[tokio::test]
 async fn hung_upstream_is_504_within_first_byte_timeout() {
-    let hung = Mock::start("hung", &["--latency-ms", "10000"]);
-    let timeouts = "    timeouts: { connect: 1s, first_byte: 400ms, idle: 1s }\n";
+    let hung = Mock::start("hung", &["--latency-ms", "30000"]);
+    // The other timeouts are far from first_byte, so the bound below tells them apart.
+    let timeouts = "    timeouts: { connect: 10s, first_byte: 400ms, idle: 10s }\n";
     let gw = Gateway::start(&config(
         &[&hung.url],
         timeouts,
         "  - name: all\n    upstream: up\n",
     ));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let start = Instant::now();
-    let resp = reqwest::get(format!("{}/v1/models", gw.url)).await.unwrap();
+    let resp = client
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .expect("an answer before the upstream's 30 s");
     let took = start.elapsed();
     assert_eq!(resp.status(), 504);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_timeout");
+    // Never early; late only by scheduling (up to 3.6 s here), and well before the 10 s
+    // connect or idle timeout would have fired instead.
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(400) && took < Duration::from_secs(4),
         "took {took:?}"
     );
 }

@@ -1,8 +1,8 @@
 //! Live reload: file edits, SIGHUP and the admin endpoint swap the policy without failing
 //! requests; a broken file keeps the running policy and is counted.
 
-use sluice_e2e::{config, metric_value, status, Gateway, Mock};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use sluice_e2e::{config, metric_value, status, Gateway, Mock, PATIENCE};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,16 +24,19 @@ async fn served_by(client: &reqwest::Client, gw: &Gateway) -> String {
 }
 
 #[tokio::test]
-async fn file_edit_switches_upstream_within_a_second() {
+async fn file_edit_switches_upstream_promptly() {
     let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
     let gw = Gateway::start(&to(&a.url));
     let client = reqwest::Client::new();
     assert_eq!(served_by(&client, &gw).await, "a");
     let start = Instant::now();
     gw.write_config(&to(&b.url));
+    // The watcher reacts within its 150 ms debounce plus a compile, well under a second when
+    // idle; 3 s leaves room for a loaded machine and still fails a watcher that misses the
+    // rename (nothing ever switches) or a reload by polling.
     while served_by(&client, &gw).await != "b" {
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(3),
             "still on the old upstream after {:?}",
             start.elapsed()
         );
@@ -54,7 +57,7 @@ async fn broken_file_keeps_old_policy_and_is_counted() {
     let client = reqwest::Client::new();
     let broken = to(&b.url).replace("    upstream: up", "    upstrem: up");
     gw.write_config(&broken);
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + PATIENCE;
     while metric_value(
         &gw.metrics().await,
         "sluice_config_reloads_total{result=\"error\"}",
@@ -99,18 +102,20 @@ async fn ten_reloads_under_concurrent_load_fail_no_request() {
     let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
     let gw = Arc::new(Gateway::start(&to(&a.url)));
     let client = reqwest::Client::new();
-    let stop = Instant::now() + Duration::from_secs(4);
+    // Load runs until the last reload has landed, however long a loaded machine takes.
+    let done = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut workers = Vec::new();
     for i in 0..8 {
-        let (client, gw, ok, failed) = (
+        let (client, gw, ok, failed, done) = (
             client.clone(),
             Arc::clone(&gw),
             Arc::clone(&ok),
             Arc::clone(&failed),
+            Arc::clone(&done),
         );
         workers.push(tokio::spawn(async move {
-            while Instant::now() < stop {
+            while !done.load(Ordering::Relaxed) {
                 let req = if i % 2 == 0 {
                     client.get(format!("{}/v1/models", gw.url))
                 } else {
@@ -144,6 +149,10 @@ async fn ten_reloads_under_concurrent_load_fail_no_request() {
             _ => {} // the file watcher picks it up
         }
     }
+    let m = gw
+        .metrics_when("sluice_config_reloads_total{result=\"ok\"}", 10.0)
+        .await;
+    done.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
@@ -154,16 +163,12 @@ async fn ten_reloads_under_concurrent_load_fail_no_request() {
     );
     assert!(ok > 100, "too little load to mean anything: {ok}");
     assert!(
-        metric_value(
-            &gw.metrics().await,
-            "sluice_config_reloads_total{result=\"ok\"}"
-        ) >= 10.0
+        metric_value(&m, "sluice_config_reloads_total{result=\"ok\"}") >= 10.0,
+        "{m}"
     );
     assert_eq!(
-        metric_value(
-            &gw.metrics().await,
-            "sluice_config_reloads_total{result=\"error\"}"
-        ),
-        0.0
+        metric_value(&m, "sluice_config_reloads_total{result=\"error\"}"),
+        0.0,
+        "{m}"
     );
 }

@@ -24,6 +24,7 @@ async fn sigterm_lets_the_stream_finish_then_exits() {
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("reply-"));
+    let term_at = Instant::now();
     gw.signal("TERM");
     let mut text = String::from_utf8_lossy(&first).into_owned();
     while let Some(chunk) = resp
@@ -38,7 +39,11 @@ async fn sigterm_lets_the_stream_finish_then_exits() {
         "stream incomplete: {text}"
     );
     assert!(text.contains(" tok14"));
-    let status = wait_exit(&mut gw, Duration::from_secs(3)).expect("sluice must exit once drained");
+    // The stream ends about 1.5 s after SIGTERM; the grace period is 10 s. Exiting within 7 s
+    // of the signal leaves a loaded machine 5 s and still fails a drain that waits out the
+    // grace period instead of the last request.
+    let within = (term_at + Duration::from_secs(7)).saturating_duration_since(Instant::now());
+    let status = wait_exit(&mut gw, within).expect("sluice must exit once drained");
     assert!(status.success(), "{status:?}");
     assert!(gw.log_text().contains("SIGTERM: draining"));
 }
@@ -53,9 +58,10 @@ async fn sigint_exits_at_once() {
     resp.chunk().await.unwrap();
     let start = Instant::now();
     gw.signal("INT");
+    // The stream has about 10 s to go and the grace period is 10 s: waiting for either fails.
     assert!(
-        wait_exit(&mut gw, Duration::from_secs(2)).is_some(),
+        wait_exit(&mut gw, Duration::from_secs(5)).is_some(),
         "SIGINT must not wait for the 10 s stream"
     );
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(start.elapsed() < Duration::from_secs(5));
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn sse_chunks_arrive_spread_over_time() {
-    let a = Mock::start("a", &["--token-delay-ms", "150", "--tokens", "6"]);
+    let a = Mock::start("a", &["--token-delay-ms", "150", "--tokens", "10"]);
     let gw = Gateway::start(&config(
         &[&a.url],
         "",
@@ -27,8 +27,14 @@ async fn sse_chunks_arrive_spread_over_time() {
     }
     let text: String = arrivals.iter().map(|(_, t)| t.as_str()).collect();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert_eq!(text.matches("data: ").count(), 8, "6 tokens + stop + DONE");
-    // The first token must arrive long before the last: the mock spaces them 150 ms apart.
+    assert_eq!(
+        text.matches("data: ").count(),
+        12,
+        "10 tokens + stop + DONE"
+    );
+    // The mock spaces its 12 events 150 ms apart, so unbuffered the first token arrives about
+    // 1.65 s before the end; buffered, both arrive in the same read. Asking for a third of
+    // that leaves a loaded machine over a second to stall this reader.
     let first_token = arrivals
         .iter()
         .find(|(_, t)| t.contains("reply-"))
@@ -36,11 +42,12 @@ async fn sse_chunks_arrive_spread_over_time() {
         .0;
     let last = arrivals.last().unwrap().0;
     assert!(
-        last - first_token >= Duration::from_millis(600),
+        last - first_token >= Duration::from_millis(550),
         "first at {first_token:?}, last at {last:?}: buffered?"
     );
+    // Stalls may merge a few reads; buffering merges them all.
     assert!(
-        arrivals.len() >= 5,
+        arrivals.len() >= 4,
         "expected chunks to arrive separately, got {} reads",
         arrivals.len()
     );
