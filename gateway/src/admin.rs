@@ -7,6 +7,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use sluice_plugins::cache::PromptCache;
 use sluice_plugins::openai_error::GatewayError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,16 +17,64 @@ pub struct AdminApp {
     store: Arc<PolicyStore>,
     token: Option<String>,
     draining: Arc<AtomicBool>,
+    cache: Option<Arc<PromptCache>>,
 }
 
 impl AdminApp {
     #[must_use]
-    pub fn new(store: Arc<PolicyStore>, token: Option<String>, draining: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        store: Arc<PolicyStore>,
+        token: Option<String>,
+        draining: Arc<AtomicBool>,
+        cache: Option<Arc<PromptCache>>,
+    ) -> Self {
         AdminApp {
             store,
             token,
             draining,
+            cache,
         }
+    }
+
+    /// `POST /admin/cache/purge` with `{}` (everything) or `{"route": "chat"}`.
+    async fn purge(&self, body: &[u8]) -> (StatusCode, Vec<u8>) {
+        let bad = |m: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                admin_error(400, "invalid_request", m).body(),
+            )
+        };
+        let route = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(serde_json::Value::Object(o)) => match o.get("route") {
+                    None => None,
+                    Some(serde_json::Value::String(r)) => Some(r.clone()),
+                    Some(_) => return bad("`route` must be a string"),
+                },
+                _ => return bad("body must be a JSON object: {} or {\"route\": \"NAME\"}"),
+            }
+        };
+        let Some(cache) = &self.cache else {
+            return (
+                StatusCode::OK,
+                json!({"removed": 0, "tiers": {}}).to_string().into_bytes(),
+            );
+        };
+        let n = cache.store.purge(route.as_deref()).await;
+        tracing::info!(
+            route = route.as_deref().unwrap_or("*"),
+            memory = n.memory,
+            redis = n.redis,
+            disk = n.disk,
+            "cache purged"
+        );
+        let body = json!({
+            "removed": n.memory.max(n.redis).max(n.disk),
+            "tiers": {"memory": n.memory, "redis": n.redis, "disk": n.disk},
+        });
+        (StatusCode::OK, body.to_string().into_bytes())
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -113,13 +162,34 @@ fn admin_error(status: u16, code: &'static str, message: &str) -> GatewayError {
     GatewayError::new(status, "admin_error", code, message)
 }
 
+/// Admin bodies are small JSON documents; more than this is cut off.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+async fn read_body(session: &mut ServerSession) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        if body.len() + chunk.len() > ADMIN_BODY_LIMIT {
+            let _ = session.drain_request_body().await;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    body
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let _ = session.drain_request_body().await;
+        let body = read_body(session).await;
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        let (status, content_type, body) = self.route(&method, &path, session);
+        let (status, content_type, body) =
+            if method == Method::POST && path == "/admin/cache/purge" && self.authorized(session) {
+                let (status, body) = self.purge(&body).await;
+                (status, "application/json", body)
+            } else {
+                self.route(&method, &path, session)
+            };
         Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, content_type)

@@ -2,7 +2,7 @@
 //! and shutdown (SIGTERM drains in-flight requests up to `server.grace_period`, SIGINT exits).
 
 use crate::admin::AdminApp;
-use crate::config::{compile, load_file, SharedState};
+use crate::config::{compile, load_file, Policy, SharedState};
 use crate::proxy::{ActiveRequests, Forwarder, Gateway};
 use crate::reload::{watch_file, watch_sighup, PolicyStore};
 use async_trait::async_trait;
@@ -10,6 +10,9 @@ use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
+use sluice_plugins::cache::flight::Flights;
+use sluice_plugins::cache::store::{CacheStore, DiskConfig, RedisConfig, StoreConfig};
+use sluice_plugins::cache::PromptCache;
 use sluice_plugins::metrics::Metrics;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +38,7 @@ pub fn run(config: &Path) -> Result<(), String> {
         },
         None => None,
     };
+    let cache = open_cache(&policy, &shared)?;
     let store = Arc::new(PolicyStore::new(config.to_path_buf(), policy, shared));
 
     let grace = spec.server.grace_period.0;
@@ -62,6 +66,7 @@ pub fn run(config: &Path) -> Result<(), String> {
         Arc::clone(&store),
         Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration)),
         Arc::clone(&active),
+        cache.clone(),
     );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "sluice");
@@ -74,7 +79,12 @@ pub fn run(config: &Path) -> Result<(), String> {
     if let Some(admin) = &spec.admin {
         let mut service = Service::new(
             "sluice-admin".to_string(),
-            AdminApp::new(Arc::clone(&store), admin_token, Arc::clone(&draining)),
+            AdminApp::new(
+                Arc::clone(&store),
+                admin_token,
+                Arc::clone(&draining),
+                cache,
+            ),
         );
         service.add_tcp(&admin.listen);
         server.add_service(service);
@@ -91,6 +101,31 @@ pub fn run(config: &Path) -> Result<(), String> {
         }),
     });
     Ok(())
+}
+
+/// Opens the cache tiers the policy asks for. They live for the process: a reload that
+/// changes `cache:` or `redis:` takes effect on restart (logged by the reload).
+fn open_cache(policy: &Policy, shared: &SharedState) -> Result<Option<Arc<PromptCache>>, String> {
+    let Some(tiers) = &policy.cache_tiers else {
+        return Ok(None);
+    };
+    let config = StoreConfig {
+        memory_max_bytes: tiers.memory_max_bytes,
+        redis: tiers.redis.as_ref().map(|r| RedisConfig {
+            url: r.url.clone(),
+            timeout: r.timeout,
+            prefix: r.prefix.clone(),
+        }),
+        disk: tiers.disk.as_ref().map(|d| DiskConfig {
+            path: d.path.clone(),
+            max_bytes: d.max_bytes,
+        }),
+    };
+    let store = CacheStore::open(&config, &shared.metrics).map_err(|e| format!("cache: {e}"))?;
+    Ok(Some(Arc::new(PromptCache {
+        store: Arc::new(store),
+        flights: Flights::default(),
+    })))
 }
 
 /// SIGTERM: stop accepting, let in-flight requests finish, exit when none is left (or at the

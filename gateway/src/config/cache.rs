@@ -6,6 +6,7 @@ use super::load::{Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
 use super::spec::{CacheSpec, RedisSpec, RouteCacheSpec, WhitespaceSpec};
 use http::header::HeaderName;
+use sluice_plugins::cache::key::{CacheCondition, KeyPolicy};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -44,14 +45,11 @@ pub struct RouteCache {
     pub max_ttl: Duration,
     /// Hits extend the entry's TTL up to `max_ttl`.
     pub adaptive: bool,
-    /// Body fields in the key; `None` means the engine's default list.
-    pub include: Option<Vec<String>>,
-    pub collapse_whitespace: bool,
+    /// The body fields in the key and how they are normalized.
+    pub key: KeyPolicy,
     pub scope: CacheScope,
-    /// Cache when the request's temperature is at most this (or when `when_seed` holds).
-    pub when_max_temperature: Option<f64>,
-    /// Cache when the request carries a `seed` (or when `when_max_temperature` holds).
-    pub when_seed: bool,
+    /// When a request is cached at all (temperature ceiling, seed).
+    pub when: CacheCondition,
 }
 
 /// Whose entries a request may see.
@@ -224,11 +222,15 @@ pub(super) fn compile_route_cache(
         ttl,
         max_ttl,
         adaptive: spec.adaptive,
-        include: spec.key.include.clone(),
-        collapse_whitespace: spec.key.normalize.whitespace == WhitespaceSpec::Collapse,
+        key: KeyPolicy::new(
+            spec.key.include.clone(),
+            spec.key.normalize.whitespace == WhitespaceSpec::Collapse,
+        ),
         scope,
-        when_max_temperature,
-        when_seed,
+        when: CacheCondition {
+            max_temperature: when_max_temperature,
+            seed: when_seed,
+        },
     })
 }
 
@@ -306,11 +308,9 @@ upstreams:
                 ttl: Duration::from_secs(600),
                 max_ttl: Duration::from_secs(600),
                 adaptive: false,
-                include: None,
-                collapse_whitespace: false,
+                key: KeyPolicy::new(None, false),
                 scope: CacheScope::ApiKey,
-                when_max_temperature: None,
-                when_seed: false,
+                when: CacheCondition::default(),
             })
         );
     }
@@ -346,11 +346,12 @@ upstreams:
                 ttl: Duration::from_secs(600),
                 max_ttl: Duration::from_secs(3600),
                 adaptive: true,
-                include: Some(vec!["model".into(), "messages".into()]),
-                collapse_whitespace: true,
+                key: KeyPolicy::new(Some(vec!["model".into(), "messages".into()]), true),
                 scope: CacheScope::Header(HeaderName::from_static("x-team")),
-                when_max_temperature: Some(0.0),
-                when_seed: true,
+                when: CacheCondition {
+                    max_temperature: Some(0.0),
+                    seed: true,
+                },
             })
         );
         assert_eq!(

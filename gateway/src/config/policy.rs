@@ -18,7 +18,7 @@ use http::header::HeaderName;
 use http::Method;
 use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
-use sluice_plugins::metrics::{Metrics, RouteMetrics, StatusCounters};
+use sluice_plugins::metrics::{Metrics, RouteCacheMetrics, RouteMetrics, StatusCounters};
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -69,6 +69,7 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// The route's cache policy, if it caches.
     pub cache: Option<RouteCache>,
+    pub cache_metrics: RouteCacheMetrics,
     /// Some phase needs the request body (a model glob or a cache policy), so the proxy reads it.
     pub reads_body: bool,
 }
@@ -114,6 +115,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
             upstream: Arc::clone(upstream),
             metrics: shared.metrics.route(&r.spec.name, &r.spec.upstream, ""),
             reads_body: r.matcher.model.is_some() || r.cache.is_some(),
+            cache_metrics: shared.metrics.route_cache(&r.spec.name),
             cache: r.cache,
         });
         matchers.push(r.matcher);

@@ -64,8 +64,6 @@ pub struct RequestCtx {
     pub(super) policy: Option<Arc<Policy>>,
     pub(super) route: Option<usize>,
     pub(super) body: RequestBody,
-    /// The body as JSON, when a phase parsed it (cache routes).
-    pub(super) json: Option<serde_json::Map<String, serde_json::Value>>,
     /// What the forwarder did, if it ran.
     pub(super) attempt: Option<Attempt>,
     /// The status the client got and whether an upstream made it.
@@ -74,6 +72,8 @@ pub struct RequestCtx {
     pub(super) bytes_in: usize,
     pub(super) bytes_out: usize,
     pub(super) cache: &'static str,
+    /// The recorder the forward phase attaches for a cacheable miss.
+    pub(super) recording: Option<super::cache::CacheRecorder>,
     pub(super) error: Option<String>,
     _active: ActiveGuard,
     _inflight: Option<InflightGauge>,
@@ -87,13 +87,13 @@ impl RequestCtx {
             policy: None,
             route: None,
             body: RequestBody::Empty,
-            json: None,
             attempt: None,
             status: None,
             served: false,
             bytes_in: 0,
             bytes_out: 0,
             cache: "",
+            recording: None,
             error: None,
             _active: active,
             _inflight: None,

@@ -21,6 +21,7 @@ const HOP_BY_HOP: [&str; 7] = [
 
 pub const X_SLUICE_ROUTE: &str = "x-sluice-route";
 pub const X_SLUICE_UPSTREAM: &str = "x-sluice-upstream";
+pub const X_SLUICE_CACHE: &str = "x-sluice-cache";
 
 /// The hop-by-hop headers present in `headers`, including those its `Connection` names.
 fn hop_by_hop(headers: &http::HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
@@ -37,14 +38,22 @@ fn hop_by_hop(headers: &http::HeaderMap) -> impl Iterator<Item = HeaderName> + '
         .filter(|n| headers.contains_key(n))
 }
 
-/// The request sent to `endpoint`. `body_len` is set when the body was read whole.
-pub fn upstream_request(
-    client: &RequestHeader,
-    upstream: &Upstream,
-    endpoint: &Endpoint,
-    client_ip: Option<IpAddr>,
-    body_len: Option<usize>,
-) -> Result<RequestHeader> {
+/// How the request to an endpoint differs from the client's.
+pub struct UpstreamRequest<'a> {
+    pub upstream: &'a Upstream,
+    pub endpoint: &'a Endpoint,
+    pub client_ip: Option<IpAddr>,
+    /// Set when the body was read whole.
+    pub body_len: Option<usize>,
+    /// Ask for an unencoded body (a response the cache records must be readable and servable
+    /// to any client).
+    pub identity: bool,
+}
+
+/// The request sent to the endpoint.
+pub fn upstream_request(client: &RequestHeader, to: &UpstreamRequest<'_>) -> Result<RequestHeader> {
+    let (upstream, endpoint, client_ip, body_len) =
+        (to.upstream, to.endpoint, to.client_ip, to.body_len);
     let mut req = client.clone();
     req.set_version(Version::HTTP_11);
     for name in hop_by_hop(&client.headers) {
@@ -52,6 +61,9 @@ pub fn upstream_request(
     }
     // sluice answers `Expect: 100-continue` itself and always sends the body at once.
     req.remove_header(&header::EXPECT);
+    if to.identity {
+        req.remove_header(&header::ACCEPT_ENCODING);
+    }
     if let Some(len) = body_len {
         req.remove_header(&header::TRANSFER_ENCODING);
         req.insert_header(header::CONTENT_LENGTH, len)?;
@@ -87,6 +99,7 @@ pub fn client_response(
     route: &str,
     endpoint: &str,
     head_request: bool,
+    cache: &'static str,
 ) -> Result<ResponseHeader> {
     let mut resp = upstream.clone();
     resp.set_version(Version::HTTP_11);
@@ -104,5 +117,8 @@ pub fn client_response(
     }
     resp.insert_header(X_SLUICE_ROUTE, route)?;
     resp.insert_header(X_SLUICE_UPSTREAM, endpoint)?;
+    if !cache.is_empty() {
+        resp.insert_header(X_SLUICE_CACHE, cache)?;
+    }
     Ok(resp)
 }

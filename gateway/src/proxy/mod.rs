@@ -4,6 +4,7 @@
 //! See docs/architecture.md for the phase chart.
 
 mod body;
+mod cache;
 mod ctx;
 mod forward;
 mod headers;
@@ -20,6 +21,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use respond::ForwardError;
+use sluice_plugins::cache::PromptCache;
 use std::sync::Arc;
 
 /// sluice's `ProxyHttp`.
@@ -27,15 +29,23 @@ pub struct Gateway {
     store: Arc<PolicyStore>,
     forwarder: Forwarder,
     active: Arc<ActiveRequests>,
+    /// The cache tiers and flights, when a route caches.
+    cache: Option<Arc<PromptCache>>,
 }
 
 impl Gateway {
     #[must_use]
-    pub fn new(store: Arc<PolicyStore>, forwarder: Forwarder, active: Arc<ActiveRequests>) -> Self {
+    pub fn new(
+        store: Arc<PolicyStore>,
+        forwarder: Forwarder,
+        active: Arc<ActiveRequests>,
+        cache: Option<Arc<PromptCache>>,
+    ) -> Self {
         Gateway {
             store,
             forwarder,
             active,
+            cache,
         }
     }
 
@@ -50,7 +60,16 @@ impl Gateway {
         if let Flow::Done = phases::route(session, ctx, &policy).await? {
             return Ok(());
         }
-        phases::forward(self, session, ctx, &policy).await?;
+        let Some(route) = ctx.route.and_then(|i| policy.routes.get(i)) else {
+            return Ok(());
+        };
+        if let Flow::Done = phases::read_body_if_needed(session, ctx, &policy, route).await? {
+            return Ok(());
+        }
+        if let Flow::Done = phases::cache_lookup(self, session, ctx, route).await? {
+            return Ok(());
+        }
+        phases::forward(self, session, ctx, route).await?;
         Ok(())
     }
 }

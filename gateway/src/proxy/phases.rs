@@ -1,12 +1,14 @@
 //! The request path, one function per phase (ARCHITECTURE.md section 7):
-//! route → read body (when a phase needs it) → forward. Each phase returns [`Flow`]; a route
-//! without a phase's policy pays nothing for it.
+//! route → read body (when a phase needs it) → cache lookup → forward. Each phase returns
+//! [`Flow`]; a route without a phase's policy pays nothing for it.
 
 use super::body::read_body;
+use super::cache;
 use super::ctx::{RequestBody, RequestCtx};
 use super::respond::ForwardError;
 use super::sink::Tee;
 use super::Gateway;
+use crate::config::policy::Route;
 use crate::config::Policy;
 use pingora::proxy::Session;
 use sluice_plugins::body::RequestBody as ParsedBody;
@@ -59,19 +61,51 @@ pub async fn route(
     Ok(Flow::Next)
 }
 
+/// Reads the body whole when the route's phases need it and routing has not read it yet.
+pub async fn read_body_if_needed(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    policy: &Policy,
+    route: &Route,
+) -> Result<Flow, ForwardError> {
+    if route.reads_body && matches!(ctx.body, RequestBody::Stream) {
+        read(session, ctx, policy).await?;
+    }
+    Ok(Flow::Next)
+}
+
+/// Answers from the cache, or prepares the recorder for a miss.
+pub async fn cache_lookup(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+) -> Result<Flow, ForwardError> {
+    match (&gw.cache, &route.cache) {
+        (Some(cache), Some(_)) => cache::lookup(cache, session, ctx, route, unix_ms()).await,
+        _ => Ok(Flow::Next),
+    }
+}
+
 /// Forwards to the route's upstream and settles what happened into the context.
 pub async fn forward(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    policy: &Policy,
+    route: &Route,
 ) -> Result<Flow, ForwardError> {
-    let Some(route) = ctx.route.and_then(|i| policy.routes.get(i)) else {
-        return Err(no_route(session));
-    };
+    let mut recorder = ctx.recording.take();
     let mut tee = Tee::new();
+    if let Some(r) = recorder.as_mut() {
+        tee.add(r);
+    }
     let body = std::mem::take(&mut ctx.body);
-    let mut attempt = gw.forwarder.forward(session, route, &body, &mut tee).await;
+    let mut attempt = gw
+        .forwarder
+        .forward(session, route, &body, ctx.cache, &mut tee)
+        .await;
+    drop(tee);
+    drop(recorder);
     ctx.body = body;
     let outcome = std::mem::replace(&mut attempt.outcome, Ok(()));
     ctx.record_attempt(attempt);
@@ -92,6 +126,13 @@ async fn read(
         RequestBody::Buffered(bytes.clone())
     };
     Ok(bytes)
+}
+
+/// The wall clock in Unix ms: cache entries age across instances, so they use real time.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn no_route(session: &Session) -> ForwardError {

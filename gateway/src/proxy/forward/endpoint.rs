@@ -5,7 +5,7 @@ use super::Attempt;
 use crate::config::policy::{Route, Upstream};
 use crate::proxy::body::{client_body_error, continue_if_expected};
 use crate::proxy::ctx::RequestBody;
-use crate::proxy::headers::{client_response, upstream_request};
+use crate::proxy::headers::{client_response, upstream_request, UpstreamRequest};
 use crate::proxy::respond::ForwardError;
 use crate::proxy::sink::{StreamEnd, Tee};
 use pingora::connectors::http::Connector;
@@ -26,6 +26,8 @@ pub(super) struct TryRequest<'a> {
     pub body: &'a RequestBody,
     /// Whether a retryable status may be turned into another try (instead of relayed).
     pub can_retry_status: bool,
+    /// The `x-sluice-cache` value for the response (empty: none).
+    pub cache: &'static str,
 }
 
 /// A failed try at one endpoint.
@@ -96,8 +98,14 @@ pub(super) async fn try_endpoint(
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     let endpoint = &up.endpoints[req.idx];
-    let resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
-        .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+    let resp = client_response(
+        upstream_resp,
+        &req.route.name,
+        &endpoint.url,
+        head_only,
+        req.cache,
+    )
+    .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
     tee.head(session, resp).await.map_err(TryError::aborted)?;
     attempt.status = Some(status);
     relay(session, &mut c.conn, up, tee).await?;
@@ -165,14 +173,15 @@ async fn send(
         RequestBody::Buffered(b) => Some(b.len()),
         _ => None,
     };
-    let head = upstream_request(
-        session.req_header(),
-        up,
-        &up.endpoints[req.idx],
+    let to = UpstreamRequest {
+        upstream: up,
+        endpoint: &up.endpoints[req.idx],
         client_ip,
         body_len,
-    )
-    .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+        identity: req.route.cache.is_some(),
+    };
+    let head = upstream_request(session.req_header(), &to)
+        .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
     c.conn
         .write_request_header(Box::new(head))
         .await
