@@ -54,6 +54,16 @@ impl PolicyStore {
                         "server/admin settings changed: they take effect on restart"
                     );
                 }
+                // The tiers are opened once at start (they hold connections and files).
+                if changed("cache")
+                    || changed("redis")
+                    || old.cache_tiers.is_some() != policy.cache_tiers.is_some()
+                {
+                    tracing::warn!(
+                        trigger,
+                        "cache tier settings changed: they take effect on restart"
+                    );
+                }
                 self.current.store(Arc::new(policy));
                 tracing::info!(trigger, file = %self.path.display(), "config reloaded");
                 Ok(())

@@ -117,6 +117,10 @@ impl ResponseSink for CacheRecorder {
     }
 
     fn on_chunk(&mut self, chunk: &Bytes) {
+        // Live followers get every chunk of a shared answer, stored or not.
+        if let Some(leader) = &self.leader {
+            leader.chunk(chunk.clone());
+        }
         if !self.storable {
             return;
         }
@@ -125,9 +129,6 @@ impl ResponseSink for CacheRecorder {
             self.body = BytesMut::new();
         } else {
             self.body.extend_from_slice(chunk);
-        }
-        if let Some(leader) = &self.leader {
-            leader.chunk(chunk.clone());
         }
     }
 

@@ -120,7 +120,7 @@ fn head(
     Ok(head)
 }
 
-fn client_gone(e: pingora::BError) -> ForwardError {
+fn client_gone(e: &pingora::Error) -> ForwardError {
     ForwardError::Aborted(format!("client went away: {}", e.etype().as_str()))
 }
 
@@ -128,19 +128,19 @@ async fn write_head(session: &mut Session, head: ResponseHeader) -> Result<(), F
     session
         .write_response_header(Box::new(head), false)
         .await
-        .map_err(client_gone)
+        .map_err(|e| client_gone(&e))
 }
 
 async fn write_chunk(session: &mut Session, data: Bytes) -> Result<(), ForwardError> {
     session
         .write_response_body(Some(data), false)
         .await
-        .map_err(client_gone)
+        .map_err(|e| client_gone(&e))
 }
 
 async fn end(session: &mut Session) -> Result<(), ForwardError> {
     session
         .write_response_body(None, true)
         .await
-        .map_err(client_gone)
+        .map_err(|e| client_gone(&e))
 }
