@@ -9,3 +9,4 @@ pub mod observe;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod warm;

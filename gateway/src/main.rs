@@ -38,6 +38,32 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Cache commands.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Pre-fill the cache: send each prompt of a JSONL file through the running sluice that
+    /// CONFIG describes (a line is a request body, or {"path": ..., "body": {...}}).
+    Warm {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        prompts: PathBuf,
+        /// Path for lines that do not name one.
+        #[arg(long, default_value = "/v1/chat/completions")]
+        path: String,
+        /// API key to send (entries are scoped per key by default); or SLUICE_WARM_API_KEY.
+        #[arg(long, env = "SLUICE_WARM_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +85,41 @@ fn main() -> ExitCode {
                 }
                 Err(errors) => {
                     eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cache {
+            command:
+                CacheCommand::Warm {
+                    config,
+                    prompts,
+                    path,
+                    api_key,
+                    concurrency,
+                },
+        } => {
+            let args = sluice::warm::WarmArgs {
+                config: &config,
+                prompts: &prompts,
+                path: &path,
+                api_key: api_key.as_deref(),
+                concurrency,
+            };
+            match sluice::warm::run(&args) {
+                Ok(r) => {
+                    println!(
+                        "stored {}, already cached {}, failed {}",
+                        r.stored, r.already, r.failed
+                    );
+                    if r.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sluice cache warm: {e}");
                     ExitCode::FAILURE
                 }
             }
