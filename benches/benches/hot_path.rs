@@ -1,13 +1,21 @@
 //! Micro-benchmarks of what runs on every request: route matching, body parsing, metrics
-//! recording; and config compile time for a large policy. `cargo bench -p sluice-benches`.
+//! recording, the prompt cache's key, L1 lookup and SSE conversions; and config compile time
+//! for a large policy. `cargo bench -p sluice-benches`.
 
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
+use serde_json::{Map, Value};
 use sluice::config::load::load_str;
 use sluice::config::{compile, SharedState};
 use sluice_benches::{chat_body, large_config, large_router};
 use sluice_plugins::body::RequestBody;
+use sluice_plugins::cache::key::{KeyContext, KeyPolicy};
+use sluice_plugins::cache::store::{CacheStore, StoreConfig};
+use sluice_plugins::cache::{sse, BodyForm, CacheKey, Entry};
 use sluice_plugins::metrics::Metrics;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 fn route_matching(c: &mut Criterion) {
     let router = large_router(50);
@@ -81,11 +89,159 @@ fn config_compile(c: &mut Criterion) {
     });
 }
 
+/// What a caching route does with a body: parse it to a JSON object, then hash the canonical
+/// form of the key fields (default include list, whitespace collapsed, scope none).
+fn cache_key(c: &mut Criterion) {
+    let policy = KeyPolicy::new(None, true);
+    let keep = KeyPolicy::new(None, false);
+    let ctx = KeyContext {
+        route: "chat",
+        path: "/v1/chat/completions",
+        scope: b"",
+    };
+    let mut parse = c.benchmark_group("cache_parse_map");
+    for size in [1024usize, 32 * 1024, 512 * 1024] {
+        let body = chat_body("gpt-4o", size);
+        parse.throughput(Throughput::Bytes(body.len() as u64));
+        parse.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| serde_json::from_slice::<Map<String, Value>>(black_box(body)).ok())
+        });
+    }
+    parse.finish();
+    let mut key = c.benchmark_group("cache_key");
+    for size in [1024usize, 32 * 1024, 512 * 1024] {
+        let body = chat_body("gpt-4o", size);
+        let map: Map<String, Value> = serde_json::from_slice(&body).expect("a JSON object");
+        key.throughput(Throughput::Bytes(body.len() as u64));
+        key.bench_with_input(BenchmarkId::new("collapse", size), &map, |b, map| {
+            b.iter(|| policy.key(black_box(map), black_box(&ctx)))
+        });
+        // `whitespace: keep` (the default), for what collapsing costs.
+        key.bench_with_input(BenchmarkId::new("keep", size), &map, |b, map| {
+            b.iter(|| keep.key(black_box(map), black_box(&ctx)))
+        });
+    }
+    key.finish();
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+const COMPLETION: &str = r#"{"id":"cmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A fixed completion for benchmarking."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
+
+/// A hit in the memory tier: `CacheStore::get` on a stored key, no Redis, no disk.
+fn cache_l1_hit(c: &mut Criterion) {
+    let metrics = Metrics::new("bench").expect("metrics");
+    let config = StoreConfig {
+        memory_max_bytes: 64 * 1024 * 1024,
+        redis: None,
+        disk: None,
+    };
+    let store = CacheStore::open(&config, &metrics).expect("memory store");
+    let now = unix_ms();
+    let key = CacheKey(0x5eed_cafe_f00d);
+    store.put(
+        key,
+        Arc::new(Entry {
+            route: "chat".into(),
+            status: 200,
+            content_type: "application/json".into(),
+            form: BodyForm::Json,
+            body: Bytes::from_static(COMPLETION.as_bytes()),
+            stored_at_ms: now,
+            expires_at_ms: now + 3_600_000,
+            max_expires_at_ms: now + 3_600_000,
+            extend_ms: 0,
+            upstream_ms: 20,
+            tokens: 16,
+        }),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(store.flush());
+    assert!(
+        rt.block_on(store.get(key, "chat", now)).is_some(),
+        "the entry just put is a hit"
+    );
+    c.bench_function("cache_l1_hit", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(store.get(black_box(key), "chat", now).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    c.bench_function("cache_l1_miss", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(store.get(black_box(CacheKey(1)), "chat", now).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    drop(rt);
+    // The store's own runtime stops on drop, outside any async context.
+    drop(store);
+}
+
+/// A recorded 20-event chat stream: role, 17 content deltas, finish with usage, `[DONE]`.
+fn sse_stream() -> Bytes {
+    let mut s = String::new();
+    let chunk = |delta: &str, finish: &str, usage: &str| {
+        format!(
+            "data: {{\"id\":\"cmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]{usage}}}\n\n"
+        )
+    };
+    s.push_str(&chunk(r#"{"role":"assistant","content":""}"#, "null", ""));
+    for i in 0..17 {
+        s.push_str(&chunk(&format!(r#"{{"content":"token{i} "}}"#), "null", ""));
+    }
+    s.push_str(&chunk(
+        "{}",
+        r#""stop""#,
+        r#","usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26}"#,
+    ));
+    s.push_str("data: [DONE]\n\n");
+    Bytes::from(s)
+}
+
+/// Replaying an entry: splitting a stored stream into events, a completion into a stream,
+/// and a stream into a completion.
+fn cache_sse(c: &mut Criterion) {
+    let stream = sse_stream();
+    assert_eq!(sse::split_events(&stream).len(), 20);
+    assert!(sse::synthesize(COMPLETION.as_bytes()).is_some());
+    assert!(sse::assemble(&stream).is_some());
+    c.bench_function("cache_sse_split_20_events", |b| {
+        b.iter(|| sse::split_events(black_box(&stream)))
+    });
+    c.bench_function("cache_sse_synthesize_completion", |b| {
+        b.iter(|| sse::synthesize(black_box(COMPLETION.as_bytes())))
+    });
+    c.bench_function("cache_sse_assemble_20_events", |b| {
+        b.iter(|| sse::assemble(black_box(&stream)))
+    });
+}
+
 criterion_group!(
     benches,
     route_matching,
     body_parsing,
     metrics_recording,
-    config_compile
+    config_compile,
+    cache_key,
+    cache_l1_hit,
+    cache_sse
 );
 criterion_main!(benches);

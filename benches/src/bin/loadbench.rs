@@ -8,9 +8,12 @@ use sluice_benches::load::openloop::{self, OpenLoopResult, Plan};
 use sluice_benches::load::procs::{
     free_port, nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running,
 };
-use sluice_benches::load::report::{ClosedRow, OpenRow, Report};
+use sluice_benches::load::report::{CacheMixRow, ClosedRow, OpenRow, Report};
 use sluice_benches::load::wrk;
 use sluice_benches::workload::{repeat_share, PromptMix};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +23,12 @@ const FIXED_COMPLETION: &str = r#"{"id":"cmpl-bench","object":"chat.completion",
 /// so the numbers measure the proxy's own cost per request rather than its co-tenant's.
 const LOAD_CPU: &str = "1";
 const UPSTREAM_CPU: &str = "1";
+/// mock-llm's delay before answering in the "prompt mix + cache" scenario: what a hit saves.
+const MIX_LATENCY_MS: u64 = 20;
+/// The open-loop rate of both prompt-mix scenarios.
+const MIX_RATE: f64 = 500.0;
 
 struct Settings {
-    quick: bool,
     closed: Duration,
     rounds: usize,
     open: Duration,
@@ -52,7 +58,6 @@ fn run() -> Result<(), String> {
         .to_path_buf();
     let target = workspace.join("target");
     let s = Settings {
-        quick,
         closed: Duration::from_secs(if quick { 2 } else { 8 }),
         rounds: if quick { 1 } else { 3 },
         open: Duration::from_secs(if quick { 2 } else { 8 }),
@@ -98,14 +103,35 @@ fn run() -> Result<(), String> {
         ],
         &d.join("mock.log"),
     )?;
+    // A mock-llm that takes MIX_LATENCY_MS to answer, behind the caching route.
+    let slow_port = free_port()?;
+    let slow_listen = format!("127.0.0.1:{slow_port}");
+    let latency = MIX_LATENCY_MS.to_string();
+    let _slow = spawn(
+        "mock-llm-slow",
+        UPSTREAM_CPU,
+        &mock_bin,
+        &[
+            "--listen",
+            &slow_listen,
+            "--threads",
+            "1",
+            "--latency-ms",
+            &latency,
+        ],
+        &d.join("mock-slow.log"),
+    )?;
     wait_port(up_port, Duration::from_secs(5))?;
     wait_port(mock_port, Duration::from_secs(5))?;
+    wait_port(slow_port, Duration::from_secs(5))?;
 
-    let body_1k = write_body(d, "1k.json", &chat_body("bench-model", 1024))?;
+    let raw_1k = chat_body("bench-model", 1024);
+    let body_1k = write_body(d, "1k.json", &raw_1k)?;
     let body_256k = write_body(d, "256k.json", &chat_body("bench-model", 256 * 1024))?;
     let mut report = Report {
         machine: machine(),
         quick,
+        mix_latency_ms: MIX_LATENCY_MS,
         ..Report::default()
     };
 
@@ -116,12 +142,18 @@ fn run() -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(300));
             report.idle_rss_mib = rss_kib(p.sluice.pid()).unwrap_or(0) as f64 / 1024.0;
         }
+        let mut systems = vec![
+            ("nginx", p.nginx_port, None),
+            ("sluice", p.sluice_port, Some(p.sluice.pid())),
+        ];
+        if threads == 1 {
+            systems.insert(0, ("direct", up_port, None));
+        }
         closed_loop(
             &s,
             &mut report,
             threads,
-            up_port,
-            &p,
+            &systems,
             &[
                 ("GET passthrough", None),
                 ("POST 1KB", Some(&body_1k)),
@@ -132,6 +164,17 @@ fn run() -> Result<(), String> {
             open_loop(&s, &mut report, up_port, &p)?;
             streaming_ttfb(&s, &mut report, mock_port, &p)?;
             prompt_mix(&s, &mut report, &p)?;
+            cache_hit(
+                &s,
+                &mut report,
+                d,
+                up_port,
+                &p,
+                &sluice_bin,
+                &raw_1k,
+                &body_1k,
+            )?;
+            prompt_mix_cached(&s, &mut report, d, slow_port, &sluice_bin)?;
         }
     }
 
@@ -222,19 +265,13 @@ fn closed_loop(
     s: &Settings,
     report: &mut Report,
     threads: usize,
-    up_port: u16,
-    p: &Proxies,
+    systems: &[(&'static str, u16, Option<u32>)],
     scenarios: &[(&'static str, Option<&PathBuf>)],
 ) -> Result<(), String> {
-    let mut systems: Vec<(&'static str, u16)> =
-        vec![("nginx", p.nginx_port), ("sluice", p.sluice_port)];
-    if threads == 1 {
-        systems.insert(0, ("direct", up_port));
-    }
     for (scenario, script) in scenarios {
         let mut runs: Vec<Vec<(wrk::WrkResult, Option<f64>)>> = vec![Vec::new(); systems.len()];
         // Warm-up, so pools and caches are hot for every system.
-        for (_, port) in &systems {
+        for (_, port, _) in systems {
             let _ = wrk::run(
                 &format!("http://127.0.0.1:{port}/v1/chat/completions"),
                 32,
@@ -244,8 +281,8 @@ fn closed_loop(
             );
         }
         for _ in 0..s.rounds {
-            for (i, (system, port)) in systems.iter().enumerate() {
-                let sampler = (*system == "sluice").then(|| RssSampler::start(p.sluice.pid()));
+            for (i, (_, port, pid)) in systems.iter().enumerate() {
+                let sampler = pid.map(RssSampler::start);
                 let r = wrk::run(
                     &format!("http://127.0.0.1:{port}/v1/chat/completions"),
                     32,
@@ -256,7 +293,7 @@ fn closed_loop(
                 runs[i].push((r, sampler.map(RssSampler::finish)));
             }
         }
-        for (i, (system, _)) in systems.iter().enumerate() {
+        for (i, (system, _, _)) in systems.iter().enumerate() {
             let mut rs = runs[i].clone();
             rs.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
             let (median, _) = rs[rs.len() / 2];
@@ -359,16 +396,11 @@ fn streaming_ttfb(
 
 /// A realistic mix (Zipf repeats, 30% streaming) through sluice to mock-llm.
 fn prompt_mix(s: &Settings, report: &mut Report, p: &Proxies) -> Result<(), String> {
-    let mut mix = PromptMix::new(2000, 1.05, 0.3, 7);
-    let draws: Vec<_> = (0..(if s.quick { 1000 } else { 4000 }))
-        .map(|_| mix.draw())
-        .collect();
-    let share = repeat_share(&draws.iter().map(|d| d.prompt).collect::<Vec<_>>());
-    let bodies = draws.into_iter().map(|d| Bytes::from(d.body)).collect();
+    let (share, bodies) = mix_bodies(s);
     let result = run_open(plan(
         p.sluice_port,
         "/v1/chat/completions",
-        500.0,
+        MIX_RATE,
         s.open,
         bodies,
         false,
@@ -381,5 +413,258 @@ fn prompt_mix(s: &Settings, report: &mut Report, p: &Proxies) -> Result<(), Stri
         share * 100.0
     );
     report.mix = Some((share, result));
+    Ok(())
+}
+
+/// The prompt mix's bodies (as many as the open loop sends, so the repeat share is exact) and
+/// the share of them that repeat an earlier prompt.
+fn mix_bodies(s: &Settings) -> (f64, Vec<Bytes>) {
+    let mut mix = PromptMix::new(2000, 1.05, 0.3, 7);
+    let n = (MIX_RATE * s.open.as_secs_f64()) as usize;
+    let draws: Vec<_> = (0..n).map(|_| mix.draw()).collect();
+    let share = repeat_share(&draws.iter().map(|d| d.prompt).collect::<Vec<_>>());
+    (
+        share,
+        draws.into_iter().map(|d| Bytes::from(d.body)).collect(),
+    )
+}
+
+/// A sluice of its own (1 thread, CPU 0) whose one route caches every POST to
+/// `/v1/chat/completions` for everyone (`scope: none`), with an admin listener for `/metrics`.
+struct CacheSluice {
+    port: u16,
+    admin_port: u16,
+    proc: Running,
+}
+
+fn start_cache_sluice(
+    d: &Path,
+    name: &str,
+    up_port: u16,
+    sluice_bin: &Path,
+) -> Result<CacheSluice, String> {
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ path_prefix: /v1/chat/completions, methods: [POST] }}\n    upstream: up\n    cache: {{ ttl: 10m, key: {{ scope: none }} }}\n"
+    );
+    let cfg = d.join(format!("sluice-{name}.yaml"));
+    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
+    let proc = spawn(
+        &format!("sluice-{name}"),
+        "0",
+        sluice_bin,
+        &["run", "--config", path_str(&cfg)?],
+        &d.join(format!("sluice-{name}.log")),
+    )?;
+    wait_port(port, Duration::from_secs(10))?;
+    wait_port(admin_port, Duration::from_secs(10))?;
+    Ok(CacheSluice {
+        port,
+        admin_port,
+        proc,
+    })
+}
+
+/// One HTTP/1.1 request on a fresh connection (`connection: close`): status, the value of
+/// `header` if present, and the body.
+fn http_once(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    header: &str,
+) -> Result<(u16, Option<String>, Vec<u8>), String> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("content-type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes())
+        .and_then(|()| conn.write_all(body))
+        .map_err(|e| format!("{method} {path} on port {port}: {e}"))?;
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp)
+        .map_err(|e| format!("{method} {path} on port {port}: {e}"))?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{method} {path} on port {port}: no HTTP response"))?;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{method} {path} on port {port}: bad status line"))?;
+    let value = head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(header)
+            .then(|| v.trim().to_string())
+    });
+    Ok((status, value, resp[split + 4..].to_vec()))
+}
+
+/// The cache counters of route `chat` on a sluice's `/metrics`: requests by result, and
+/// upstream seconds saved.
+fn cache_metrics(admin_port: u16) -> Result<(BTreeMap<String, f64>, f64), String> {
+    let (status, _, body) = http_once(admin_port, "GET", "/metrics", b"", "")?;
+    if status != 200 {
+        return Err(format!("GET /metrics answered {status}"));
+    }
+    let text = String::from_utf8_lossy(&body);
+    let (mut results, mut saved) = (BTreeMap::new(), 0.0);
+    for line in text.lines().filter(|l| l.contains("route=\"chat\"")) {
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if line.starts_with("sluice_cache_requests_total{") {
+            if let Some(result) = line
+                .split("result=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            {
+                *results.entry(result.to_string()).or_insert(0.0) += value;
+            }
+        } else if line.starts_with("sluice_cache_saved_seconds_total{") {
+            saved += value;
+        }
+    }
+    Ok((results, saved))
+}
+
+/// Closed loop on one cached POST: sluice answering from its memory tier vs nginx proxying the
+/// same POST to the upstream (nginx cannot cache a POST) and vs the upstream direct.
+#[allow(clippy::too_many_arguments)]
+fn cache_hit(
+    s: &Settings,
+    report: &mut Report,
+    d: &Path,
+    up_port: u16,
+    p: &Proxies,
+    sluice_bin: &Path,
+    raw_body: &[u8],
+    script: &PathBuf,
+) -> Result<(), String> {
+    let cached = start_cache_sluice(d, "cache-hit", up_port, sluice_bin)?;
+    // Prime, then insist on a hit: a scenario that measures misses would be a lie.
+    let mut last = None;
+    for _ in 0..50 {
+        let (status, cache, _) = http_once(
+            cached.port,
+            "POST",
+            "/v1/chat/completions",
+            raw_body,
+            "x-sluice-cache",
+        )?;
+        if status == 200 && cache.as_deref() == Some("hit") {
+            last = None;
+            break;
+        }
+        last = Some((status, cache));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some((status, cache)) = last {
+        return Err(format!(
+            "cache hit scenario: the primed POST is not served from the cache (status {status}, x-sluice-cache: {})",
+            cache.as_deref().unwrap_or("absent")
+        ));
+    }
+    let systems = [
+        ("direct", up_port, None),
+        ("nginx", p.nginx_port, None),
+        ("sluice", cached.port, Some(cached.proc.pid())),
+    ];
+    let (before, _) = cache_metrics(cached.admin_port)?;
+    closed_loop(s, report, 1, &systems, &[("cache hit", Some(script))])?;
+    let (after, _) = cache_metrics(cached.admin_port)?;
+    let count =
+        |r: &str| after.get(r).copied().unwrap_or(0.0) - before.get(r).copied().unwrap_or(0.0);
+    let (hits, others) = (
+        count("hit"),
+        count("miss") + count("coalesced") + count("bypass"),
+    );
+    eprintln!("cache hit: {hits:.0} hits and {others:.0} other answers while measuring");
+    if others > 0.01 * hits {
+        return Err(format!(
+            "cache hit scenario: {others:.0} of {:.0} requests were not hits",
+            hits + others
+        ));
+    }
+    Ok(())
+}
+
+/// The prompt mix through a caching sluice to a mock-llm that takes MIX_LATENCY_MS per
+/// answer, cold cache, vs the same mock-llm direct: latency, and the real hit rate and the
+/// upstream time saved from sluice's `/metrics`.
+fn prompt_mix_cached(
+    s: &Settings,
+    report: &mut Report,
+    d: &Path,
+    slow_port: u16,
+    sluice_bin: &Path,
+) -> Result<(), String> {
+    let (share, bodies) = mix_bodies(s);
+    let direct = run_open(plan(
+        slow_port,
+        "/v1/chat/completions",
+        MIX_RATE,
+        s.open,
+        bodies.clone(),
+        false,
+    ))?;
+    eprintln!(
+        "mix+cache  direct: p50 {:.3} p99 {:.3} ms, {} errors",
+        direct.p50_ms, direct.p99_ms, direct.errors
+    );
+    report.cache_mix.push(CacheMixRow {
+        system: "direct",
+        repeat_share: share,
+        result: direct,
+        requests: BTreeMap::new(),
+        saved_seconds: 0.0,
+    });
+    let cached = start_cache_sluice(d, "cache-mix", slow_port, sluice_bin)?;
+    let (before, saved_before) = cache_metrics(cached.admin_port)?;
+    let result = run_open(plan(
+        cached.port,
+        "/v1/chat/completions",
+        MIX_RATE,
+        s.open,
+        bodies,
+        false,
+    ))?;
+    let (mut after, saved_after) = cache_metrics(cached.admin_port)?;
+    for (k, v) in &before {
+        *after.entry(k.clone()).or_insert(0.0) -= v;
+    }
+    let row = CacheMixRow {
+        system: "sluice",
+        repeat_share: share,
+        result,
+        requests: after,
+        saved_seconds: saved_after - saved_before,
+    };
+    eprintln!(
+        "mix+cache  sluice: p50 {:.3} p99 {:.3} ms, {} errors, hit rate {:.1}% (repeat share {:.1}%), {:.1} upstream s saved, {:?}",
+        result.p50_ms,
+        result.p99_ms,
+        result.errors,
+        row.hit_rate() * 100.0,
+        share * 100.0,
+        row.saved_seconds,
+        row.requests
+    );
+    if row.requests.values().sum::<f64>() < 1.0 {
+        return Err("prompt mix + cache: sluice counted no cache requests".into());
+    }
+    report.cache_mix.push(row);
     Ok(())
 }

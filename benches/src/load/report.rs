@@ -3,6 +3,7 @@
 
 use super::openloop::OpenLoopResult;
 use plotters::prelude::*;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -28,6 +29,35 @@ pub struct OpenRow {
     pub result: OpenLoopResult,
 }
 
+/// The prompt mix against a slow upstream, direct or through a caching sluice (cold cache).
+#[derive(Debug, Clone)]
+pub struct CacheMixRow {
+    pub system: &'static str,
+    /// Share of the mix's requests that repeat an earlier prompt: the hit rate's upper bound.
+    pub repeat_share: f64,
+    pub result: OpenLoopResult,
+    /// `sluice_cache_requests_total` during the run, by `result` (empty for direct).
+    pub requests: BTreeMap<String, f64>,
+    /// `sluice_cache_saved_seconds_total` gained during the run.
+    pub saved_seconds: f64,
+}
+
+impl CacheMixRow {
+    fn count(&self, result: &str) -> f64 {
+        self.requests.get(result).copied().unwrap_or(0.0)
+    }
+
+    /// Share of the cache's requests answered without the upstream (hits and coalesced).
+    #[must_use]
+    pub fn hit_rate(&self) -> f64 {
+        let total: f64 = self.requests.values().sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        (self.count("hit") + self.count("coalesced")) / total
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -38,6 +68,9 @@ pub struct Report {
     pub open: Vec<OpenRow>,
     pub ttfb: Vec<(&'static str, OpenLoopResult)>,
     pub mix: Option<(f64, OpenLoopResult)>,
+    pub cache_mix: Vec<CacheMixRow>,
+    /// The slow mock-llm's answer delay in the cached prompt-mix scenario.
+    pub mix_latency_ms: u64,
 }
 
 impl Report {
@@ -93,6 +126,17 @@ impl Report {
         if let (Some(sl), Some(d)) = (self.open_for(50, "sluice"), self.open_for(50, "direct")) {
             let (a50, a99) = (sl.p50_ms - d.p50_ms, sl.p99_ms - d.p99_ms);
             let _ = writeln!(s, "- added latency at 50% load: p50 {a50:+.3} ms (target ≤ 0.10: {}), p99 {a99:+.3} ms (target ≤ 0.30: {})", pass(a50 <= 0.10), pass(a99 <= 0.30));
+        }
+        if let (Some(sl), Some(ng)) = (
+            self.closed_rps("cache hit", 1, "sluice"),
+            self.closed_rps("cache hit", 1, "nginx"),
+        ) {
+            let _ = writeln!(
+                s,
+                "- cache hit, 1 KB prompt: sluice {:.2}× nginx proxying the same POST (target ≥ 2.0: {})",
+                sl / ng,
+                pass(sl >= 2.0 * ng)
+            );
         }
         let _ = writeln!(
             s,
@@ -166,6 +210,40 @@ impl Report {
                 "\n## Prompt mix through sluice (Zipf repeats, 30% streaming, 200 B-16 KB prompts, open loop)\n\n{} requests at {:.0}/s: p50 {:.3} ms, p99 {:.3} ms, {} errors. Repeat share (the most a response cache could hit): {:.1}%.",
                 r.sent, r.achieved_rps, r.p50_ms, r.p99_ms, r.errors, share * 100.0
             );
+        }
+        if !self.cache_mix.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Prompt mix + cache (the mix above; mock-llm answers after {} ms; cold cache, `scope: none`, open loop)\n\n| system | requests | rate/s | p50 ms | p99 ms | errors | hit rate | repeat share | hits | coalesced | misses | bypass | upstream s saved |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                self.mix_latency_ms
+            );
+            for r in &self.cache_mix {
+                let cached = !r.requests.is_empty();
+                let n = |v: f64| {
+                    if cached {
+                        format!("{v:.0}")
+                    } else {
+                        String::new()
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {:.1}% | {} | {} | {} | {} | {} |",
+                    r.system,
+                    r.result.sent,
+                    r.result.achieved_rps,
+                    r.result.p50_ms,
+                    r.result.p99_ms,
+                    r.result.errors,
+                    if cached { format!("{:.1}%", r.hit_rate() * 100.0) } else { String::new() },
+                    r.repeat_share * 100.0,
+                    n(r.count("hit")),
+                    n(r.count("coalesced")),
+                    n(r.count("miss")),
+                    n(r.count("bypass")),
+                    if cached { format!("{:.1}", r.saved_seconds) } else { String::new() },
+                );
+            }
         }
         s
     }
@@ -267,6 +345,7 @@ fn short(scenario: &str) -> &str {
         "GET passthrough" => "GET",
         "POST 1KB" => "1KB",
         "POST 256KB" => "256KB",
+        "cache hit" => "hit",
         other => other,
     }
 }
