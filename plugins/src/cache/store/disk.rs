@@ -41,6 +41,20 @@ struct Totals {
     next_sequence: u64,
 }
 
+impl Totals {
+    /// Accounts for one entry of `size` bytes leaving the tier.
+    fn forget(&mut self, size: u64) {
+        self.bytes = self.bytes.saturating_sub(size);
+        self.count = self.count.saturating_sub(1);
+    }
+}
+
+/// The tables a write transaction changes (the meta table is handled by `transact`).
+struct Tables<'t> {
+    entries: Table<'t, u128, (u64, &'static [u8])>,
+    by_age: Table<'t, (u64, u128), (u64, &'static str)>,
+}
+
 impl DiskTier {
     /// Opens (or creates) `<path>/cache.redb`; an error names the path.
     pub(super) fn open(config: &DiskConfig, metrics: TierMetrics) -> Result<DiskTier, String> {
@@ -118,102 +132,100 @@ impl DiskTier {
 
     /// Writes a batch in one transaction, then evicts the oldest entries beyond the bound.
     pub(super) fn apply(&self, changes: Vec<Change>) {
-        let write = || -> Result<(Totals, u64), redb::Error> {
-            let txn = self.db.begin_write()?;
-            let (totals, evicted) = {
-                let mut entries = txn.open_table(ENTRIES)?;
-                let mut by_age = txn.open_table(BY_AGE)?;
-                let mut meta = txn.open_table(META)?;
-                let mut totals = read_totals(&meta)?;
-                for change in &changes {
-                    match change {
-                        Change::Put { key, entry, now_ms } => {
-                            remove(&mut entries, &mut by_age, &mut totals, key.0)?;
-                            let encoded = entry.encode();
-                            let size = encoded.len() as u64;
-                            if !entry.is_fresh(*now_ms) || size > self.max_bytes {
-                                continue;
-                            }
-                            let sequence = totals.next_sequence;
-                            totals.next_sequence += 1;
-                            entries.insert(key.0, (sequence, encoded.as_slice()))?;
-                            by_age.insert((sequence, key.0), (size, entry.route.as_str()))?;
-                            totals.bytes += size;
-                            totals.count += 1;
+        let evicted = self.transact("write", changes.len() as u64, |t, totals| {
+            for change in &changes {
+                match change {
+                    Change::Put { key, entry, now_ms } => {
+                        remove(t, totals, key.0)?;
+                        let encoded = entry.encode();
+                        let size = encoded.len() as u64;
+                        if !entry.is_fresh(*now_ms) || size > self.max_bytes {
+                            continue;
                         }
-                        Change::Remove { key, .. } => {
-                            remove(&mut entries, &mut by_age, &mut totals, key.0)?;
-                        }
+                        let sequence = totals.next_sequence;
+                        totals.next_sequence += 1;
+                        t.entries.insert(key.0, (sequence, encoded.as_slice()))?;
+                        t.by_age
+                            .insert((sequence, key.0), (size, entry.route.as_str()))?;
+                        totals.bytes += size;
+                        totals.count += 1;
                     }
+                    Change::Remove { key, .. } => remove(t, totals, key.0)?,
                 }
-                let mut evicted = 0;
-                while totals.bytes > self.max_bytes {
-                    let Some((age, size)) = by_age
-                        .pop_first()?
-                        .map(|(age, value)| (age.value(), value.value().0))
-                    else {
-                        break;
-                    };
-                    entries.remove(age.1)?;
-                    totals.bytes = totals.bytes.saturating_sub(size);
-                    totals.count = totals.count.saturating_sub(1);
-                    evicted += 1;
-                }
-                write_totals(&mut meta, totals)?;
-                (totals, evicted)
-            };
-            txn.commit()?;
-            Ok((totals, evicted))
-        };
-        match write() {
-            Ok((totals, evicted)) => {
-                self.outage.recovered();
-                self.metrics.evictions.inc_by(evicted);
-                self.show(totals);
             }
-            Err(e) => {
-                self.outage.failed(changes.len() as u64, "write", &e);
+            let mut evicted = 0;
+            while totals.bytes > self.max_bytes {
+                let Some((age, size)) = t
+                    .by_age
+                    .pop_first()?
+                    .map(|(age, value)| (age.value(), value.value().0))
+                else {
+                    break;
+                };
+                t.entries.remove(age.1)?;
+                totals.forget(size);
+                evicted += 1;
             }
+            Ok(evicted)
+        });
+        if let Some(evicted) = evicted {
+            self.metrics.evictions.inc_by(evicted);
         }
     }
 
     /// Removes all entries or one route's; returns how many.
     pub(super) fn purge(&self, route: Option<&str>) -> u64 {
-        let purge = || -> Result<(Totals, u64), redb::Error> {
+        self.transact("purge", 1, |t, totals| {
+            let mut doomed = Vec::new();
+            t.by_age.retain(|(_, key), (size, entry_route)| {
+                let matches = route.is_none_or(|r| r == entry_route);
+                if matches {
+                    doomed.push((key, size));
+                }
+                !matches
+            })?;
+            for (key, size) in &doomed {
+                t.entries.remove(*key)?;
+                totals.forget(*size);
+            }
+            Ok(doomed.len() as u64)
+        })
+        .unwrap_or(0)
+    }
+
+    /// Runs `body` in one write transaction with the totals read before and written after;
+    /// a failure is counted as `ops` failed operations of kind `what` and gives `None`.
+    fn transact<T>(
+        &self,
+        what: &str,
+        ops: u64,
+        body: impl FnOnce(&mut Tables<'_>, &mut Totals) -> Result<T, redb::Error>,
+    ) -> Option<T> {
+        let run = || -> Result<(Totals, T), redb::Error> {
             let txn = self.db.begin_write()?;
-            let (totals, removed) = {
-                let mut entries = txn.open_table(ENTRIES)?;
-                let mut by_age = txn.open_table(BY_AGE)?;
+            let done = {
+                let mut tables = Tables {
+                    entries: txn.open_table(ENTRIES)?,
+                    by_age: txn.open_table(BY_AGE)?,
+                };
                 let mut meta = txn.open_table(META)?;
                 let mut totals = read_totals(&meta)?;
-                let mut doomed = Vec::new();
-                by_age.retain(|(_, key), (size, entry_route)| {
-                    let matches = route.is_none_or(|r| r == entry_route);
-                    if matches {
-                        doomed.push((key, size));
-                    }
-                    !matches
-                })?;
-                for (key, size) in &doomed {
-                    entries.remove(*key)?;
-                    totals.bytes = totals.bytes.saturating_sub(*size);
-                    totals.count = totals.count.saturating_sub(1);
-                }
+                let out = body(&mut tables, &mut totals)?;
                 write_totals(&mut meta, totals)?;
-                (totals, doomed.len() as u64)
+                (totals, out)
             };
             txn.commit()?;
-            Ok((totals, removed))
+            Ok(done)
         };
-        match purge() {
-            Ok((totals, removed)) => {
+        match run() {
+            Ok((totals, out)) => {
                 self.outage.recovered();
                 self.show(totals);
-                removed
+                Some(out)
             }
             Err(e) => {
-                self.outage.failed(1, "purge", &e);
-                0
+                self.outage.failed(ops, what, &e);
+                None
             }
         }
     }
@@ -238,19 +250,14 @@ fn create_tables(db: &Database) -> Result<Totals, redb::Error> {
 }
 
 /// Removes `key` if stored, keeping the index and totals in step.
-fn remove(
-    entries: &mut Table<u128, (u64, &[u8])>,
-    by_age: &mut Table<(u64, u128), (u64, &str)>,
-    totals: &mut Totals,
-    key: u128,
-) -> Result<(), redb::Error> {
-    let old = entries
+fn remove(t: &mut Tables<'_>, totals: &mut Totals, key: u128) -> Result<(), redb::Error> {
+    let old = t
+        .entries
         .remove(key)?
         .map(|v| (v.value().0, v.value().1.len() as u64));
     if let Some((sequence, size)) = old {
-        by_age.remove((sequence, key))?;
-        totals.bytes = totals.bytes.saturating_sub(size);
-        totals.count = totals.count.saturating_sub(1);
+        t.by_age.remove((sequence, key))?;
+        totals.forget(size);
     }
     Ok(())
 }
