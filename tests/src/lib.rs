@@ -449,6 +449,35 @@ impl Gateway {
     }
 }
 
+/// Runs `tests/python/<script>` against `gateway` with the venv's Python (or `SLUICE_PYTHON`)
+/// and returns its stdout; fails the test, with the gateway's log, when the script fails.
+/// `make test` creates `.venv` with the openai SDK.
+#[must_use]
+pub fn run_python_check(script: &str, gateway: &Gateway) -> String {
+    let python = std::env::var_os("SLUICE_PYTHON")
+        .map_or_else(|| workspace().join(".venv/bin/python"), PathBuf::from);
+    assert!(
+        python.exists(),
+        "{} is missing: run `make test`, which creates .venv with the openai SDK",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(workspace().join("tests/python").join(script))
+        .arg(&gateway.url)
+        .output()
+        .expect("run python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}\nsluice log:\n{}",
+        gateway.log_text()
+    );
+    stdout
+}
+
 /// The value of a Prometheus sample line that starts with `prefix` (0 when absent).
 #[must_use]
 pub fn metric_value(text: &str, prefix: &str) -> f64 {

@@ -6,12 +6,11 @@
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sluice_e2e::{
-    chat_body, config, metric_value, workspace, Gateway, Mock, RedisServer, PATIENCE,
+    chat_body, config, metric_value, run_python_check, Gateway, Mock, RedisServer, PATIENCE,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 // === Helpers ===
@@ -789,35 +788,10 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 
 // === 8. The official SDK ===
 
-fn python() -> PathBuf {
-    let path = std::env::var_os("SLUICE_PYTHON")
-        .map_or_else(|| workspace().join(".venv/bin/python"), PathBuf::from);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make test`, which creates .venv with the openai SDK",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn openai_sdk_streams_a_cache_hit() {
-    let python = python();
     let mock = Mock::start("a", &[]);
     let gw = gateway(&mock, "", "");
-    let out = Command::new(python)
-        .arg(workspace().join("tests/python/openai_cache_check.py"))
-        .arg(&gw.url)
-        .output()
-        .expect("run python");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "SDK cache check failed:\n{stdout}\n{stderr}\nsluice log:\n{}",
-        gw.log_text()
-    );
+    let stdout = run_python_check("openai_cache_check.py", &gw);
     assert!(stdout.contains("openai sdk: cached stream ok"), "{stdout}");
 }
