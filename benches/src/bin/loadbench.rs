@@ -241,15 +241,7 @@ fn start_proxies(
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{sluice_port}\"]\n  threads: {threads}\n  max_body_bytes: 64MiB\nupstreams:\n  fixed:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\n  mock:\n    endpoints: [{{url: \"http://127.0.0.1:{mock_port}\"}}]\nroutes:\n  - name: stream\n    match: {{ methods: [POST], model: \"stream-*\" }}\n    upstream: mock\n  - name: by-model\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: fixed\n  - name: mix\n    match: {{ methods: [POST], model: \"mock-*\" }}\n    upstream: mock\n  - name: passthrough\n    upstream: fixed\n"
     );
-    let cfg = d.join(format!("sluice-{threads}.yaml"));
-    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
-    let sluice = spawn(
-        "sluice",
-        cpus,
-        sluice_bin,
-        &["run", "--config", path_str(&cfg)?],
-        &d.join(format!("sluice-{threads}.log")),
-    )?;
+    let sluice = spawn_sluice(d, &format!("sluice-{threads}"), cpus, sluice_bin, &yaml)?;
     wait_port(nginx_port, Duration::from_secs(5))?;
     wait_port(sluice_port, Duration::from_secs(10))?;
     Ok(Proxies {
@@ -429,6 +421,25 @@ fn mix_bodies(s: &Settings) -> (f64, Vec<Bytes>) {
     )
 }
 
+/// Writes `<d>/<name>.yaml` and runs sluice on it pinned to `cpus`, logging to `<d>/<name>.log`.
+fn spawn_sluice(
+    d: &Path,
+    name: &str,
+    cpus: &str,
+    sluice_bin: &Path,
+    yaml: &str,
+) -> Result<Running, String> {
+    let cfg = d.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
+    spawn(
+        name,
+        cpus,
+        sluice_bin,
+        &["run", "--config", path_str(&cfg)?],
+        &d.join(format!("{name}.log")),
+    )
+}
+
 /// A sluice of its own (1 thread, CPU 0) whose one route caches every POST to
 /// `/v1/chat/completions` for everyone (`scope: none`), with an admin listener for `/metrics`.
 struct CacheSluice {
@@ -447,15 +458,7 @@ fn start_cache_sluice(
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ path_prefix: /v1/chat/completions, methods: [POST] }}\n    upstream: up\n    cache: {{ ttl: 10m, key: {{ scope: none }} }}\n"
     );
-    let cfg = d.join(format!("sluice-{name}.yaml"));
-    std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
-    let proc = spawn(
-        &format!("sluice-{name}"),
-        "0",
-        sluice_bin,
-        &["run", "--config", path_str(&cfg)?],
-        &d.join(format!("sluice-{name}.log")),
-    )?;
+    let proc = spawn_sluice(d, &format!("sluice-{name}"), "0", sluice_bin, &yaml)?;
     wait_port(port, Duration::from_secs(10))?;
     wait_port(admin_port, Duration::from_secs(10))?;
     Ok(CacheSluice {
