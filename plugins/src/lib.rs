@@ -7,6 +7,7 @@ pub mod balance;
 pub mod body;
 pub mod cache;
 pub mod glob;
+pub mod limits;
 pub mod metrics;
 pub mod openai_error;
 pub mod router;
