@@ -40,3 +40,24 @@ impl Decision {
         matches!(self, Decision::Allowed(_))
     }
 }
+
+/// A GCRA bucket's shape: it holds `burst` units and gets one back every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval: Duration,
+    pub burst: u64,
+}
+
+impl Rate {
+    /// `count` units per `period`, holding up to `burst`; `None` when any of them is zero.
+    #[must_use]
+    pub fn per(count: u64, period: Duration, burst: u64) -> Option<Rate> {
+        if count == 0 || burst == 0 || period.is_zero() {
+            return None;
+        }
+        let interval = Duration::from_nanos(
+            u64::try_from(period.as_nanos() / u128::from(count)).unwrap_or(u64::MAX),
+        );
+        (!interval.is_zero()).then_some(Rate { interval, burst })
+    }
+}
