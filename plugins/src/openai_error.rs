@@ -1,6 +1,7 @@
 //! Errors the gateway itself produces, shaped like OpenAI's so SDKs surface them to users.
 
 use serde_json::json;
+use std::time::Duration;
 
 /// One error sluice answers with instead of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,6 +10,10 @@ pub struct GatewayError {
     pub message: String,
     pub kind: &'static str,
     pub code: &'static str,
+    /// OpenAI's `param`: here the name of the limit that refused the request.
+    pub param: Option<String>,
+    /// When to try again (`retry-after` and `retry-after-ms` headers).
+    pub retry_after: Option<Duration>,
 }
 
 impl GatewayError {
@@ -24,7 +29,55 @@ impl GatewayError {
             message: message.into(),
             kind,
             code,
+            param: None,
+            retry_after: None,
         }
+    }
+
+    /// A request or token limit refused the request; `what` is `requests` or `tokens`.
+    #[must_use]
+    pub fn rate_limited(limit: &str, what: &str, retry_after: Duration) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_exceeded",
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit reached for {what} (limit `{limit}`). Please try again in {}.",
+                human_duration(retry_after)
+            ),
+        );
+        e.param = Some(limit.to_string());
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// The upstream is at its concurrency limit and its queue is full.
+    #[must_use]
+    pub fn queue_full(upstream: &str) -> Self {
+        let mut e = Self::new(
+            503,
+            "server_overloaded",
+            "queue_full",
+            format!("upstream {upstream} is at capacity and its queue is full"),
+        );
+        e.retry_after = Some(Duration::from_secs(1));
+        e
+    }
+
+    /// The request waited for a concurrency slot longer than the queue's timeout.
+    #[must_use]
+    pub fn queue_timeout(upstream: &str, waited: Duration) -> Self {
+        let mut e = Self::new(
+            503,
+            "server_overloaded",
+            "queue_timeout",
+            format!(
+                "upstream {upstream} is at capacity: no slot within {}",
+                human_duration(waited)
+            ),
+        );
+        e.retry_after = Some(Duration::from_secs(1));
+        e
     }
 
     #[must_use]
@@ -97,6 +150,9 @@ impl GatewayError {
     #[must_use]
     pub fn body_with_errors(&self, errors: &[String]) -> Vec<u8> {
         let mut error = json!({"message": self.message, "type": self.kind, "code": self.code});
+        if let Some(param) = &self.param {
+            error["param"] = json!(param);
+        }
         if !errors.is_empty() {
             error["errors"] = json!(errors);
         }
@@ -104,9 +160,31 @@ impl GatewayError {
     }
 }
 
+/// A duration as OpenAI writes it in messages and `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
+#[must_use]
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{}ms", ms.max(u128::from(d > Duration::ZERO)));
+    }
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        let text = format!("{secs:.3}");
+        return format!("{}s", text.trim_end_matches('0').trim_end_matches('.'));
+    }
+    let whole = d.as_secs();
+    let (h, m, s) = (whole / 3600, whole / 60 % 60, whole % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::GatewayError;
+    use super::{human_duration, GatewayError};
+    use std::time::Duration;
 
     #[test]
     fn body_is_openai_shaped() {
@@ -116,5 +194,35 @@ mod tests {
         assert_eq!(v["error"]["code"], "body_too_large");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("8 bytes"));
+        assert!(v["error"].get("param").is_none());
+    }
+
+    #[test]
+    fn rate_limited_names_the_limit_and_when_to_retry() {
+        let e = GatewayError::rate_limited("per-key", "requests", Duration::from_millis(1500));
+        assert_eq!(
+            (e.status, e.retry_after),
+            (429, Some(Duration::from_millis(1500)))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["param"], "per-key");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("requests") && message.contains("1.5s"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_openai_headers() {
+        let ms = Duration::from_millis;
+        assert_eq!(human_duration(ms(0)), "0ms");
+        assert_eq!(human_duration(Duration::from_micros(300)), "1ms");
+        assert_eq!(human_duration(ms(20)), "20ms");
+        assert_eq!(human_duration(ms(1000)), "1s");
+        assert_eq!(human_duration(ms(1500)), "1.5s");
+        assert_eq!(human_duration(ms(360_000)), "6m0s");
+        assert_eq!(human_duration(ms(3_723_000)), "1h2m3s");
     }
 }
