@@ -25,6 +25,10 @@ pub struct Defaults {
     /// Cut the connection after this many SSE chunks. Header: x-mock-abort-after.
     #[arg(long)]
     pub abort_after: Option<usize>,
+    /// Never report `usage`: not in JSON answers, not as the stream's usage chunk (even when
+    /// `stream_options.include_usage` asks for it). Header: x-mock-no-usage (1/true or 0/false).
+    #[arg(long)]
+    pub no_usage: bool,
 }
 
 /// The knobs in force for one request.
@@ -36,10 +40,20 @@ pub struct Knobs {
     pub status: u16,
     pub retry_after: Option<u64>,
     pub abort_after: Option<usize>,
+    pub no_usage: bool,
 }
 
 fn header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A yes/no header: `1`/`true` or `0`/`false` (anything else: not set).
+fn flag(headers: &HeaderMap, name: &str) -> Option<bool> {
+    match headers.get(name)?.to_str().ok()?.trim() {
+        "1" | "true" => Some(true),
+        "0" | "false" => Some(false),
+        _ => None,
+    }
 }
 
 impl Knobs {
@@ -54,6 +68,7 @@ impl Knobs {
             status: header(h, "x-mock-status").unwrap_or(d.status),
             retry_after: header(h, "x-mock-retry-after").or(d.retry_after),
             abort_after: header(h, "x-mock-abort-after").or(d.abort_after),
+            no_usage: flag(h, "x-mock-no-usage").unwrap_or(d.no_usage),
         }
     }
 }

@@ -78,7 +78,7 @@ pub async fn respond(req: Request<Incoming>, state: &State, knobs: Knobs) -> Res
             ),
             (&Method::POST, "/v1/chat/completions") => completion(&received, &knobs, Kind::Chat),
             (&Method::POST, "/v1/completions") => completion(&received, &knobs, Kind::Text),
-            (&Method::POST, "/v1/embeddings") => embeddings(&received),
+            (&Method::POST, "/v1/embeddings") => embeddings(&received, &knobs),
             (_, p) if p.starts_with("/mock/echo") => echo(&parts, &received),
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -158,19 +158,22 @@ fn completion(received: &Received, knobs: &Knobs, kind: Kind) -> Response<Body> 
             id,
             model,
             tokens,
-            include_usage.then_some(usage),
+            (include_usage && !knobs.no_usage).then_some(usage),
             knobs,
             kind,
         );
     }
     let text: String = tokens.concat();
-    let body = match kind {
+    let mut body = match kind {
         Kind::Chat => json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage}),
         Kind::Text => json!({"id": id, "object": "text_completion", "created": 0, "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage}),
     };
+    if knobs.no_usage {
+        strip_usage(&mut body);
+    }
     json_response(StatusCode::OK, &body)
 }
 
@@ -253,7 +256,14 @@ fn stream_completion(
     r
 }
 
-fn embeddings(received: &Received) -> Response<Body> {
+/// Drops `usage` from an answer (the `no_usage` knob).
+fn strip_usage(body: &mut Value) {
+    if let Some(object) = body.as_object_mut() {
+        object.remove("usage");
+    }
+}
+
+fn embeddings(received: &Received, knobs: &Knobs) -> Response<Body> {
     let request: Value = match serde_json::from_slice(&received.bytes) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
@@ -288,9 +298,10 @@ fn embeddings(received: &Received) -> Response<Body> {
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("mock-embed");
-    json_response(
-        StatusCode::OK,
-        &json!({"object": "list", "data": data, "model": model,
-        "usage": {"prompt_tokens": received.bytes.len() / 4, "total_tokens": received.bytes.len() / 4}}),
-    )
+    let mut body = json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": received.bytes.len() / 4, "total_tokens": received.bytes.len() / 4}});
+    if knobs.no_usage {
+        strip_usage(&mut body);
+    }
+    json_response(StatusCode::OK, &body)
 }
