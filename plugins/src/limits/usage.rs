@@ -228,16 +228,11 @@ impl UsageMeter {
     /// Takes the next piece of the response body.
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.form {
-            MeterForm::Json(body) => {
-                if body
-                    .as_ref()
-                    .is_some_and(|b| b.len() + chunk.len() > MAX_HELD)
-                {
-                    *body = None;
-                }
-                body.iter_mut()
-                    .for_each(|held| held.extend_from_slice(chunk));
+            MeterForm::Json(Some(held)) if held.len() + chunk.len() <= MAX_HELD => {
+                held.extend_from_slice(chunk);
             }
+            // Past the cap the usage is given up rather than the body held in memory.
+            MeterForm::Json(body) => *body = None,
             MeterForm::Sse(splitter, metered) => splitter.push(chunk, &mut |event, whole| {
                 if whole {
                     read_event(metered, event);
