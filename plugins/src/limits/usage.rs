@@ -1,0 +1,445 @@
+//! Token accounting for budgets: an estimate of a request's tokens before the call, and what a
+//! response really cost, read from the upstream's `usage` or counted from the streamed text.
+//! Bytes and JSON in, numbers out; the gateway feeds response chunks as they pass.
+
+use bytes::{Bytes, BytesMut};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// Text bytes per estimated token (OpenAI's rule of thumb for English is 4 characters).
+const BYTES_PER_TOKEN: u64 = 4;
+
+/// Tokens each chat message costs beyond its text (OpenAI cookbook).
+const TOKENS_PER_MESSAGE: u64 = 4;
+
+/// Tokens that prime the assistant's reply in a chat (OpenAI cookbook).
+const REPLY_PRIMING: u64 = 3;
+
+/// The most bytes a meter or filter holds: a JSON body, or one incomplete event of a stream.
+const MAX_HELD: usize = 8 << 20;
+
+/// The data of the event that ends an OpenAI stream.
+const DONE: &[u8] = b"[DONE]";
+
+/// The strings a chat message or delta carries as the model's own text.
+const SAID_FIELDS: &[&str] = &["content", "reasoning_content", "reasoning", "refusal"];
+
+// === estimates before the call ===
+
+/// The tokens a request's prompt will cost, estimated cheaply before the call: one token per 4
+/// bytes of UTF-8 (rounded up) of every text the model reads, plus OpenAI's per-message
+/// overhead. Bytes rather than characters, so non-Latin scripts are not underestimated.
+#[must_use]
+pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    let (mut bytes, mut tokens) = (0, 0);
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        tokens += REPLY_PRIMING + TOKENS_PER_MESSAGE * messages.len() as u64;
+        for message in messages {
+            bytes += text_len(message.get("content")) + text_len(message.get("name"));
+            bytes += calls_len(message);
+        }
+    }
+    for key in ["tools", "functions"] {
+        if let Some(definitions) = body.get(key).filter(|v| !v.is_null()) {
+            bytes += definitions.to_string().len() as u64;
+        }
+    }
+    for key in ["prompt", "input"] {
+        let (text, ids) = input_len(body.get(key));
+        bytes += text;
+        tokens += ids;
+    }
+    tokens + bytes.div_ceil(BYTES_PER_TOKEN)
+}
+
+/// The most completion tokens a request asks for: `max_completion_tokens`, else `max_tokens`,
+/// times `n`; None when neither is a non-negative integer.
+#[must_use]
+pub fn requested_completion_tokens(body: &Map<String, Value>) -> Option<u64> {
+    let limit = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|key| body.get(*key).filter(|v| !v.is_null()))?
+        .as_u64()?;
+    let n = body.get("n").and_then(Value::as_u64).filter(|n| *n > 1);
+    Some(limit.saturating_mul(n.unwrap_or(1)))
+}
+
+/// Makes a `"stream": true` body ask for `stream_options.include_usage`, so the upstream reports
+/// usage at the stream's end. True when the client had not asked for it itself: the gateway
+/// must then strip the usage chunk ([`UsageChunkFilter`]) from what the client sees.
+pub fn ensure_include_usage(body: &mut Map<String, Value>) -> bool {
+    if body.get("stream") != Some(&Value::Bool(true)) {
+        return false;
+    }
+    let options = body
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if options.is_null() {
+        *options = Value::Object(Map::new());
+    }
+    // Any other shape is the client's error for the upstream to report, not ours to rewrite.
+    let Some(options) = options.as_object_mut() else {
+        return false;
+    };
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return false;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    true
+}
+
+/// Bytes of a string, or of the `text` of each part of a content array.
+fn text_len(value: Option<&Value>) -> u64 {
+    match value {
+        Some(Value::String(text)) => text.len() as u64,
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .map(|text| text.len() as u64)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Bytes of the names and arguments of a message's tool calls and legacy function call.
+fn calls_len(message: &Value) -> u64 {
+    let tools = message.get("tool_calls").and_then(Value::as_array);
+    let functions = tools
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("function"));
+    let legacy = message.get("function_call");
+    functions
+        .chain(legacy)
+        .map(|f| text_len(f.get("name")) + text_len(f.get("arguments")))
+        .sum()
+}
+
+/// A `prompt` or `input`: bytes of its strings, and its tokens given as ids (one per integer).
+fn input_len(value: Option<&Value>) -> (u64, u64) {
+    let items = match value {
+        Some(Value::Array(items)) => items.as_slice(),
+        Some(one) => std::slice::from_ref(one),
+        None => &[],
+    };
+    items.iter().fold((0, 0), |(bytes, ids), item| match item {
+        Value::String(text) => (bytes + text.len() as u64, ids),
+        Value::Number(_) => (bytes, ids + 1),
+        Value::Array(more) => (bytes, ids + more.len() as u64),
+        _ => (bytes, ids),
+    })
+}
+
+// === what a response cost ===
+
+/// Token counts as an upstream reports them in `usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// `prompt_tokens` (0 when absent).
+    pub prompt: u64,
+    /// `completion_tokens` (0 when absent, as for embeddings).
+    pub completion: u64,
+    /// `total_tokens`, or prompt + completion when absent.
+    pub total: u64,
+}
+
+impl Usage {
+    /// A `usage` object with at least one count; None for null or anything else.
+    fn from_json(usage: &Value) -> Option<Usage> {
+        let count = |field: &str| usage.get(field).and_then(Value::as_u64);
+        let (prompt, completion) = (count("prompt_tokens"), count("completion_tokens"));
+        let total = count("total_tokens");
+        prompt.or(completion).or(total)?;
+        let (prompt, completion) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        let total = total.unwrap_or(prompt.saturating_add(completion));
+        Some(Usage {
+            prompt,
+            completion,
+            total,
+        })
+    }
+}
+
+/// What a metered response cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Metered {
+    /// The upstream's own `usage` (a stream's last non-null one); None when it sent none.
+    pub usage: Option<Usage>,
+    /// Completion tokens counted from the answer's text, 4 bytes per token per choice (per
+    /// chunk when streamed); the settlement when `usage` is None.
+    pub streamed_completion_tokens: u64,
+}
+
+impl Metered {
+    /// Adds what one completion or stream chunk says: its usage, and its answer's tokens.
+    fn read(&mut self, response: &Value) {
+        if let Some(usage) = response.get("usage").and_then(Usage::from_json) {
+            self.usage = Some(usage);
+        }
+        let choices = response.get("choices").and_then(Value::as_array);
+        let tokens = choices
+            .into_iter()
+            .flatten()
+            .map(|choice| answer_len(choice).div_ceil(BYTES_PER_TOKEN));
+        self.streamed_completion_tokens =
+            tokens.fold(self.streamed_completion_tokens, u64::saturating_add);
+    }
+}
+
+/// Bytes of the text a choice (or a chunk's delta of it) carries.
+fn answer_len(choice: &Value) -> u64 {
+    let text = text_len(choice.get("text"));
+    let said = choice.get("delta").or_else(|| choice.get("message"));
+    let said_len = |said: &Value| {
+        let fields = SAID_FIELDS.iter().map(|field| text_len(said.get(*field)));
+        fields.sum::<u64>() + calls_len(said)
+    };
+    text + said.map_or(0, said_len)
+}
+
+/// Reads what a response cost as its body passes, chunk by chunk, split anywhere.
+#[derive(Debug)]
+pub struct UsageMeter {
+    form: MeterForm,
+}
+
+#[derive(Debug)]
+enum MeterForm {
+    /// The JSON body so far; None once it outgrew [`MAX_HELD`].
+    Json(Option<Vec<u8>>),
+    /// A stream is read event by event, holding only the incomplete one.
+    Sse(Splitter, Metered),
+}
+
+impl UsageMeter {
+    /// A meter for a Server-Sent Events body (`sse`) or a JSON one.
+    #[must_use]
+    pub fn new(sse: bool) -> UsageMeter {
+        let form = if sse {
+            MeterForm::Sse(Splitter::default(), Metered::default())
+        } else {
+            MeterForm::Json(Some(Vec::new()))
+        };
+        UsageMeter { form }
+    }
+
+    /// Takes the next piece of the response body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.form {
+            MeterForm::Json(Some(held)) if held.len() + chunk.len() <= MAX_HELD => {
+                held.extend_from_slice(chunk);
+            }
+            // Past the cap the usage is given up rather than the body held in memory.
+            MeterForm::Json(body) => *body = None,
+            MeterForm::Sse(splitter, metered) => splitter.push(chunk, &mut |event, whole| {
+                if whole {
+                    read_event(metered, event);
+                }
+            }),
+        }
+    }
+
+    /// What the whole response cost. A stream's unterminated last event still counts: the
+    /// upstream produced those tokens even if it did not end the event.
+    #[must_use]
+    pub fn finish(self) -> Metered {
+        match self.form {
+            MeterForm::Json(body) => {
+                let mut metered = Metered::default();
+                if let Some(response) = body.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    metered.read(&response);
+                }
+                metered
+            }
+            MeterForm::Sse(mut splitter, mut metered) => {
+                let (rest, whole) = splitter.take_held();
+                if whole {
+                    read_event(&mut metered, &rest);
+                }
+                metered
+            }
+        }
+    }
+}
+
+fn read_event(metered: &mut Metered, event: &[u8]) {
+    let Some(data) = event_data(event) else {
+        return;
+    };
+    if data.as_ref() != DONE {
+        if let Ok(chunk) = serde_json::from_slice::<Value>(&data) {
+            metered.read(&chunk);
+        }
+    }
+}
+
+/// Strips the usage-only chunk(s) from a stream on its way to a client that did not ask for
+/// them, passing every other byte through unchanged and in order.
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    splitter: Splitter,
+}
+
+impl UsageChunkFilter {
+    /// A filter at the start of a stream.
+    #[must_use]
+    pub fn new() -> UsageChunkFilter {
+        UsageChunkFilter::default()
+    }
+
+    /// What may be sent now of everything fed so far: whole events, the usage-only ones
+    /// removed. An incomplete trailing event is held until a later chunk completes it.
+    pub fn filter(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.splitter.held.len() + chunk.len());
+        self.splitter.push(chunk, &mut |event, whole| {
+            if !(whole && is_usage_only(event)) {
+                out.extend_from_slice(event);
+            }
+        });
+        out.freeze()
+    }
+
+    /// What is still held at the stream's end, passed through as it is.
+    pub fn finish(&mut self) -> Bytes {
+        Bytes::from(self.splitter.take_held().0)
+    }
+}
+
+/// Whether an event is a `data:` chunk with `"choices": []` and a non-null `usage`.
+fn is_usage_only(event: &[u8]) -> bool {
+    /// Reads only the two fields, skipping the rest without building values.
+    #[derive(Deserialize)]
+    struct Probe {
+        choices: Option<Vec<IgnoredAny>>,
+        usage: Option<IgnoredAny>,
+    }
+    let Some(data) = event_data(event) else {
+        return false;
+    };
+    // Most chunks never name usage; those need no parse.
+    if !data.windows(7).any(|w| w == b"\"usage\"") {
+        return false;
+    }
+    serde_json::from_slice::<Probe>(&data)
+        .is_ok_and(|p| p.usage.is_some() && p.choices.is_some_and(|c| c.is_empty()))
+}
+
+// === events ===
+
+/// The event's `data` lines joined by `\n`, or None when it has none (a comment, say).
+fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut values = event
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .map(|value| value.strip_prefix(b" ").unwrap_or(value));
+    let mut data = Cow::Borrowed(values.next()?);
+    for more in values {
+        let joined = data.to_mut();
+        joined.push(b'\n');
+        joined.extend_from_slice(more);
+    }
+    Some(data)
+}
+
+/// How far the search for the end of the event in progress has got.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scan {
+    /// Bytes of the event already searched (a trailing `\r` is left until the next byte).
+    pos: usize,
+    /// Whether the line in progress has any bytes yet.
+    line_started: bool,
+}
+
+impl Scan {
+    /// Where the event that `buf` starts ends (after its blank line), when `buf` holds it.
+    /// Lines end in `\n`, `\r\n` or `\r`, as the SSE spec says.
+    fn end(&mut self, buf: &[u8]) -> Option<usize> {
+        loop {
+            let rest = buf.get(self.pos..)?;
+            let Some(offset) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line_started |= !rest.is_empty();
+                self.pos = buf.len();
+                return None;
+            };
+            let at = self.pos + offset;
+            self.line_started |= offset > 0;
+            let width = match (rest[offset], rest.get(offset + 1)) {
+                // A last `\r` may be the first half of `\r\n`: wait for the next byte.
+                (b'\r', None) => {
+                    self.pos = at;
+                    return None;
+                }
+                (b'\r', Some(b'\n')) => 2,
+                _ => 1,
+            };
+            if !self.line_started {
+                *self = Scan::default();
+                return Some(at + width);
+            }
+            self.pos = at + width;
+            self.line_started = false;
+        }
+    }
+}
+
+/// Cuts a stream that arrives in pieces into its events, holding only the incomplete last one.
+#[derive(Debug, Default)]
+struct Splitter {
+    /// Bytes of the event in progress not yet handed out.
+    held: Vec<u8>,
+    scan: Scan,
+    /// The event in progress outgrew [`MAX_HELD`]: its bytes are handed out as they come.
+    overflow: bool,
+}
+
+impl Splitter {
+    /// Hands `each` every event `chunk` completes, with whether it is whole (false for the
+    /// pieces of an event too long to hold), in stream order.
+    fn push(&mut self, chunk: &[u8], each: &mut impl FnMut(&[u8], bool)) {
+        if self.held.is_empty() {
+            // The common case: events straight from the chunk, no copy.
+            let done = self.split(chunk, each);
+            self.held.extend_from_slice(&chunk[done..]);
+        } else {
+            let mut buf = std::mem::take(&mut self.held);
+            buf.extend_from_slice(chunk);
+            let done = self.split(&buf, each);
+            buf.drain(..done);
+            self.held = buf;
+        }
+    }
+
+    /// Hands out what `buf` (starting where the event in progress does) completes; returns
+    /// how many of its bytes were handed out.
+    fn split(&mut self, buf: &[u8], each: &mut impl FnMut(&[u8], bool)) -> usize {
+        let mut start = 0;
+        while let Some(end) = self.scan.end(&buf[start..]) {
+            each(&buf[start..start + end], !self.overflow);
+            self.overflow = false;
+            start += end;
+        }
+        if self.overflow || buf.len() - start > MAX_HELD {
+            self.overflow = true;
+            let searched = start + self.scan.pos;
+            if searched > start {
+                each(&buf[start..searched], false);
+            }
+            self.scan.pos = 0;
+            start = searched;
+        }
+        start
+    }
+
+    /// The unterminated rest at the stream's end, and whether it is a whole event's bytes.
+    fn take_held(&mut self) -> (Vec<u8>, bool) {
+        let whole = !self.overflow;
+        let held = std::mem::take(&mut self.held);
+        *self = Splitter::default();
+        (held, whole)
+    }
+}
+
+#[cfg(test)]
+mod tests;
