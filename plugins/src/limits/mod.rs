@@ -4,6 +4,7 @@
 //! and `x-ratelimit-*` headers.
 
 pub mod rate;
+pub mod tokens;
 
 use std::time::Duration;
 
