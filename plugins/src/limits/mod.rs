@@ -3,6 +3,7 @@
 //! time, and return decisions; the gateway's admission phases turn those into 429/503 answers
 //! and `x-ratelimit-*` headers.
 
+pub mod gate;
 pub mod rate;
 pub mod tokens;
 
