@@ -4,6 +4,9 @@
 //! and `x-ratelimit-*` headers.
 
 pub mod usage;
+pub mod gate;
+pub mod rate;
+pub mod tokens;
 
 use std::time::Duration;
 
