@@ -11,3 +11,5 @@ pub mod limits;
 pub mod metrics;
 pub mod openai_error;
 pub mod router;
+#[cfg(test)]
+mod test_redis;
