@@ -3,6 +3,8 @@
 //! time, and return decisions; the gateway's admission phases turn those into 429/503 answers
 //! and `x-ratelimit-*` headers.
 
+pub mod shared;
+
 use std::time::Duration;
 
 /// Where one limit stands for one key after a decision: OpenAI's `x-ratelimit-*` trio.
