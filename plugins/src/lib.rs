@@ -10,4 +10,8 @@ pub mod glob;
 pub mod limits;
 pub mod metrics;
 pub mod openai_error;
+mod outage;
+pub mod redis_link;
 pub mod router;
+#[cfg(test)]
+mod test_redis;

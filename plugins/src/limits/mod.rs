@@ -3,10 +3,11 @@
 //! time, and return decisions; the gateway's admission phases turn those into 429/503 answers
 //! and `x-ratelimit-*` headers.
 
-pub mod usage;
 pub mod gate;
 pub mod rate;
+pub mod shared;
 pub mod tokens;
+pub mod usage;
 
 use std::time::Duration;
 

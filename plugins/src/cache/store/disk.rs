@@ -4,11 +4,11 @@
 //! the last batch, never the file. Every call here blocks; the store runs them on its
 //! runtime's blocking threads, never on a request's thread.
 
-use super::outage::Outage;
 use super::queue::{Change, Queue};
 use super::{DiskConfig, Lookup};
 use crate::cache::{CacheKey, Entry};
 use crate::metrics::TierMetrics;
+use crate::outage::Outage;
 use prometheus::IntCounter;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ impl DiskTier {
         let tier = DiskTier {
             db,
             max_bytes: config.max_bytes,
-            outage: Outage::new("disk", metrics.errors.clone(), false),
+            outage: Outage::new("cache", "disk", metrics.errors.clone(), false),
             metrics,
         };
         tier.show(totals);

@@ -6,7 +6,6 @@
 
 mod disk;
 mod memory;
-mod outage;
 mod queue;
 mod redis;
 #[cfg(test)]
@@ -42,28 +41,8 @@ pub struct StoreConfig {
     pub disk: Option<DiskConfig>,
 }
 
-/// The shared L2.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
-    /// Per-command timeout.
-    pub timeout: Duration,
-    /// Key prefix, default `"sluice"`.
-    pub prefix: String,
-}
-
-impl RedisConfig {
-    /// A config for `url` with the default timeout (100 ms) and prefix (`sluice`).
-    #[must_use]
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisConfig {
-            url: url.into(),
-            timeout: Duration::from_millis(100),
-            prefix: "sluice".into(),
-        }
-    }
-}
+/// The shared L2's connection settings (the same for every component using Redis).
+pub use crate::redis_link::RedisConfig;
 
 /// The local L3.
 #[derive(Debug, Clone)]
@@ -155,8 +134,8 @@ impl CacheStore {
         };
         let redis = match &config.redis {
             Some(redis) => {
-                let tier = RedisTier::start(redis, metrics.cache_tier(CacheTier::Redis), handle)?;
                 let errors = metrics.cache_tier(CacheTier::Redis).errors;
+                let tier = RedisTier::start(redis, errors.clone(), handle)?;
                 let writes = tier.writer(handle, QUEUE_CAPACITY, errors);
                 Some(Backed { tier, writes })
             }
