@@ -64,6 +64,12 @@ impl PolicyStore {
                         "cache tier settings changed: they take effect on restart"
                     );
                 }
+                if old.limits_redis != policy.limits_redis {
+                    tracing::warn!(
+                        trigger,
+                        "shared limits' redis changed: it takes effect on restart (until then shared limits use what was connected at start, or local buckets)"
+                    );
+                }
                 self.current.store(Arc::new(policy));
                 tracing::info!(trigger, file = %self.path.display(), "config reloaded");
                 Ok(())

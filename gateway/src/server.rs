@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 use sluice_plugins::cache::flight::Flights;
 use sluice_plugins::cache::store::{CacheStore, DiskConfig, RedisConfig, StoreConfig};
 use sluice_plugins::cache::PromptCache;
+use sluice_plugins::limits::shared::SharedBuckets;
 use sluice_plugins::metrics::Metrics;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ pub fn run(config: &Path) -> Result<(), String> {
         None => None,
     };
     let cache = open_cache(&policy, &shared)?;
+    let shared_limits = open_shared_limits(&policy, &shared)?;
     let store = Arc::new(PolicyStore::new(config.to_path_buf(), policy, shared));
 
     let grace = spec.server.grace_period.0;
@@ -67,6 +69,7 @@ pub fn run(config: &Path) -> Result<(), String> {
         Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration)),
         Arc::clone(&active),
         cache.clone(),
+        shared_limits,
     );
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "sluice");
@@ -90,6 +93,8 @@ pub fn run(config: &Path) -> Result<(), String> {
         server.add_service(service);
     }
 
+    sweep_limits(Arc::clone(store.shared()))
+        .map_err(|e| format!("starting the limit sweeper: {e}"))?;
     watch_file(Arc::clone(&store)).map_err(|e| format!("watching {}: {e}", config.display()))?;
     watch_sighup(Arc::clone(&store)).map_err(|e| format!("SIGHUP handler: {e}"))?;
     tracing::info!(listen = ?spec.server.listen, admin = ?spec.admin.as_ref().map(|a| &a.listen), "sluice started");
@@ -127,6 +132,39 @@ fn open_cache(policy: &Policy, shared: &SharedState) -> Result<Option<Arc<Prompt
         flights: Flights::default(),
     })))
 }
+
+/// Connects the shared limits' Redis when a limit is shared. Like the cache, this lives for the
+/// process: a reload that adds the first shared limit falls back to local buckets until restart.
+fn open_shared_limits(
+    policy: &Policy,
+    shared: &SharedState,
+) -> Result<Option<Arc<SharedBuckets>>, String> {
+    let Some(redis) = &policy.limits_redis else {
+        return Ok(None);
+    };
+    let config = RedisConfig {
+        url: redis.url.clone(),
+        timeout: redis.timeout,
+        prefix: redis.prefix.clone(),
+    };
+    SharedBuckets::connect(&config, shared.metrics.limits_redis_errors())
+        .map(Some)
+        .map_err(|e| format!("limits: {e}"))
+}
+
+/// Every few seconds, evicts full (idle) limit buckets so distinct keys cannot grow memory
+/// without bound.
+fn sweep_limits(shared: Arc<SharedState>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluice-limit-sweep".into())
+        .spawn(move || loop {
+            std::thread::sleep(LIMIT_SWEEP_EVERY);
+            shared.limit_buckets.sweep(Instant::now());
+        })
+        .map(drop)
+}
+
+const LIMIT_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// SIGTERM: stop accepting, let in-flight requests finish, exit when none is left (or at the
 /// end of the grace period). SIGINT: exit now.

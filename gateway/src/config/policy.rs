@@ -10,6 +10,8 @@ pub use super::upstream::{
 };
 
 use super::cache::{compile_redis, compile_route_cache, compile_tiers, redact_url};
+use super::limits::{check_limits, CheckedLimit};
+pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
 use super::spec::{MatchSpec, RouteSpec, Spec};
@@ -18,17 +20,24 @@ use http::header::HeaderName;
 use http::Method;
 use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
-use sluice_plugins::metrics::{Metrics, RouteCacheMetrics, RouteMetrics, StatusCounters};
+use sluice_plugins::limits::gate::ConcurrencyGate;
+use sluice_plugins::metrics::{
+    Metrics, RouteCacheMetrics, RouteLimitMetrics, RouteMetrics, StatusCounters,
+};
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// State shared by every policy generation.
 pub struct SharedState {
     pub metrics: Metrics,
     endpoint_stats: Mutex<HashMap<(String, String), Arc<EndpointStats>>>,
+    /// Local limit buckets, by route and limit.
+    pub limit_buckets: LimitBuckets,
+    /// Admission gates, by upstream.
+    gates: Mutex<HashMap<String, Arc<ConcurrencyGate>>>,
 }
 
 impl SharedState {
@@ -37,7 +46,27 @@ impl SharedState {
         SharedState {
             metrics,
             endpoint_stats: Mutex::new(HashMap::new()),
+            limit_buckets: LimitBuckets::default(),
+            gates: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The upstream's gate with these limits (a reload changes them in place, so requests
+    /// waiting in the queue keep their places).
+    pub(super) fn gate_for(
+        &self,
+        upstream: &str,
+        max: usize,
+        queue_max: usize,
+    ) -> Arc<ConcurrencyGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(gate) = gates.get(upstream) {
+            gate.set_limits(max, queue_max);
+            return Arc::clone(gate);
+        }
+        let gate = ConcurrencyGate::new(max, queue_max, Some(self.metrics.queue(upstream).depth));
+        gates.insert(upstream.to_string(), Arc::clone(&gate));
+        gate
     }
 
     pub(super) fn stats_for(&self, upstream: &str, url: &str) -> Arc<EndpointStats> {
@@ -59,6 +88,8 @@ pub struct Policy {
     pub unrouted: StatusCounters,
     /// The cache tiers; `Some` when any route caches.
     pub cache_tiers: Option<CacheTiers>,
+    /// The Redis the shared limits use; `Some` when any limit is shared.
+    pub limits_redis: Option<RedisSettings>,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -70,7 +101,12 @@ pub struct Route {
     /// The route's cache policy, if it caches.
     pub cache: Option<RouteCache>,
     pub cache_metrics: RouteCacheMetrics,
-    /// Some phase needs the request body (a model glob or a cache policy), so the proxy reads it.
+    /// The route's request rates and token budgets, if any.
+    pub limits: Option<RouteLimits>,
+    /// Tokens reserved and charged, requests refused (by limits or the upstream's queue).
+    pub limit_metrics: RouteLimitMetrics,
+    /// Some phase needs the request body (a model glob, a cache policy, a token budget), so the
+    /// proxy reads it.
     pub reads_body: bool,
 }
 
@@ -79,6 +115,7 @@ struct CheckedRoute<'a> {
     spec: &'a RouteSpec,
     matcher: RouteMatcher,
     cache: Option<RouteCache>,
+    limits: Vec<CheckedLimit>,
 }
 
 /// Checks `loaded` and compiles it; every problem is reported, each at its field.
@@ -96,7 +133,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         .as_ref()
         .and_then(|r| compile_redis(&mut errors, r));
     let tiers = compile_tiers(&mut errors, loaded, redis.as_ref());
-    let checked_routes = check_routes(&mut errors, spec);
+    let checked_routes = check_routes(&mut errors, spec, redis.is_some());
     errors.finish(())?;
 
     let upstreams: HashMap<&str, Arc<Upstream>> = checked_upstreams
@@ -110,23 +147,33 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         let Some(upstream) = upstreams.get(r.spec.upstream.as_str()) else {
             continue;
         };
+        let name = &r.spec.name;
+        let limits = super::limits::attach(name, r.limits, &shared.limit_buckets, &shared.metrics);
         routes.push(Route {
-            name: r.spec.name.clone(),
+            name: name.clone(),
             upstream: Arc::clone(upstream),
-            metrics: shared.metrics.route(&r.spec.name, &r.spec.upstream, ""),
-            reads_body: r.matcher.model.is_some() || r.cache.is_some(),
+            metrics: shared.metrics.route(name, &r.spec.upstream, ""),
+            reads_body: r.matcher.model.is_some()
+                || r.cache.is_some()
+                || limits.as_ref().is_some_and(RouteLimits::reads_body),
+            limits,
+            limit_metrics: shared.metrics.route_limits(name),
             cache_metrics: shared.metrics.route_cache(&r.spec.name),
             cache: r.cache,
         });
         matchers.push(r.matcher);
     }
     let any_cache = routes.iter().any(|r| r.cache.is_some());
+    let any_shared = routes
+        .iter()
+        .any(|r| r.limits.as_ref().is_some_and(RouteLimits::any_shared));
     Ok(Policy {
         router: Router::new(matchers),
         routes,
         max_body_bytes: usize::try_from(spec.server.max_body_bytes.0).unwrap_or(usize::MAX),
         unrouted: shared.metrics.unrouted(),
         cache_tiers: any_cache.then_some(tiers),
+        limits_redis: redis.filter(|_| any_shared),
         redacted: redact(spec),
     })
 }
@@ -164,7 +211,7 @@ fn check_server(errors: &mut Errors, spec: &Spec) {
     }
 }
 
-fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec) -> Vec<CheckedRoute<'a>> {
+fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec<CheckedRoute<'a>> {
     if spec.routes.is_empty() {
         errors.at(&field_path!["routes"], "must define at least one route");
     }
@@ -197,11 +244,13 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec) -> Vec<CheckedRoute<'a>
             .cache
             .as_ref()
             .and_then(|c| compile_route_cache(errors, &base, c));
+        let limits = check_limits(errors, &base, route, has_redis);
         if errors.count() == before {
             out.push(CheckedRoute {
                 spec: route,
                 matcher,
                 cache,
+                limits,
             });
         }
     }

@@ -81,6 +81,25 @@ pub struct UpstreamSpec {
     pub set_headers: BTreeMap<String, String>,
     #[serde(default)]
     pub tls: TlsSpec,
+    /// Requests in flight at once; beyond it requests wait in `queue`.
+    pub max_concurrency: Option<usize>,
+    /// Where requests wait for a slot when `max_concurrency` is reached.
+    pub queue: Option<QueueSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Requests that may wait; beyond it they get 503 at once.
+    #[serde(default)]
+    pub max: usize,
+    /// How long one may wait before a 503.
+    #[serde(default = "default_queue_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_queue_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -215,6 +234,45 @@ pub struct RouteSpec {
     pub upstream: String,
     /// Response caching for this route; absent means no caching.
     pub cache: Option<RouteCacheSpec>,
+    /// Request rates and token budgets; every one must admit a request.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
+}
+
+/// One limit: a request rate (`requests_per_*`) or a token budget (`tokens_per_*`) per key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    pub name: String,
+    /// `api_key`, `header:NAME`, `ip`, `body:user` or `route`.
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+    pub requests_per_second: Option<u64>,
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_hour: Option<u64>,
+    /// Requests admitted at once; defaults to the count per period.
+    pub burst: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub tokens_per_hour: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    /// Completion tokens reserved when a request sets no `max_tokens`.
+    pub default_max_tokens: Option<u64>,
+    /// Whether answers from the cache count against the token budget.
+    #[serde(default)]
+    pub charge_cache_hits: bool,
+    /// Keep the bucket in Redis so every gateway shares it.
+    #[serde(default)]
+    pub shared: bool,
+    /// Gateways sharing the limit: each enforces limit / instances while Redis is unreachable.
+    #[serde(default = "default_instances")]
+    pub instances: u64,
+}
+
+fn default_limit_key() -> String {
+    "api_key".into()
+}
+fn default_instances() -> u64 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -10,7 +10,8 @@ use http::header::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use sluice_plugins::balance::{Balancer, Strategy};
-use sluice_plugins::metrics::ConnectionMetrics;
+use sluice_plugins::limits::gate::ConcurrencyGate;
+use sluice_plugins::metrics::{ConnectionMetrics, QueueMetrics};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,23 @@ pub struct Upstream {
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub idle_timeout: Duration,
     pub connections: ConnectionMetrics,
+    /// Admission control, when `max_concurrency` is set.
+    pub admission: Option<Admission>,
+}
+
+/// How many requests the upstream takes at once, and how long the others may wait.
+pub struct Admission {
+    pub gate: Arc<ConcurrencyGate>,
+    pub timeout: Duration,
+    pub metrics: QueueMetrics,
+}
+
+/// `max_concurrency` and its queue as configured: (max, queue max, queue timeout).
+#[derive(Debug, Clone, Copy)]
+struct AdmissionSpec {
+    max: usize,
+    queue_max: usize,
+    timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +184,7 @@ pub(super) struct CheckedUpstream {
     retry: RetryPolicy,
     set_headers: Vec<(HeaderName, HeaderValue)>,
     idle_timeout: Duration,
+    admission: Option<AdmissionSpec>,
 }
 
 impl CheckedUpstream {
@@ -175,7 +194,13 @@ impl CheckedUpstream {
             .iter()
             .map(|ep| shared.stats_for(&self.name, &ep.url))
             .collect();
+        let admission = self.admission.map(|a| Admission {
+            gate: shared.gate_for(&self.name, a.max, a.queue_max),
+            timeout: a.timeout,
+            metrics: shared.metrics.queue(&self.name),
+        });
         Upstream {
+            admission,
             balancer: Balancer::new(self.strategy, &self.weights, stats),
             connections: shared.metrics.connections(&self.name),
             name: self.name,
@@ -264,6 +289,7 @@ pub(super) fn compile_upstream(
     };
     let retry = compile_retry(errors, &base, up);
     let set_headers = compile_set_headers(errors, &base, up);
+    let admission = compile_admission(errors, &base, up);
     (errors.count() == before).then(|| CheckedUpstream {
         name: name.to_string(),
         endpoints,
@@ -272,6 +298,7 @@ pub(super) fn compile_upstream(
         timeouts,
         retry,
         set_headers,
+        admission,
         idle_timeout: up.pool.idle_timeout.0,
     })
 }
@@ -352,4 +379,36 @@ mod tests {
         assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
         assert!(parse_endpoint_url("http://x/?a=1").is_err());
     }
+}
+
+fn compile_admission(
+    errors: &mut Errors,
+    base: &[Seg],
+    up: &UpstreamSpec,
+) -> Option<AdmissionSpec> {
+    let queue = up.queue.as_ref();
+    let Some(max) = up.max_concurrency else {
+        if queue.is_some() {
+            errors.at(
+                &field_path![base; "queue"],
+                "a queue needs `max_concurrency` on the upstream",
+            );
+        }
+        return None;
+    };
+    if max == 0 {
+        errors.at(&field_path![base; "max_concurrency"], "must be at least 1");
+    }
+    let timeout = queue.map_or(Duration::ZERO, |q| q.timeout.0);
+    if queue.is_some() && timeout.is_zero() {
+        errors.at(
+            &field_path![base; "queue", "timeout"],
+            "must be more than 0",
+        );
+    }
+    Some(AdmissionSpec {
+        max,
+        queue_max: queue.map_or(0, |q| q.max),
+        timeout,
+    })
 }

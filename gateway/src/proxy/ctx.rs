@@ -1,11 +1,17 @@
 //! Per-request state, from the first phase to `logging`, and the count of requests in flight.
 
 use super::forward::Attempt;
+use super::limits::Reserved;
+use super::respond::ForwardError;
 use crate::config::policy::Route;
 use crate::config::Policy;
 use crate::observe::Finished;
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
+use serde_json::{Map, Value};
+use sluice_plugins::limits::gate::GatePermit;
+use sluice_plugins::openai_error::GatewayError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +70,18 @@ pub struct RequestCtx {
     pub(super) policy: Option<Arc<Policy>>,
     pub(super) route: Option<usize>,
     pub(super) body: RequestBody,
+    /// The body as a JSON object, parsed once for every phase that reads it.
+    json: Option<Map<String, Value>>,
+    /// Headers phases add to whatever answer the client gets.
+    pub(super) response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Tokens reserved in the route's budgets until the response ends.
+    pub(super) reserved: Option<Reserved>,
+    /// sluice asked the upstream for a usage chunk the client did not ask for.
+    pub(super) strip_usage: bool,
+    /// The tokens a cache answer stands for (charged when a budget counts hits).
+    pub(super) hit_tokens: u64,
+    /// The upstream's concurrency slot, held until the response ends.
+    pub(super) permit: Option<GatePermit>,
     /// What the forwarder did, if it ran.
     pub(super) attempt: Option<Attempt>,
     /// The status the client got and whether an upstream made it.
@@ -87,6 +105,12 @@ impl RequestCtx {
             policy: None,
             route: None,
             body: RequestBody::Empty,
+            json: None,
+            response_headers: Vec::new(),
+            reserved: None,
+            strip_usage: false,
+            hit_tokens: 0,
+            permit: None,
             attempt: None,
             status: None,
             served: false,
@@ -105,6 +129,19 @@ impl RequestCtx {
         self.route = Some(index);
         route.metrics.inflight.inc();
         self._inflight = Some(InflightGauge(route.metrics.inflight.clone()));
+    }
+
+    /// The body as a JSON object (`None` without a read body); 400 when it is not one.
+    pub(super) fn json(&mut self) -> Result<Option<&Map<String, Value>>, ForwardError> {
+        if self.json.is_none() {
+            let RequestBody::Buffered(bytes) = &self.body else {
+                return Ok(None);
+            };
+            let parsed = serde_json::from_slice(bytes)
+                .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
+            self.json = Some(parsed);
+        }
+        Ok(self.json.as_ref())
     }
 
     /// The route this request was matched to, if any.

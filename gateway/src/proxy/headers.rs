@@ -99,7 +99,6 @@ pub fn client_response(
     route: &str,
     endpoint: &str,
     head_request: bool,
-    cache: &'static str,
 ) -> Result<ResponseHeader> {
     let mut resp = upstream.clone();
     resp.set_version(Version::HTTP_11);
@@ -117,8 +116,5 @@ pub fn client_response(
     }
     resp.insert_header(X_SLUICE_ROUTE, route)?;
     resp.insert_header(X_SLUICE_UPSTREAM, endpoint)?;
-    if !cache.is_empty() {
-        resp.insert_header(X_SLUICE_CACHE, cache)?;
-    }
     Ok(resp)
 }

@@ -3,11 +3,14 @@
 //! one [`Finished`](crate::observe::Finished) record for the metrics and the access log.
 //! See docs/architecture.md for the phase chart.
 
+mod admission;
 mod body;
 mod cache;
 mod ctx;
 mod forward;
 mod headers;
+mod identity;
+mod limits;
 mod phases;
 mod respond;
 mod sink;
@@ -22,6 +25,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use respond::ForwardError;
 use sluice_plugins::cache::PromptCache;
+use sluice_plugins::limits::shared::SharedBuckets;
 use std::sync::Arc;
 
 /// sluice's `ProxyHttp`.
@@ -31,6 +35,8 @@ pub struct Gateway {
     active: Arc<ActiveRequests>,
     /// The cache tiers and flights, when a route caches.
     cache: Option<Arc<PromptCache>>,
+    /// The Redis buckets of shared limits, when a limit is shared.
+    shared_limits: Option<Arc<SharedBuckets>>,
 }
 
 impl Gateway {
@@ -40,13 +46,19 @@ impl Gateway {
         forwarder: Forwarder,
         active: Arc<ActiveRequests>,
         cache: Option<Arc<PromptCache>>,
+        shared_limits: Option<Arc<SharedBuckets>>,
     ) -> Self {
         Gateway {
             store,
             forwarder,
             active,
             cache,
+            shared_limits,
         }
+    }
+
+    fn shared_limits(&self) -> Option<&SharedBuckets> {
+        self.shared_limits.as_deref()
     }
 
     /// The phases in order; the first that answers ends the request.
@@ -66,7 +78,14 @@ impl Gateway {
         if let Flow::Done = phases::read_body_if_needed(session, ctx, &policy, route).await? {
             return Ok(());
         }
+        if let Flow::Done = phases::admit_requests(self, session, ctx, route).await? {
+            return Ok(());
+        }
         if let Flow::Done = phases::cache_lookup(self, session, ctx, route).await? {
+            limits::charge_hit(self, session, ctx, route).await;
+            return Ok(());
+        }
+        if let Flow::Done = phases::admit_tokens_and_slot(self, session, ctx, route).await? {
             return Ok(());
         }
         phases::forward(self, session, ctx, route).await?;
@@ -95,7 +114,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.run_phases(session, ctx).await {
+        let ran = self.run_phases(session, ctx).await;
+        limits::release_unsettled(self, ctx).await;
+        match ran {
             Ok(()) => Ok(true),
             Err(ForwardError::Respond(err)) => {
                 respond::error(session, ctx, &err).await;

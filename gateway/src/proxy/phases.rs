@@ -1,10 +1,13 @@
 //! The request path, one function per phase (ARCHITECTURE.md section 7):
-//! route → read body (when a phase needs it) → cache lookup → forward. Each phase returns
+//! route → read body (when a phase needs it) → request rates → cache lookup → token budgets
+//! and the upstream's concurrency slot (after a miss) → forward → settle. Each phase returns
 //! [`Flow`]; a route without a phase's policy pays nothing for it.
 
+use super::admission;
 use super::body::read_body;
 use super::cache;
 use super::ctx::{RequestBody, RequestCtx};
+use super::limits::{self, StripUsage, UsageSink};
 use super::respond::ForwardError;
 use super::sink::Tee;
 use super::Gateway;
@@ -87,7 +90,35 @@ pub async fn cache_lookup(
     }
 }
 
-/// Forwards to the route's upstream and settles what happened into the context.
+/// Checks the route's request rates.
+pub async fn admit_requests(
+    gw: &Gateway,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+) -> Result<Flow, ForwardError> {
+    if route.limits.is_none() {
+        return Ok(Flow::Next);
+    }
+    limits::admit_requests(gw, session, ctx, route).await
+}
+
+/// After a miss: reserves the request's tokens, then takes a slot at the upstream.
+pub async fn admit_tokens_and_slot(
+    gw: &Gateway,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+) -> Result<Flow, ForwardError> {
+    if route.limits.is_some() {
+        limits::admit_tokens(gw, session, ctx, route).await?;
+    }
+    admission::admit(session, ctx, route).await?;
+    Ok(Flow::Next)
+}
+
+/// Forwards to the route's upstream and settles what happened into the context: the
+/// attempt, the tokens the answer cost, the upstream slot given back.
 pub async fn forward(
     gw: &Gateway,
     session: &mut Session,
@@ -95,18 +126,25 @@ pub async fn forward(
     route: &Route,
 ) -> Result<Flow, ForwardError> {
     let mut recorder = ctx.recording.take();
-    let mut tee = Tee::new();
+    let mut meter = ctx.reserved.is_some().then(UsageSink::default);
+    let mut strip = ctx.strip_usage.then(StripUsage::default);
+    let mut tee = Tee::new(std::mem::take(&mut ctx.response_headers));
     if let Some(r) = recorder.as_mut() {
         tee.add(r);
     }
+    if let Some(m) = meter.as_mut() {
+        tee.add(m);
+    }
+    if let Some(s) = strip.as_mut() {
+        tee.filter_client(s);
+    }
     let body = std::mem::take(&mut ctx.body);
-    let mut attempt = gw
-        .forwarder
-        .forward(session, route, &body, ctx.cache, &mut tee)
-        .await;
+    let mut attempt = gw.forwarder.forward(session, route, &body, &mut tee).await;
     drop(tee);
     drop(recorder);
+    ctx.permit = None;
     ctx.body = body;
+    limits::settle(gw, ctx, route, meter.as_mut()).await;
     let outcome = std::mem::replace(&mut attempt.outcome, Ok(()));
     ctx.record_attempt(attempt);
     outcome.map(|()| Flow::Done)

@@ -32,6 +32,14 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
         if let Some(route) = route {
             let _ = resp.insert_header(X_SLUICE_ROUTE, route);
         }
+        if let Some(after) = err.retry_after {
+            // Whole seconds by the HTTP standard; OpenAI's SDKs read the exact wait in ms.
+            let _ = resp.insert_header(header::RETRY_AFTER, after.as_secs_f64().ceil() as u64);
+            let _ = resp.insert_header("retry-after-ms", after.as_millis().max(1) as u64);
+        }
+        for (name, value) in std::mem::take(&mut ctx.response_headers) {
+            let _ = resp.append_header(name, value);
+        }
         if session
             .write_response_header(Box::new(resp), false)
             .await

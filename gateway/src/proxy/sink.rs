@@ -1,9 +1,11 @@
 //! Where a response goes. The forwarder's copy loop hands each part to a [`Tee`]: the client
 //! writer first, then every [`ResponseSink`] (the cache recorder, which also feeds
-//! single-flight followers; later the usage counter). The copy loop never learns what a cache
-//! or a limiter is; a request with no sinks pays for an empty `Vec`.
+//! single-flight followers; the token meter). A [`ClientFilter`] may reshape what the client
+//! alone sees, and phases add response headers (`x-sluice-cache`, `x-ratelimit-*`). The copy
+//! loop never learns what a cache or a limiter is; a request with none pays for empty `Vec`s.
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -28,10 +30,21 @@ pub trait ResponseSink: Send {
     }
 }
 
+/// Reshapes the body for the client only (the sinks see the upstream's bytes).
+pub trait ClientFilter: Send {
+    /// What of `chunk` (and of what was held back before it) to send now.
+    fn filter(&mut self, chunk: &Bytes) -> Bytes;
+    /// What is still held back when the body ends.
+    fn finish(&mut self) -> Bytes;
+}
+
 /// The client writer plus the sinks.
 #[derive(Default)]
 pub struct Tee<'a> {
     sinks: Vec<&'a mut dyn ResponseSink>,
+    filter: Option<&'a mut dyn ClientFilter>,
+    /// Added to the response head the client gets.
+    headers: Vec<(HeaderName, HeaderValue)>,
     /// Why the client stopped taking the response, once it did.
     client_gone: Option<String>,
     /// Body bytes written to the client.
@@ -39,9 +52,18 @@ pub struct Tee<'a> {
 }
 
 impl<'a> Tee<'a> {
+    /// A tee adding `headers` to the response head.
     #[must_use]
-    pub fn new() -> Self {
-        Tee::default()
+    pub fn new(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        Tee {
+            headers,
+            ..Tee::default()
+        }
+    }
+
+    /// Sends the client the body through `filter`.
+    pub fn filter_client(&mut self, filter: &'a mut dyn ClientFilter) {
+        self.filter = Some(filter);
     }
 
     /// Adds a sink after the client writer.
@@ -63,10 +85,13 @@ impl<'a> Tee<'a> {
     pub async fn head(
         &mut self,
         session: &mut Session,
-        head: ResponseHeader,
+        mut head: ResponseHeader,
     ) -> Result<(), String> {
         for s in &mut self.sinks {
             s.on_head(&head);
+        }
+        for (name, value) in std::mem::take(&mut self.headers) {
+            let _ = head.append_header(name, value);
         }
         if let Err(e) = session.write_response_header(Box::new(head), false).await {
             return self.lose_client(format!("writing response header: {e}"));
@@ -82,6 +107,17 @@ impl<'a> Tee<'a> {
         if self.client_gone.is_some() {
             return Ok(());
         }
+        let chunk = match &mut self.filter {
+            Some(filter) => filter.filter(&chunk),
+            None => chunk,
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.write(session, chunk).await
+    }
+
+    async fn write(&mut self, session: &mut Session, chunk: Bytes) -> Result<(), String> {
         let len = chunk.len();
         match session.write_response_body(Some(chunk), false).await {
             Ok(()) => {
@@ -101,6 +137,14 @@ impl<'a> Tee<'a> {
             return Err(why.clone());
         }
         if end == StreamEnd::Complete {
+            let rest = self.filter.as_mut().map(|f| f.finish()).unwrap_or_default();
+            let len = rest.len();
+            if len > 0 {
+                if let Err(e) = session.write_response_body(Some(rest), false).await {
+                    return Err(format!("client went away: {}", e.etype().as_str()));
+                }
+                self.bytes_out += len;
+            }
             if let Err(e) = session.write_response_body(None, true).await {
                 return Err(format!("client went away: {}", e.etype().as_str()));
             }

@@ -6,10 +6,12 @@ mod recorder;
 mod replay;
 mod request;
 
-use super::ctx::{RequestBody, RequestCtx};
+use super::ctx::RequestCtx;
+use super::headers::X_SLUICE_CACHE;
 use super::phases::Flow;
 use super::respond::ForwardError;
 use crate::config::policy::Route;
+use http::header::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
 pub use recorder::{CacheRecorder, EntryPlan};
 use replay::Replay;
@@ -19,7 +21,6 @@ use sluice_plugins::cache::flight::{FlightEvent, Follower, Role};
 use sluice_plugins::cache::key::KeyContext;
 use sluice_plugins::cache::{Entry, PromptCache};
 use sluice_plugins::metrics::CacheResult;
-use sluice_plugins::openai_error::GatewayError;
 use std::sync::Arc;
 
 /// Looks the request up; `Done` when it was answered from the cache or a coalesced flight.
@@ -35,39 +36,38 @@ pub async fn lookup(
     };
     let req = session.req_header();
     let directives = Directives::from_headers(&req.headers, policy);
-    let json = match &ctx.body {
-        RequestBody::Buffered(bytes) => Some(
-            serde_json::from_slice::<Map<String, Value>>(bytes)
-                .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?,
-        ),
-        _ => None,
-    };
-    let Some(json) = json.filter(|j| !directives.no_store && policy.when.admits(j)) else {
+    let scope = request::scope(&req.headers, &policy.scope);
+    let path = req.uri.path().to_string();
+    let keyed = ctx
+        .json()?
+        .filter(|j| !directives.no_store && policy.when.admits(j))
+        .map(|json| {
+            let key = policy.key.key(
+                json,
+                &KeyContext {
+                    route: &route.name,
+                    path: &path,
+                    scope: &scope,
+                },
+            );
+            (key, Wants::of(json))
+        });
+    let Some((key, wants)) = keyed else {
         settle(ctx, route, CacheResult::Bypass, None);
         return Ok(Flow::Next);
     };
-    let scope = request::scope(&req.headers, &policy.scope);
-    let key = policy.key.key(
-        &json,
-        &KeyContext {
-            route: &route.name,
-            path: req.uri.path(),
-            scope: &scope,
-        },
-    );
-    let wants_stream = json.get("stream").and_then(Value::as_bool) == Some(true);
     if !directives.no_cache {
         if let Some((entry, tier)) = cache.store.get(key, &route.name, now_ms).await {
-            if let Some(replay) = Replay::of(&entry, wants_stream, now_ms) {
+            if let Some(replay) = Replay::of(&entry, wants.stream, now_ms) {
                 if policy.adaptive {
                     cache.store.extend(key, &entry, now_ms);
                 }
-                answered(
-                    ctx,
-                    entry.status,
-                    replay.write(session, &route.name, "hit").await?,
-                );
                 settle(ctx, route, CacheResult::Hit(tier), Some(&entry));
+                let replay = replay.for_client(wants.usage);
+                let written = replay
+                    .write(session, &route.name, &ctx.response_headers)
+                    .await?;
+                answered(ctx, entry.status, written);
                 return Ok(Flow::Done);
             }
         }
@@ -83,7 +83,10 @@ pub async fn lookup(
     let leader = match cache.flights.join(key) {
         Role::Leader(leader) => Some(leader),
         Role::Follower(mut follower) => {
-            match follow(session, &mut follower, &route.name, wants_stream, now_ms).await? {
+            let mut headers = ctx.response_headers.clone();
+            headers.push(cache_header(CacheResult::Coalesced));
+            let answer = follow(session, &mut follower, &route.name, wants, &headers, now_ms);
+            match answer.await? {
                 Some((status, written, entry)) => {
                     answered(ctx, status, written);
                     settle(ctx, route, CacheResult::Coalesced, entry.as_deref());
@@ -99,20 +102,46 @@ pub async fn lookup(
     Ok(Flow::Next)
 }
 
+/// What the client asked for: a stream, and the usage chunk in it.
+#[derive(Debug, Clone, Copy)]
+struct Wants {
+    stream: bool,
+    usage: bool,
+}
+
+impl Wants {
+    fn of(json: &Map<String, Value>) -> Wants {
+        Wants {
+            stream: json.get("stream").and_then(Value::as_bool) == Some(true),
+            usage: json
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool)
+                == Some(true),
+        }
+    }
+}
+
 /// Waits on a leader: `Some((status, bytes written, entry))` when answered, `None` when the
 /// leader failed before anything was written.
 async fn follow(
     session: &mut Session,
     follower: &mut Follower,
     route: &str,
-    wants_stream: bool,
+    wants: Wants,
+    headers: &[(HeaderName, HeaderValue)],
     now_ms: u64,
 ) -> Result<Option<(u16, usize, Option<Arc<Entry>>)>, ForwardError> {
-    let entry = if wants_stream {
+    let entry = if wants.stream {
         match follower.next().await {
             FlightEvent::Head(head) if head.sse => {
                 let status = head.status;
-                let (written, entry) = replay::follow_live(session, follower, head, route).await?;
+                let live = replay::Live {
+                    route,
+                    headers,
+                    strip_usage: !wants.usage,
+                };
+                let (written, entry) = live.follow(session, follower, head).await?;
                 return Ok(Some((status, written, Some(entry))));
             }
             FlightEvent::Complete(entry) => Some(entry),
@@ -123,10 +152,13 @@ async fn follow(
         follower.finished().await
     };
     let Some(entry) = entry else { return Ok(None) };
-    let Some(replay) = Replay::of(&entry, wants_stream, now_ms) else {
+    let Some(replay) = Replay::of(&entry, wants.stream, now_ms) else {
         return Ok(None);
     };
-    let written = replay.write(session, route, "coalesced").await?;
+    let written = replay
+        .for_client(wants.usage)
+        .write(session, route, headers)
+        .await?;
     Ok(Some((entry.status, written, Some(entry))))
 }
 
@@ -137,15 +169,25 @@ fn answered(ctx: &mut RequestCtx, status: u16, written: usize) {
     ctx.bytes_out += written;
 }
 
-/// The lookup's result: the context's `cache` field, the route's counters, what a hit saved.
+/// The lookup's result: the context's `cache` field and header, the route's counters, what a
+/// hit saved.
 fn settle(ctx: &mut RequestCtx, route: &Route, result: CacheResult, entry: Option<&Entry>) {
     ctx.cache = result.name();
-    let metrics = &route.cache_metrics;
-    metrics.record(result);
+    ctx.response_headers.push(cache_header(result));
+    route.cache_metrics.record(result);
     if let Some(entry) = entry {
+        let metrics = &route.cache_metrics;
         metrics
             .saved_seconds
             .inc_by(entry.upstream_ms as f64 / 1000.0);
         metrics.saved_tokens.inc_by(entry.tokens);
+        ctx.hit_tokens = entry.tokens;
     }
+}
+
+fn cache_header(result: CacheResult) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static(X_SLUICE_CACHE),
+        HeaderValue::from_static(result.name()),
+    )
 }

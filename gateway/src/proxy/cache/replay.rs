@@ -1,14 +1,15 @@
 //! Answers from the cache: an entry replayed in the form the request asked for (a stream as
 //! separate SSE events, or the assembled JSON), or a single-flight leader's live stream.
 
-use crate::proxy::headers::{X_SLUICE_CACHE, X_SLUICE_ROUTE};
+use crate::proxy::headers::X_SLUICE_ROUTE;
 use crate::proxy::respond::ForwardError;
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use sluice_plugins::cache::flight::{FlightEvent, FlightHead, Follower};
 use sluice_plugins::cache::{sse, BodyForm, Entry};
+use sluice_plugins::limits::usage::UsageChunkFilter;
 use std::sync::Arc;
 
 /// A response to write: head fields and body parts.
@@ -48,15 +49,29 @@ impl Replay {
         })
     }
 
-    /// Writes the whole response; returns the body bytes written.
+    /// Without the usage chunk (an entry recorded for a client that asked for it, or a JSON
+    /// answer turned into a stream) unless this client asked for it too.
+    #[must_use]
+    pub fn for_client(mut self, wants_usage: bool) -> Replay {
+        if self.sse && !wants_usage {
+            let mut filter = UsageChunkFilter::default();
+            let mut parts: Vec<Bytes> = self.parts.iter().map(|p| filter.filter(p)).collect();
+            parts.push(filter.finish());
+            parts.retain(|p| !p.is_empty());
+            self.parts = parts;
+        }
+        self
+    }
+
+    /// Writes the whole response with the phases' `headers`; returns the body bytes written.
     pub async fn write(
         self,
         session: &mut Session,
         route: &str,
-        result: &'static str,
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Result<usize, ForwardError> {
         let len: usize = self.parts.iter().map(Bytes::len).sum();
-        let mut head = head(self.status, &self.content_type, route, result)?;
+        let mut head = head(self.status, &self.content_type, route, headers)?;
         let _ = head.insert_header(header::AGE, self.age);
         if self.sse {
             let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
@@ -72,32 +87,50 @@ impl Replay {
     }
 }
 
-/// Relays a leader's live SSE stream whose head was `first`: the events so far, then live ones.
-pub async fn follow_live(
-    session: &mut Session,
-    follower: &mut Follower,
-    first: FlightHead,
-    route: &str,
-) -> Result<(usize, Arc<Entry>), ForwardError> {
-    let mut head = head(first.status, &first.content_type, route, "coalesced")?;
-    let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
-    write_head(session, head).await?;
-    let mut written = 0usize;
-    loop {
-        match follower.next().await {
-            FlightEvent::Head(_) => {}
-            FlightEvent::Chunk(data) => {
+/// A leader's live SSE stream relayed to a follower.
+pub struct Live<'a> {
+    pub route: &'a str,
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// The follower did not ask for the usage chunk the leader's stream may carry.
+    pub strip_usage: bool,
+}
+
+impl Live<'_> {
+    /// Relays the stream whose head was `first`: the events so far, then live ones.
+    pub async fn follow(
+        &self,
+        session: &mut Session,
+        follower: &mut Follower,
+        first: FlightHead,
+    ) -> Result<(usize, Arc<Entry>), ForwardError> {
+        let mut head = head(first.status, &first.content_type, self.route, self.headers)?;
+        let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
+        write_head(session, head).await?;
+        let mut filter = self.strip_usage.then(UsageChunkFilter::default);
+        let mut written = 0usize;
+        loop {
+            let (data, done) = match follower.next().await {
+                FlightEvent::Head(_) => continue,
+                FlightEvent::Chunk(data) => (data, None),
+                FlightEvent::Complete(entry) => (Bytes::new(), Some(entry)),
+                FlightEvent::Failed => {
+                    return Err(ForwardError::Aborted(
+                        "the coalesced upstream stream failed mid-way".into(),
+                    ))
+                }
+            };
+            let data = match (&mut filter, done.is_some()) {
+                (Some(f), false) => f.filter(&data),
+                (Some(f), true) => f.finish(),
+                (None, _) => data,
+            };
+            if !data.is_empty() {
                 written += data.len();
                 write_chunk(session, data).await?;
             }
-            FlightEvent::Complete(entry) => {
+            if let Some(entry) = done {
                 end(session).await?;
                 return Ok((written, entry));
-            }
-            FlightEvent::Failed => {
-                return Err(ForwardError::Aborted(
-                    "the coalesced upstream stream failed mid-way".into(),
-                ))
             }
         }
     }
@@ -107,7 +140,7 @@ fn head(
     status: u16,
     content_type: &str,
     route: &str,
-    result: &'static str,
+    headers: &[(HeaderName, HeaderValue)],
 ) -> Result<ResponseHeader, ForwardError> {
     let internal = |e: pingora::BError| ForwardError::Aborted(format!("building a response: {e}"));
     let mut head = ResponseHeader::build(status, Some(6)).map_err(internal)?;
@@ -115,8 +148,10 @@ fn head(
         .map_err(internal)?;
     head.insert_header(X_SLUICE_ROUTE, route)
         .map_err(internal)?;
-    head.insert_header(X_SLUICE_CACHE, result)
-        .map_err(internal)?;
+    for (name, value) in headers {
+        head.append_header(name.clone(), value.clone())
+            .map_err(internal)?;
+    }
     Ok(head)
 }
 

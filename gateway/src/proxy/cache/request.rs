@@ -51,22 +51,10 @@ pub fn scope(headers: &HeaderMap, scope: &CacheScope) -> Vec<u8> {
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
         // Hashed so the key material never holds the secret itself.
-        CacheScope::ApiKey => api_key(headers)
+        CacheScope::ApiKey => crate::proxy::identity::api_key(headers)
             .map(|k| xxhash_rust::xxh3::xxh3_128(k).to_le_bytes().to_vec())
             .unwrap_or_default(),
     }
-}
-
-/// The caller's API key: `Authorization: Bearer`, `api-key` (Azure) or `x-api-key`.
-fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let v = v.as_bytes();
-        return Some(v.strip_prefix(b"Bearer ").unwrap_or(v));
-    }
-    ["api-key", "x-api-key"]
-        .iter()
-        .find_map(|h| headers.get(*h))
-        .map(http::HeaderValue::as_bytes)
 }
 
 #[cfg(test)]

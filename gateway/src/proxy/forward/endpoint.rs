@@ -26,8 +26,6 @@ pub(super) struct TryRequest<'a> {
     pub body: &'a RequestBody,
     /// Whether a retryable status may be turned into another try (instead of relayed).
     pub can_retry_status: bool,
-    /// The `x-sluice-cache` value for the response (empty: none).
-    pub cache: &'static str,
 }
 
 /// A failed try at one endpoint.
@@ -98,14 +96,8 @@ pub(super) async fn try_endpoint(
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     let endpoint = &up.endpoints[req.idx];
-    let resp = client_response(
-        upstream_resp,
-        &req.route.name,
-        &endpoint.url,
-        head_only,
-        req.cache,
-    )
-    .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+    let resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
+        .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
     tee.head(session, resp).await.map_err(TryError::aborted)?;
     attempt.status = Some(status);
     relay(session, &mut c.conn, up, tee).await?;

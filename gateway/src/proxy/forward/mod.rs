@@ -58,7 +58,6 @@ impl Forwarder {
         session: &mut Session,
         route: &Route,
         body: &RequestBody,
-        cache: &'static str,
         tee: &mut Tee<'_>,
     ) -> Attempt {
         let up = &route.upstream;
@@ -84,7 +83,6 @@ impl Forwarder {
                 body,
                 // A status is retried only with a body still in hand; a streamed one is gone.
                 can_retry_status: retries_left > 0 && !streams_body,
-                cache,
             };
             match endpoint::try_endpoint(self.connector(), session, &try_req, tee, &mut attempt)
                 .await

@@ -1,0 +1,365 @@
+//! Limits as the proxy runs them: each route's request rates and token budgets, compiled and
+//! checked from the spec, with their buckets. Buckets outlive a reload: they sit in
+//! [`LimitBuckets`] keyed by route, limit name and shape, so a reload that keeps a limit keeps
+//! every client's standing in it.
+
+use super::load::Errors;
+use super::locate::{field_path, Seg};
+use super::spec::{LimitSpec, RouteSpec};
+use http::header::HeaderName;
+use prometheus::IntGauge;
+use sluice_plugins::limits::rate::RequestRate;
+use sluice_plugins::limits::tokens::TokenBucket;
+use sluice_plugins::limits::Rate;
+use sluice_plugins::metrics::{LimitMetrics, Metrics};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Completion tokens reserved for a request that sets no `max_tokens`, unless configured.
+const DEFAULT_MAX_TOKENS: u64 = 512;
+
+/// Whose bucket a request draws from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The caller's API key (hashed).
+    ApiKey,
+    /// A request header's value.
+    Header(HeaderName),
+    /// The client's IP address.
+    Ip,
+    /// The JSON body's `user` field.
+    BodyUser,
+    /// One bucket for the whole route.
+    Route,
+}
+
+/// What every limit has.
+pub struct LimitCommon {
+    pub name: String,
+    pub key: LimitKey,
+    /// The whole limit (what the shared bucket enforces).
+    pub rate: Rate,
+    /// Kept in Redis when it answers; `local` is then the fallback bucket.
+    pub shared: bool,
+    pub metrics: LimitMetrics,
+}
+
+pub struct RequestLimit {
+    pub common: LimitCommon,
+    /// The bucket in this process: the limit, or limit / instances for a shared one.
+    pub local: Arc<RequestRate>,
+}
+
+pub struct TokenLimit {
+    pub common: LimitCommon,
+    pub default_max_tokens: u64,
+    pub charge_cache_hits: bool,
+    pub local: Arc<TokenBucket>,
+}
+
+/// A route's limits.
+pub struct RouteLimits {
+    pub requests: Vec<RequestLimit>,
+    pub tokens: Vec<TokenLimit>,
+}
+
+impl RouteLimits {
+    /// Whether a limit needs the request body (token estimates, `body:user` keys).
+    #[must_use]
+    pub fn reads_body(&self) -> bool {
+        !self.tokens.is_empty()
+            || self
+                .requests
+                .iter()
+                .any(|l| l.common.key == LimitKey::BodyUser)
+    }
+
+    /// Whether any limit lives in Redis.
+    #[must_use]
+    pub fn any_shared(&self) -> bool {
+        self.requests.iter().any(|l| l.common.shared) || self.tokens.iter().any(|l| l.common.shared)
+    }
+}
+
+enum Kind {
+    Requests,
+    Tokens {
+        default_max_tokens: u64,
+        charge_cache_hits: bool,
+    },
+}
+
+/// A limit that passed every check, waiting for its buckets and metric handles.
+pub(super) struct CheckedLimit {
+    name: String,
+    key: LimitKey,
+    rate: Rate,
+    local_rate: Rate,
+    shared: bool,
+    kind: Kind,
+}
+
+/// Checks a route's `limits:`; `has_redis` says whether `shared: true` can work.
+pub(super) fn check_limits(
+    errors: &mut Errors,
+    base: &[Seg],
+    route: &RouteSpec,
+    has_redis: bool,
+) -> Vec<CheckedLimit> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, spec) in route.limits.iter().enumerate() {
+        let at = |field: &str| field_path![base; "limits", i, field];
+        let before = errors.count();
+        if spec.name.is_empty() {
+            errors.at(&at("name"), "must not be empty");
+        } else if !names.insert(spec.name.as_str()) {
+            errors.at(&at("name"), format!("duplicate limit name `{}`", spec.name));
+        }
+        let key = parse_key(&spec.key).map_err(|m| errors.at(&at("key"), m));
+        let kind = check_kind(errors, &at, spec);
+        if spec.shared && !has_redis {
+            errors.at(
+                &at("shared"),
+                "a shared limit needs a top-level `redis:` section",
+            );
+        }
+        if spec.instances == 0 {
+            errors.at(&at("instances"), "must be at least 1");
+        }
+        let (Ok(key), Some((kind, count, period, burst))) = (key, kind) else {
+            continue;
+        };
+        let rates = Rate::per(count, period, burst).zip(Rate::per(
+            (count / spec.instances.max(1)).max(1),
+            period,
+            (burst / spec.instances.max(1)).max(1),
+        ));
+        let Some((rate, local_rate)) = rates else {
+            errors.at(
+                &field_path![base; "limits", i],
+                "the rate is too fine to enforce",
+            );
+            continue;
+        };
+        if errors.count() == before {
+            out.push(CheckedLimit {
+                name: spec.name.clone(),
+                key,
+                rate,
+                local_rate: if spec.shared { local_rate } else { rate },
+                shared: spec.shared,
+                kind,
+            });
+        }
+    }
+    out
+}
+
+/// The limit's kind and shape: (kind, count, period, burst).
+fn check_kind(
+    errors: &mut Errors,
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    spec: &LimitSpec,
+) -> Option<(Kind, u64, Duration, u64)> {
+    const MINUTE: u64 = 60;
+    let rates = [
+        ("requests_per_second", spec.requests_per_second, 1, false),
+        (
+            "requests_per_minute",
+            spec.requests_per_minute,
+            MINUTE,
+            false,
+        ),
+        (
+            "requests_per_hour",
+            spec.requests_per_hour,
+            60 * MINUTE,
+            false,
+        ),
+        ("tokens_per_minute", spec.tokens_per_minute, MINUTE, true),
+        ("tokens_per_hour", spec.tokens_per_hour, 60 * MINUTE, true),
+        (
+            "tokens_per_day",
+            spec.tokens_per_day,
+            24 * 60 * MINUTE,
+            true,
+        ),
+    ];
+    let set: Vec<_> = rates.iter().filter(|r| r.1.is_some()).collect();
+    let [(field, Some(count), secs, tokens)] = set.as_slice() else {
+        let names: Vec<&str> = rates.iter().map(|r| r.0).collect();
+        let what = if set.is_empty() {
+            "needs"
+        } else {
+            "takes only"
+        };
+        errors.at(
+            &at("name"),
+            format!("a limit {what} one of {}", names.join(", ")),
+        );
+        return None;
+    };
+    if *count == 0 {
+        errors.at(&at(field), "must be at least 1");
+        return None;
+    }
+    let period = Duration::from_secs(*secs);
+    if *tokens {
+        if spec.burst.is_some() {
+            errors.at(&at("burst"), "applies to request limits only");
+        }
+        let default_max_tokens = spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        let kind = Kind::Tokens {
+            default_max_tokens,
+            charge_cache_hits: spec.charge_cache_hits,
+        };
+        return Some((kind, *count, period, *count));
+    }
+    if spec.default_max_tokens.is_some() || spec.charge_cache_hits {
+        let field = if spec.charge_cache_hits {
+            "charge_cache_hits"
+        } else {
+            "default_max_tokens"
+        };
+        errors.at(&at(field), "applies to token limits only");
+    }
+    let burst = spec.burst.unwrap_or(*count);
+    if burst == 0 {
+        errors.at(&at("burst"), "must be at least 1");
+        return None;
+    }
+    Some((Kind::Requests, *count, period, burst))
+}
+
+fn parse_key(key: &str) -> Result<LimitKey, String> {
+    match key {
+        "api_key" => Ok(LimitKey::ApiKey),
+        "ip" => Ok(LimitKey::Ip),
+        "route" => Ok(LimitKey::Route),
+        "body:user" => Ok(LimitKey::BodyUser),
+        _ => {
+            let Some(name) = key.strip_prefix("header:") else {
+                return Err(format!(
+                    "expected api_key, header:NAME, ip, body:user or route, got `{key}`"
+                ));
+            };
+            HeaderName::from_bytes(name.as_bytes())
+                .map(LimitKey::Header)
+                .map_err(|_| format!("`{name}` is not a valid header name"))
+        }
+    }
+}
+
+/// Builds a route's limits on the buckets that survive reloads.
+pub(super) fn attach(
+    route: &str,
+    checked: Vec<CheckedLimit>,
+    buckets: &LimitBuckets,
+    metrics: &Metrics,
+) -> Option<RouteLimits> {
+    if checked.is_empty() {
+        return None;
+    }
+    let mut limits = RouteLimits {
+        requests: Vec::new(),
+        tokens: Vec::new(),
+    };
+    for c in checked {
+        let m = metrics.limit(route, &c.name);
+        let id = (route.to_string(), c.name.clone());
+        let gauge = m.keys.clone();
+        let common = LimitCommon {
+            name: c.name,
+            key: c.key,
+            rate: c.rate,
+            shared: c.shared,
+            metrics: m,
+        };
+        match c.kind {
+            Kind::Requests => limits.requests.push(RequestLimit {
+                local: buckets.requests(id, c.local_rate, gauge),
+                common,
+            }),
+            Kind::Tokens {
+                default_max_tokens,
+                charge_cache_hits,
+            } => limits.tokens.push(TokenLimit {
+                local: buckets.tokens(id, c.local_rate, gauge),
+                default_max_tokens,
+                charge_cache_hits,
+                common,
+            }),
+        }
+    }
+    Some(limits)
+}
+
+type Registry<E> = Mutex<HashMap<(String, String), (Rate, Arc<E>, IntGauge)>>;
+
+/// Every local bucket, by route and limit name; a reload that changes a limit's shape starts
+/// it afresh, one that keeps it keeps its state.
+pub struct LimitBuckets {
+    requests: Registry<RequestRate>,
+    tokens: Registry<TokenBucket>,
+    /// The token buckets' time origin.
+    origin: Instant,
+}
+
+impl Default for LimitBuckets {
+    fn default() -> Self {
+        LimitBuckets {
+            requests: Mutex::default(),
+            tokens: Mutex::default(),
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl LimitBuckets {
+    fn requests(&self, id: (String, String), rate: Rate, keys: IntGauge) -> Arc<RequestRate> {
+        reuse(&self.requests, id, rate, keys, || RequestRate::new(rate))
+    }
+
+    fn tokens(&self, id: (String, String), rate: Rate, keys: IntGauge) -> Arc<TokenBucket> {
+        reuse(&self.tokens, id, rate, keys, || {
+            TokenBucket::new(rate, self.origin)
+        })
+    }
+
+    /// Evicts full buckets (idle keys), forgets limits no policy uses, and updates the key gauges.
+    pub fn sweep(&self, now: Instant) {
+        let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        requests.retain(|_, (_, bucket, _)| Arc::strong_count(bucket) > 1);
+        for (_, bucket, keys) in requests.values() {
+            bucket.sweep();
+            keys.set(i64::try_from(bucket.len()).unwrap_or(i64::MAX));
+        }
+        drop(requests);
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        tokens.retain(|_, (_, bucket, _)| Arc::strong_count(bucket) > 1);
+        for (_, bucket, keys) in tokens.values() {
+            let left = bucket.sweep(now);
+            keys.set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+fn reuse<E>(
+    registry: &Registry<E>,
+    id: (String, String),
+    rate: Rate,
+    keys: IntGauge,
+    make: impl FnOnce() -> E,
+) -> Arc<E> {
+    let mut map = registry.lock().unwrap_or_else(PoisonError::into_inner);
+    match map.get(&id) {
+        Some((shape, bucket, _)) if *shape == rate => Arc::clone(bucket),
+        _ => {
+            let bucket = Arc::new(make());
+            map.insert(id, (rate, Arc::clone(&bucket), keys));
+            bucket
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The concurrency phase: a request takes one of its upstream's slots before it is forwarded,
+//! waiting in the upstream's bounded queue (by priority, then arrival) when all are taken.
+
+use super::ctx::RequestCtx;
+use super::respond::ForwardError;
+use crate::config::policy::Route;
+use pingora::proxy::Session;
+use sluice_plugins::limits::gate::{GateRejection, Priority};
+use sluice_plugins::metrics::Rejection;
+use sluice_plugins::openai_error::GatewayError;
+
+/// The header that lets interactive traffic pass batch traffic in the queue.
+pub const PRIORITY_HEADER: &str = "x-sluice-priority";
+
+/// Takes a slot (the permit lives in the context until the response ends); 503 when the queue
+/// is full or the wait too long. A client that leaves while queued drops this future, and
+/// with it its place.
+pub async fn admit(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    route: &Route,
+) -> Result<(), ForwardError> {
+    let Some(admission) = &route.upstream.admission else {
+        return Ok(());
+    };
+    let priority = session
+        .req_header()
+        .headers
+        .get(PRIORITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Priority::from_header_value)
+        .unwrap_or(Priority::Normal);
+    let (reason, error) = match admission.gate.acquire(priority, admission.timeout).await {
+        Ok(permit) => {
+            admission
+                .metrics
+                .wait
+                .observe(permit.waited().as_secs_f64());
+            ctx.permit = Some(permit);
+            return Ok(());
+        }
+        Err(GateRejection::QueueFull) => (
+            Rejection::QueueFull,
+            GatewayError::queue_full(&route.upstream.name),
+        ),
+        Err(GateRejection::TimedOut) => {
+            admission
+                .metrics
+                .wait
+                .observe(admission.timeout.as_secs_f64());
+            (
+                Rejection::QueueTimeout,
+                GatewayError::queue_timeout(&route.upstream.name, admission.timeout),
+            )
+        }
+    };
+    route.limit_metrics.reject(reason);
+    Err(ForwardError::Respond(error))
+}

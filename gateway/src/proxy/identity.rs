@@ -1,0 +1,46 @@
+//! Who is asking: the caller's API key (cache scopes and limit keys hash it, so the secret never
+//! enters key material or Redis) and the bucket key a limit draws from.
+
+use crate::config::policy::LimitKey;
+use http::HeaderMap;
+use pingora::proxy::Session;
+use serde_json::{Map, Value};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The caller's API key: `Authorization: Bearer`, `api-key` (Azure) or `x-api-key`.
+pub fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.as_bytes();
+        return Some(v.strip_prefix(b"Bearer ").unwrap_or(v));
+    }
+    ["api-key", "x-api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .map(http::HeaderValue::as_bytes)
+}
+
+/// The bucket a request draws from for a limit keyed by `key`. Requests without the key (no
+/// API key, no such header, no `user`) share one bucket, so leaving it out evades nothing.
+pub fn bucket_key(key: &LimitKey, session: &Session, body: Option<&Map<String, Value>>) -> u64 {
+    let headers = &session.req_header().headers;
+    let ip;
+    let (seed, material): (u64, Option<&[u8]>) = match key {
+        LimitKey::ApiKey => (1, api_key(headers)),
+        LimitKey::Header(name) => (2, headers.get(name).map(http::HeaderValue::as_bytes)),
+        LimitKey::Ip => {
+            ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            (3, ip.as_deref().map(str::as_bytes))
+        }
+        LimitKey::BodyUser => (
+            4,
+            body.and_then(|b| b.get("user"))
+                .and_then(Value::as_str)
+                .map(str::as_bytes),
+        ),
+        LimitKey::Route => (5, Some(&[][..])),
+    };
+    material.map_or(0, |m| xxh3_64_with_seed(m, seed))
+}
