@@ -1,6 +1,6 @@
 //! Micro-benchmarks of what runs on every request: route matching, body parsing, metrics
-//! recording, the prompt cache's key, L1 lookup and SSE conversions; and config compile time
-//! for a large policy. `cargo bench -p sluice-benches`.
+//! recording, the prompt cache's key, L1 lookup and SSE conversions, rate and token limits; and
+//! config compile time for a large policy. `cargo bench -p sluice-benches`.
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -13,9 +13,12 @@ use sluice_plugins::body::RequestBody;
 use sluice_plugins::cache::key::{KeyContext, KeyPolicy};
 use sluice_plugins::cache::store::{CacheStore, StoreConfig};
 use sluice_plugins::cache::{sse, BodyForm, CacheKey, Entry};
+use sluice_plugins::limits::rate::RequestRate;
+use sluice_plugins::limits::tokens::TokenBucket;
+use sluice_plugins::limits::Rate;
 use sluice_plugins::metrics::Metrics;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn route_matching(c: &mut Criterion) {
     let router = large_router(50);
@@ -234,6 +237,39 @@ fn cache_sse(c: &mut Criterion) {
     });
 }
 
+/// What admission costs per request: a request-rate check on a warm key (allowed: a bucket
+/// refilling every nanosecond; limited: one request an hour), and a token reservation settled
+/// at its real usage.
+fn limits(c: &mut Criterion) {
+    let mut g = c.benchmark_group("limits");
+    let roomy =
+        RequestRate::new(Rate::per(1_000_000_000, Duration::from_secs(1), 1_000).expect("rate"));
+    assert!(roomy.check(42).is_allowed());
+    g.bench_function("request_rate_check_allowed", |b| {
+        b.iter(|| roomy.check(black_box(42)))
+    });
+    let tight = RequestRate::new(Rate::per(1, Duration::from_secs(3600), 1).expect("rate"));
+    assert!(tight.check(42).is_allowed() && !tight.check(42).is_allowed());
+    g.bench_function("request_rate_check_limited", |b| {
+        b.iter(|| tight.check(black_box(42)))
+    });
+    let now = Instant::now();
+    let tokens = TokenBucket::new(
+        Rate::per(1_000_000, Duration::from_secs(60), 100_000).expect("rate"),
+        now,
+    );
+    // Refunding the whole reservation leaves the bucket as it was, so every iteration is allowed.
+    g.bench_function("token_bucket_reserve_settle", |b| {
+        b.iter(|| {
+            let reservation = tokens.reserve(black_box(42), black_box(4_000), now);
+            tokens.settle(42, reservation.reserved, black_box(0), now);
+            reservation
+        })
+    });
+    assert!(tokens.reserve(42, 4_000, now).decision.is_allowed());
+    g.finish();
+}
+
 criterion_group!(
     benches,
     route_matching,
@@ -242,6 +278,7 @@ criterion_group!(
     config_compile,
     cache_key,
     cache_l1_hit,
-    cache_sse
+    cache_sse,
+    limits
 );
 criterion_main!(benches);
