@@ -363,3 +363,152 @@ fn reuse<E>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::policy::{compile_text, compile_text_with};
+    use super::*;
+
+    const BASE: &str = "\
+redis: { url: \"redis://127.0.0.1:6379\" }
+upstreams:
+  local:
+    endpoints: [ { url: \"http://127.0.0.1:8001\" } ]
+    max_concurrency: 2
+    queue: { max: 4, timeout: 300ms }
+routes:
+  - name: chat
+    upstream: local
+    limits:
+";
+
+    fn with_limits(limits: &str) -> String {
+        format!("{BASE}{limits}")
+    }
+
+    #[test]
+    fn limits_compile_to_buckets_of_the_right_shape() {
+        let text = with_limits(
+            "      - { name: rps, key: api_key, requests_per_second: 10, burst: 20 }
+      - { name: tpm, key: \"header:x-team\", tokens_per_minute: 1000, shared: true, instances: 4 }
+      - { name: users, key: body:user, requests_per_hour: 3600 }
+",
+        );
+        let p = compile_text(&text).unwrap();
+        let route = &p.routes[0];
+        let limits = route.limits.as_ref().unwrap();
+        let rps = &limits.requests[0].common;
+        assert_eq!(
+            rps.rate,
+            Rate {
+                interval: Duration::from_millis(100),
+                burst: 20
+            }
+        );
+        assert_eq!(rps.key, LimitKey::ApiKey);
+        assert_eq!(limits.requests[1].common.key, LimitKey::BodyUser);
+        assert_eq!(limits.requests[1].common.rate.burst, 3600);
+        let tpm = &limits.tokens[0];
+        assert_eq!(
+            tpm.common.key,
+            LimitKey::Header(HeaderName::from_static("x-team"))
+        );
+        assert_eq!(
+            (tpm.default_max_tokens, tpm.charge_cache_hits),
+            (512, false)
+        );
+        assert!(tpm.common.shared && route.reads_body);
+        assert!(
+            p.limits_redis.is_some(),
+            "a shared limit needs the redis connection"
+        );
+        let admission = route.upstream.admission.as_ref().unwrap();
+        assert_eq!(admission.timeout, Duration::from_millis(300));
+        assert_eq!(admission.gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_request_limit_on_the_header_alone_does_not_read_the_body() {
+        let text = with_limits("      - { name: rps, key: ip, requests_per_minute: 60 }\n");
+        let p = compile_text(&text).unwrap();
+        assert!(!p.routes[0].reads_body);
+        assert!(p.limits_redis.is_none(), "no shared limit, no connection");
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let text = with_limits(
+            "      - { name: none, key: api_key }
+      - { name: two, requests_per_second: 1, tokens_per_day: 5 }
+      - { name: badkey, key: cookie, requests_per_second: 1 }
+      - { name: tb, tokens_per_minute: 10, burst: 3 }
+      - { name: rq, requests_per_minute: 10, default_max_tokens: 3 }
+      - { name: zero, requests_per_second: 0 }
+      - { name: inst, requests_per_second: 5, instances: 0 }
+      - { name: rq, requests_per_second: 5 }
+",
+        )
+        .replace("    max_concurrency: 2\n", "");
+        let errs = compile_text(&text).map(|_| ()).unwrap_err();
+        for expected in [
+            "g.yaml:10:11: routes[0].limits[0].name: a limit needs one of requests_per_second",
+            "g.yaml:11:11: routes[0].limits[1].name: a limit takes only one of",
+            "g.yaml:12:25: routes[0].limits[2].key: expected api_key, header:NAME, ip, body:user or route, got `cookie`",
+            "g.yaml:13:44: routes[0].limits[3].burst: applies to request limits only",
+            "g.yaml:14:46: routes[0].limits[4].default_max_tokens: applies to token limits only",
+            "g.yaml:15:23: routes[0].limits[5].requests_per_second: must be at least 1",
+            "g.yaml:16:47: routes[0].limits[6].instances: must be at least 1",
+            "g.yaml:17:11: routes[0].limits[7].name: duplicate limit name `rq`",
+            "g.yaml:5:5: upstreams.local.queue: a queue needs `max_concurrency` on the upstream",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(expected)),
+                "missing `{expected}` in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), 9, "{errs:#?}");
+    }
+
+    #[test]
+    fn a_shared_limit_needs_redis() {
+        let text = with_limits("      - { name: s, requests_per_second: 5, shared: true }\n")
+            .replace("redis: { url: \"redis://127.0.0.1:6379\" }\n", "");
+        let errs = compile_text(&text).map(|_| ()).unwrap_err();
+        assert!(
+            errs[0].starts_with("g.yaml:10:44: routes[0].limits[0].shared: a shared limit needs"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_unchanged_limits_and_the_gate() {
+        let shared = super::super::policy::SharedState::new(Metrics::new("t").unwrap());
+        let text = with_limits(
+            "      - { name: a, requests_per_second: 5 }
+      - { name: t, tokens_per_minute: 100 }
+",
+        );
+        let first = compile_text_with(&text, &shared).unwrap();
+        let again = compile_text_with(&text, &shared).unwrap();
+        let changed = compile_text_with(
+            &text.replace("tokens_per_minute: 100", "tokens_per_minute: 200"),
+            &shared,
+        )
+        .unwrap();
+        let l = |p: &crate::config::Policy| {
+            let limits = p.routes[0].limits.as_ref().unwrap();
+            (
+                Arc::clone(&limits.requests[0].local),
+                Arc::clone(&limits.tokens[0].local),
+            )
+        };
+        let ((r1, t1), (r2, t2), (r3, t3)) = (l(&first), l(&again), l(&changed));
+        assert!(Arc::ptr_eq(&r1, &r2) && Arc::ptr_eq(&t1, &t2));
+        assert!(Arc::ptr_eq(&r1, &r3), "the request limit did not change");
+        assert!(!Arc::ptr_eq(&t1, &t3), "a new shape starts a new bucket");
+        let gate = |p: &crate::config::Policy| {
+            Arc::clone(&p.routes[0].upstream.admission.as_ref().unwrap().gate)
+        };
+        assert!(Arc::ptr_eq(&gate(&first), &gate(&changed)));
+    }
+}

@@ -312,10 +312,15 @@ fn redact(spec: &Spec) -> serde_json::Value {
 /// Loads and compiles `text` as `g.yaml`, errors as strings.
 #[cfg(test)]
 pub(super) fn compile_text(text: &str) -> Result<Policy, Vec<String>> {
+    compile_text_with(text, &SharedState::new(Metrics::new("t").expect("metrics")))
+}
+
+/// [`compile_text`] on the given shared state (a reload).
+#[cfg(test)]
+pub(super) fn compile_text_with(text: &str, shared: &SharedState) -> Result<Policy, Vec<String>> {
     let loaded = super::load::load_str("g.yaml", text, &|_| None)
         .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let shared = SharedState::new(Metrics::new("t").expect("metrics"));
-    compile(&loaded, &shared).map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    compile(&loaded, shared).map_err(|e| e.0.iter().map(ToString::to_string).collect())
 }
 
 #[cfg(test)]

@@ -359,28 +359,6 @@ fn load_ca(path: &str) -> Result<Arc<[WrappedX509]>, String> {
     Ok(certs.into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_urls() {
-        let u = parse_endpoint_url("https://api.openai.com").unwrap();
-        assert_eq!(
-            (u.tls, u.port, u.host.as_str(), u.base_path.as_str()),
-            (true, 443, "api.openai.com", "")
-        );
-        let u = parse_endpoint_url("http://127.0.0.1:8001/base/").unwrap();
-        assert_eq!(
-            (u.tls, u.port, u.authority.as_str(), u.base_path.as_str()),
-            (false, 8001, "127.0.0.1:8001", "/base")
-        );
-        assert!(parse_endpoint_url("ftp://x").is_err());
-        assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
-        assert!(parse_endpoint_url("http://x/?a=1").is_err());
-    }
-}
-
 fn compile_admission(
     errors: &mut Errors,
     base: &[Seg],
@@ -411,4 +389,26 @@ fn compile_admission(
         queue_max: queue.map_or(0, |q| q.max),
         timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        let u = parse_endpoint_url("https://api.openai.com").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.host.as_str(), u.base_path.as_str()),
+            (true, 443, "api.openai.com", "")
+        );
+        let u = parse_endpoint_url("http://127.0.0.1:8001/base/").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.authority.as_str(), u.base_path.as_str()),
+            (false, 8001, "127.0.0.1:8001", "/base")
+        );
+        assert!(parse_endpoint_url("ftp://x").is_err());
+        assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
+        assert!(parse_endpoint_url("http://x/?a=1").is_err());
+    }
 }
