@@ -175,6 +175,7 @@ fn run() -> Result<(), String> {
                 &body_1k,
             )?;
             prompt_mix_cached(&s, &mut report, d, slow_port, &sluice_bin)?;
+            limited(&s, &mut report, d, up_port, &p, &sluice_bin, &body_1k)?;
         }
     }
 
@@ -599,6 +600,60 @@ fn cache_hit(
         return Err(format!(
             "cache hit scenario: {others:.0} of {:.0} requests were not hits",
             hits + others
+        ));
+    }
+    Ok(())
+}
+
+/// POST 1KB through a sluice whose route has a request limit and a token budget that every
+/// request passes (so each one is checked, reserved and settled), vs nginx and direct in the
+/// same run; compare with the "POST 1KB" rows for the cost of the limits.
+fn limited(
+    s: &Settings,
+    report: &mut Report,
+    d: &Path,
+    up_port: u16,
+    p: &Proxies,
+    sluice_bin: &Path,
+    script: &PathBuf,
+) -> Result<(), String> {
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: up\n    limits:\n      - {{ name: rps, key: api_key, requests_per_second: 1000000000 }}\n      - {{ name: tpm, key: api_key, tokens_per_minute: 1000000000000 }}\n"
+    );
+    let proc = spawn_sluice(d, "sluice-limited", "0", sluice_bin, &yaml)?;
+    wait_port(port, Duration::from_secs(10))?;
+    wait_port(admin_port, Duration::from_secs(10))?;
+    let systems = [
+        ("direct", up_port, None),
+        ("nginx", p.nginx_port, None),
+        ("sluice", port, Some(proc.pid())),
+    ];
+    closed_loop(
+        s,
+        report,
+        1,
+        &systems,
+        &[("POST 1KB + limits", Some(script))],
+    )?;
+    let (status, _, body) = http_once(admin_port, "GET", "/metrics", b"", "")?;
+    let text = String::from_utf8_lossy(&body);
+    let checked: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sluice_ratelimit_decisions_total{") && l.contains("result=\"allowed\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let refused = text.lines().any(|l| {
+        l.starts_with("sluice_ratelimit_decisions_total{")
+            && l.contains("result=\"limited\"")
+            && !l.ends_with(" 0")
+    });
+    eprintln!("limits: {checked:.0} limit checks allowed while measuring");
+    if status != 200 || checked < 1.0 || refused {
+        return Err(format!(
+            "limits scenario: expected every request checked and admitted (metrics {status}, {checked:.0} allowed, refused: {refused})"
         ));
     }
     Ok(())

@@ -138,6 +138,16 @@ impl Report {
                 pass(sl >= 2.0 * ng)
             );
         }
+        if let (Some(limited), Some(plain)) = (
+            self.closed_rps("POST 1KB + limits", 1, "sluice"),
+            self.closed_rps("POST 1KB", 1, "sluice"),
+        ) {
+            let _ = writeln!(
+                s,
+                "- a request limit and a token budget on every request: {:.2}× the same route without limits",
+                limited / plain
+            );
+        }
         let _ = writeln!(
             s,
             "- idle RSS: {:.1} MiB (target ≤ 40: {})\n",
@@ -346,6 +356,7 @@ fn short(scenario: &str) -> &str {
         "POST 1KB" => "1KB",
         "POST 256KB" => "256KB",
         "cache hit" => "hit",
+        "POST 1KB + limits" => "1KB+lim",
         other => other,
     }
 }
