@@ -78,7 +78,7 @@ impl Gateway {
         if let Flow::Done = phases::read_body_if_needed(session, ctx, &policy, route).await? {
             return Ok(());
         }
-        if let Flow::Done = phases::admit_requests(self, session, ctx, route).await? {
+        if let Flow::Done = limits::admit_requests(self, session, ctx, route).await? {
             return Ok(());
         }
         if let Flow::Done = phases::cache_lookup(self, session, ctx, route).await? {

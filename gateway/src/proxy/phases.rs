@@ -90,19 +90,6 @@ pub async fn cache_lookup(
     }
 }
 
-/// Checks the route's request rates.
-pub async fn admit_requests(
-    gw: &Gateway,
-    session: &Session,
-    ctx: &mut RequestCtx,
-    route: &Route,
-) -> Result<Flow, ForwardError> {
-    if route.limits.is_none() {
-        return Ok(Flow::Next);
-    }
-    limits::admit_requests(gw, session, ctx, route).await
-}
-
 /// After a miss: reserves the request's tokens, then takes a slot at the upstream.
 pub async fn admit_tokens_and_slot(
     gw: &Gateway,
