@@ -430,9 +430,11 @@ routes:
     #[test]
     fn a_request_limit_on_the_header_alone_does_not_read_the_body() {
         let text = with_limits("      - { name: rps, key: ip, requests_per_minute: 60 }\n");
-        let p = compile_text(&text).unwrap();
+        let p = compile_text(&text.replace("    queue: { max: 4, timeout: 300ms }\n", "")).unwrap();
         assert!(!p.routes[0].reads_body);
         assert!(p.limits_redis.is_none(), "no shared limit, no connection");
+        let p = compile_text(&text).unwrap();
+        assert!(p.routes[0].reads_body, "a queued request watches its client: body read");
     }
 
     #[test]

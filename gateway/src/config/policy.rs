@@ -105,8 +105,8 @@ pub struct Route {
     pub limits: Option<RouteLimits>,
     /// Tokens reserved and charged, requests refused (by limits or the upstream's queue).
     pub limit_metrics: RouteLimitMetrics,
-    /// Some phase needs the request body (a model glob, a cache policy, a token budget), so the
-    /// proxy reads it.
+    /// Some phase needs the request body (a model glob, a cache policy, a token budget, an
+    /// upstream queue), so the proxy reads it.
     pub reads_body: bool,
 }
 
@@ -153,9 +153,11 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
             name: name.clone(),
             upstream: Arc::clone(upstream),
             metrics: shared.metrics.route(name, &r.spec.upstream, ""),
+            // A queued request notices its client leaving only once its body is read.
             reads_body: r.matcher.model.is_some()
                 || r.cache.is_some()
-                || limits.as_ref().is_some_and(RouteLimits::reads_body),
+                || limits.as_ref().is_some_and(RouteLimits::reads_body)
+                || upstream.admission.as_ref().is_some_and(|a| a.queues),
             limits,
             limit_metrics: shared.metrics.route_limits(name),
             cache_metrics: shared.metrics.route_cache(&r.spec.name),

@@ -33,6 +33,8 @@ pub struct Upstream {
 /// How many requests the upstream takes at once, and how long the others may wait.
 pub struct Admission {
     pub gate: Arc<ConcurrencyGate>,
+    /// Whether requests may wait for a slot (a queue of at least one).
+    pub queues: bool,
     pub timeout: Duration,
     pub metrics: QueueMetrics,
 }
@@ -196,6 +198,7 @@ impl CheckedUpstream {
             .collect();
         let admission = self.admission.map(|a| Admission {
             gate: shared.gate_for(&self.name, a.max, a.queue_max),
+            queues: a.queue_max > 0,
             timeout: a.timeout,
             metrics: shared.metrics.queue(&self.name),
         });

@@ -1,7 +1,7 @@
 //! The concurrency phase: a request takes one of its upstream's slots before it is forwarded,
 //! waiting in the upstream's bounded queue (by priority, then arrival) when all are taken.
 
-use super::ctx::RequestCtx;
+use super::ctx::{RequestBody, RequestCtx};
 use super::respond::ForwardError;
 use crate::config::policy::Route;
 use pingora::proxy::Session;
@@ -13,10 +13,9 @@ use sluice_plugins::openai_error::GatewayError;
 pub const PRIORITY_HEADER: &str = "x-sluice-priority";
 
 /// Takes a slot (the permit lives in the context until the response ends); 503 when the queue
-/// is full or the wait too long. A client that leaves while queued drops this future, and
-/// with it its place.
+/// is full or the wait too long. A client that disconnects while queued gives up its place.
 pub async fn admit(
-    session: &Session,
+    session: &mut Session,
     ctx: &mut RequestCtx,
     route: &Route,
 ) -> Result<(), ForwardError> {
@@ -30,7 +29,14 @@ pub async fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(Priority::from_header_value)
         .unwrap_or(Priority::Normal);
-    let (reason, error) = match admission.gate.acquire(priority, admission.timeout).await {
+    // Watching the connection reads from it, so only once the body was read whole (or there
+    // is none); a streamed body is still on its way.
+    let watch = !matches!(ctx.body, RequestBody::Stream);
+    let acquired = tokio::select! {
+        acquired = admission.gate.acquire(priority, admission.timeout) => acquired,
+        why = client_left(session), if watch => return Err(ForwardError::Aborted(why)),
+    };
+    let (reason, error) = match acquired {
         Ok(permit) => {
             admission
                 .metrics
@@ -56,4 +62,13 @@ pub async fn admit(
     };
     route.limit_metrics.reject(reason);
     Err(ForwardError::Respond(error))
+}
+
+/// Resolves when the client closes its connection (Pingora reads nothing from it while a
+/// phase waits); stays pending otherwise.
+async fn client_left(session: &mut Session) -> String {
+    match session.downstream_session.read_body_or_idle(true).await {
+        Err(e) => format!("client left while queued: {}", e.etype().as_str()),
+        Ok(_) => std::future::pending().await,
+    }
 }

@@ -93,7 +93,7 @@ pub async fn cache_lookup(
 /// After a miss: reserves the request's tokens, then takes a slot at the upstream.
 pub async fn admit_tokens_and_slot(
     gw: &Gateway,
-    session: &Session,
+    session: &mut Session,
     ctx: &mut RequestCtx,
     route: &Route,
 ) -> Result<Flow, ForwardError> {

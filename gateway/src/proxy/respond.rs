@@ -34,7 +34,8 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
         }
         if let Some(after) = err.retry_after {
             // Whole seconds by the HTTP standard; OpenAI's SDKs read the exact wait in ms.
-            let _ = resp.insert_header(header::RETRY_AFTER, after.as_secs_f64().ceil() as u64);
+            let secs = (after.as_secs_f64().ceil() as u64).max(1);
+            let _ = resp.insert_header(header::RETRY_AFTER, secs);
             let _ = resp.insert_header("retry-after-ms", after.as_millis().max(1) as u64);
         }
         for (name, value) in std::mem::take(&mut ctx.response_headers) {

@@ -61,7 +61,10 @@ impl<C: Clock> RequestRate<C> {
                 })
             }
             Err(not_until) => {
-                let retry_after = not_until.wait_time_from(self.limiter.clock().now());
+                // The clock is read again here, after the check: never tell a client "now".
+                let retry_after = not_until
+                    .wait_time_from(self.limiter.clock().now())
+                    .max(Duration::from_millis(1));
                 Decision::Limited {
                     state: LimitState {
                         limit: self.rate.burst,
