@@ -488,6 +488,61 @@ pub fn metric_value(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Counts the requests a mock answered, not counting the stats requests themselves.
+pub struct UpstreamCalls {
+    url: String,
+    reads: u64,
+}
+
+impl UpstreamCalls {
+    #[must_use]
+    pub fn of(mock: &Mock) -> UpstreamCalls {
+        UpstreamCalls {
+            url: mock.url.clone(),
+            reads: 0,
+        }
+    }
+
+    /// Upstream calls so far (each stats GET counts itself at the mock).
+    pub async fn calls(&mut self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/mock/stats", self.url))
+            .await
+            .expect("mock stats")
+            .json()
+            .await
+            .expect("stats JSON");
+        self.reads += 1;
+        v["requests"].as_u64().expect("requests") - self.reads
+    }
+
+    /// Waits until the mock has answered `n` requests (within 10 s).
+    pub async fn reaches(&mut self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.calls().await < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mock never got {n} requests"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The sum of the samples of metric `name` carrying all of `labels` (in any order).
+#[must_use]
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (metric == name && all).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// A YAML config with one upstream `up` over `urls` and the given routes block.
 #[must_use]
 pub fn config(urls: &[&str], upstream_extra: &str, routes: &str) -> String {

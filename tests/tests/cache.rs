@@ -6,7 +6,8 @@
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sluice_e2e::{
-    chat_body, config, metric_value, run_python_check, Gateway, Mock, RedisServer, PATIENCE,
+    chat_body, config, metric_value, run_python_check, Gateway, Mock, RedisServer, UpstreamCalls,
+    PATIENCE,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -29,33 +30,6 @@ fn gateway(mock: &Mock, cache_extra: &str, top: &str) -> Gateway {
         "{}{top}",
         config(&[&mock.url], "", &cache_route(cache_extra))
     ))
-}
-
-/// Counts the requests a mock answered, not counting the stats requests themselves.
-struct Upstream {
-    url: String,
-    reads: u64,
-}
-
-impl Upstream {
-    fn of(mock: &Mock) -> Upstream {
-        Upstream {
-            url: mock.url.clone(),
-            reads: 0,
-        }
-    }
-
-    /// Upstream calls so far (each stats GET counts itself at the mock).
-    async fn calls(&mut self) -> u64 {
-        let v: Value = reqwest::get(format!("{}/mock/stats", self.url))
-            .await
-            .expect("mock stats")
-            .json()
-            .await
-            .expect("stats JSON");
-        self.reads += 1;
-        v["requests"].as_u64().expect("requests") - self.reads
-    }
 }
 
 /// One answer, read whole.
@@ -192,7 +166,7 @@ async fn purge(gw: &Gateway, body: &str) -> Value {
 #[tokio::test]
 async fn spelling_differences_hit_and_real_differences_miss() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(
         &mock,
         "      key: { normalize: { whitespace: collapse } }\n",
@@ -271,7 +245,7 @@ async fn spelling_differences_hit_and_real_differences_miss() {
 #[tokio::test]
 async fn repeats_and_a_400k_prompt_never_reach_the_upstream() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
     let body = chat("m", "repeat me", false);
@@ -312,7 +286,7 @@ async fn repeats_and_a_400k_prompt_never_reach_the_upstream() {
 #[tokio::test]
 async fn streams_and_plain_answers_convert_both_ways() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
 
@@ -370,7 +344,7 @@ async fn streams_and_plain_answers_convert_both_ways() {
 #[tokio::test]
 async fn concurrent_identical_plain_requests_make_one_upstream_call() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
     let body = chat("m", "forty at once", false);
@@ -400,7 +374,7 @@ async fn concurrent_identical_plain_requests_make_one_upstream_call() {
 #[tokio::test]
 async fn concurrent_identical_streams_make_one_upstream_call() {
     let mock = Mock::start("a", &["--token-delay-ms", "50", "--tokens", "8"]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
     let body = chat("m", "ten streams at once", true);
@@ -427,7 +401,7 @@ async fn concurrent_identical_streams_make_one_upstream_call() {
 #[tokio::test]
 async fn no_cache_refreshes_and_no_store_bypasses() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
     let body = chat("m", "directives", false);
@@ -506,7 +480,7 @@ async fn entries_expire_after_their_ttl() {
 #[tokio::test]
 async fn purge_all_and_by_route() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
     let (x, y) = (chat("m", "purge x", false), chat("m", "purge y", false));
@@ -536,7 +510,7 @@ async fn purge_all_and_by_route() {
 #[tokio::test]
 async fn errors_and_aborted_streams_are_never_stored() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(&mock, "", "");
     let c = reqwest::Client::new();
     for status in ["500", "400"] {
@@ -611,7 +585,7 @@ async fn shared_hit(
 #[tokio::test]
 async fn two_instances_share_redis_and_survive_its_outage() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let mut redis = RedisServer::start();
     let top = redis_top(&redis);
     let (a, b) = (gateway(&mock, "", &top), gateway(&mock, "", &top));
@@ -698,7 +672,7 @@ async fn two_instances_share_redis_and_survive_its_outage() {
 #[tokio::test]
 async fn disk_tier_survives_a_restart_and_stays_within_its_bytes() {
     let mock = Mock::start("a", &[]);
-    let mut up = Upstream::of(&mock);
+    let mut up = UpstreamCalls::of(&mock);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache");
     let top = format!(

@@ -6,7 +6,7 @@
 use futures_util::future::join_all;
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
-use sluice_e2e::{config, Gateway, Mock};
+use sluice_e2e::{config, metric_sum, Gateway, Mock};
 use std::time::{Duration, Instant};
 
 // === Helpers ===
@@ -89,20 +89,6 @@ async fn answer(req: reqwest::RequestBuilder) -> Answer {
         headers,
         body,
     }
-}
-
-/// The sum of the samples of `name` carrying all of `labels` (in any order).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (metric == name && all).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// Checks a 429 from limit `param` of `kind` (`requests` or `tokens`); its `retry-after-ms`.
@@ -322,15 +308,19 @@ async fn a_request_rate_admits_its_burst_then_its_rate_and_other_keys_are_unaffe
     };
     let allowed = (a_ok + b.len()) as f64;
     let m = gw
-        .metrics_until(|m| sample(m, decisions, &labels("allowed")) >= allowed)
+        .metrics_until(|m| metric_sum(m, decisions, &labels("allowed")) >= allowed)
         .await;
     assert_eq!(
-        sample(&m, decisions, &labels("limited")),
+        metric_sum(&m, decisions, &labels("limited")),
         a_limited as f64,
         "{m}"
     );
-    assert_eq!(sample(&m, decisions, &labels("allowed")), allowed, "{m}");
-    let rejected = sample(
+    assert_eq!(
+        metric_sum(&m, decisions, &labels("allowed")),
+        allowed,
+        "{m}"
+    );
+    let rejected = metric_sum(
         &m,
         "sluice_rejections_total",
         &[("route", "chat"), ("reason", "rate_limit")],
@@ -380,20 +370,24 @@ async fn a_token_budget_refuses_once_the_usage_has_spent_it() {
         .sum();
     let route = [("route", "chat")];
     let m = gw
-        .metrics_until(|m| sample(m, "sluice_tokens_charged_total", &route) >= charged as f64)
+        .metrics_until(|m| metric_sum(m, "sluice_tokens_charged_total", &route) >= charged as f64)
         .await;
     assert_eq!(
-        sample(&m, "sluice_tokens_charged_total", &route),
+        metric_sum(&m, "sluice_tokens_charged_total", &route),
         charged as f64,
         "{m}"
     );
-    let reserved = sample(&m, "sluice_tokens_reserved_total", &route) / ok.len() as f64;
+    let reserved = metric_sum(&m, "sluice_tokens_reserved_total", &route) / ok.len() as f64;
     assert!(
         (100.0..=120.0).contains(&reserved),
         "reserved {reserved} per request: {m}"
     );
     let rejected = [("route", "chat"), ("reason", "token_budget")];
-    assert_eq!(sample(&m, "sluice_rejections_total", &rejected), 1.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "sluice_rejections_total", &rejected),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -504,11 +498,11 @@ async fn concurrent_requests_reserve_before_they_spend() {
         .sum();
     let route = [("route", "chat")];
     let m = gw
-        .metrics_until(|m| sample(m, "sluice_tokens_charged_total", &route) >= charged as f64)
+        .metrics_until(|m| metric_sum(m, "sluice_tokens_charged_total", &route) >= charged as f64)
         .await;
     let (charged, reserved) = (
-        sample(&m, "sluice_tokens_charged_total", &route),
-        sample(&m, "sluice_tokens_reserved_total", &route),
+        metric_sum(&m, "sluice_tokens_charged_total", &route),
+        metric_sum(&m, "sluice_tokens_reserved_total", &route),
     );
     println!("charged {charged}, reserved {reserved}");
     let bound = (600 + COST) as f64;
@@ -574,10 +568,10 @@ async fn twenty_thousand_keys_cost_bounded_memory() {
     assert_eq!(ok, KEYS, "every key sends once, under its limit");
     let keys = [("route", "chat"), ("limit", "per-key")];
     let m = gw
-        .metrics_until(|m| sample(m, "sluice_ratelimit_keys", &keys) >= KEYS as f64)
+        .metrics_until(|m| metric_sum(m, "sluice_ratelimit_keys", &keys) >= KEYS as f64)
         .await;
     assert!(
-        sample(&m, "sluice_ratelimit_keys", &keys) >= KEYS as f64,
+        metric_sum(&m, "sluice_ratelimit_keys", &keys) >= KEYS as f64,
         "the buckets measured are held: {m}"
     );
     assert!(growth < 64 << 20, "RSS grew {growth} bytes for {KEYS} keys");

@@ -4,7 +4,7 @@
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use sluice_e2e::{config, Gateway, Mock};
+use sluice_e2e::{config, metric_sum, Gateway, Mock, UpstreamCalls};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -76,55 +76,13 @@ fn spawn(gw: &Gateway, headers: Vec<(&'static str, String)>) -> tokio::task::Joi
     tokio::spawn(post(gw.url.clone(), headers))
 }
 
-/// The sum of the samples of `name` carrying all of `labels` (in any order).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (metric == name && all).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
 const DEPTH: &str = "sluice_queue_depth";
 const UP: [(&str, &str); 1] = [("upstream", "up")];
 
 /// Waits until the queue of upstream `up` holds `n` requests; fails if it never does.
 async fn queue_reaches(gw: &Gateway, n: f64) {
-    let m = gw.metrics_until(|m| sample(m, DEPTH, &UP) == n).await;
-    assert_eq!(sample(&m, DEPTH, &UP), n, "queue depth: {m}");
-}
-
-/// Requests the mock answered so far (not counting these stats requests).
-struct Upstream {
-    url: String,
-    reads: u64,
-}
-
-impl Upstream {
-    async fn calls(&mut self) -> u64 {
-        let v: Value = reqwest::get(format!("{}/mock/stats", self.url))
-            .await
-            .expect("mock stats")
-            .json()
-            .await
-            .expect("stats JSON");
-        self.reads += 1;
-        v["requests"].as_u64().expect("requests") - self.reads
-    }
-
-    /// Waits until the mock has received `n` requests (within a few seconds).
-    async fn reaches(&mut self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.calls().await < n {
-            assert!(Instant::now() < deadline, "the mock never got {n} requests");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    let m = gw.metrics_until(|m| metric_sum(m, DEPTH, &UP) == n).await;
+    assert_eq!(metric_sum(&m, DEPTH, &UP), n, "queue depth: {m}");
 }
 
 // === Tests ===
@@ -171,9 +129,9 @@ async fn a_full_queue_refuses_at_once_and_the_rest_wait_their_turn() {
     );
     let full = [("route", "chat"), ("reason", "queue_full")];
     let m = gw
-        .metrics_until(|m| sample(m, "sluice_rejections_total", &full) >= 6.0)
+        .metrics_until(|m| metric_sum(m, "sluice_rejections_total", &full) >= 6.0)
         .await;
-    assert_eq!(sample(&m, "sluice_rejections_total", &full), 6.0, "{m}");
+    assert_eq!(metric_sum(&m, "sluice_rejections_total", &full), 6.0, "{m}");
 }
 
 #[tokio::test]
@@ -203,18 +161,19 @@ async fn a_queued_request_times_out_with_503() {
     }
     let timeouts = [("route", "chat"), ("reason", "queue_timeout")];
     let m = gw
-        .metrics_until(|m| sample(m, "sluice_rejections_total", &timeouts) >= 2.0)
+        .metrics_until(|m| metric_sum(m, "sluice_rejections_total", &timeouts) >= 2.0)
         .await;
-    assert_eq!(sample(&m, "sluice_rejections_total", &timeouts), 2.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "sluice_rejections_total", &timeouts),
+        2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn high_priority_passes_low_priority_in_the_queue() {
     let mock = Mock::start("priority", &[]);
-    let mut up = Upstream {
-        url: mock.url.clone(),
-        reads: 0,
-    };
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(
         &mock,
         "    max_concurrency: 1\n    queue: { max: 4, timeout: 10s }\n",
@@ -264,10 +223,7 @@ async fn high_priority_passes_low_priority_in_the_queue() {
 #[tokio::test]
 async fn a_client_that_gives_up_leaves_the_queue() {
     let mock = Mock::start("gone", &[]);
-    let mut up = Upstream {
-        url: mock.url.clone(),
-        reads: 0,
-    };
+    let mut up = UpstreamCalls::of(&mock);
     let gw = gateway(
         &mock,
         "    max_concurrency: 1\n    queue: { max: 2, timeout: 10s }\n",

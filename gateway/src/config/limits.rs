@@ -434,7 +434,10 @@ routes:
         assert!(!p.routes[0].reads_body);
         assert!(p.limits_redis.is_none(), "no shared limit, no connection");
         let p = compile_text(&text).unwrap();
-        assert!(p.routes[0].reads_body, "a queued request watches its client: body read");
+        assert!(
+            p.routes[0].reads_body,
+            "a queued request watches its client: body read"
+        );
     }
 
     #[test]
