@@ -3,18 +3,19 @@
 //! [`LimitBuckets`] keyed by route, limit name and shape, so a reload that keeps a limit keeps
 //! every client's standing in it.
 
+pub use super::limit_buckets::LimitBuckets;
+
 use super::load::Errors;
 use super::locate::{field_path, Seg};
 use super::spec::{LimitSpec, RouteSpec};
 use http::header::HeaderName;
-use prometheus::IntGauge;
 use sluice_plugins::limits::rate::RequestRate;
 use sluice_plugins::limits::tokens::TokenBucket;
 use sluice_plugins::limits::Rate;
 use sluice_plugins::metrics::{LimitMetrics, Metrics};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Completion tokens reserved for a request that sets no `max_tokens`, unless configured.
 const DEFAULT_MAX_TOKENS: u64 = 512;
@@ -294,74 +295,6 @@ pub(super) fn attach(
         }
     }
     Some(limits)
-}
-
-type Registry<E> = Mutex<HashMap<(String, String), (Rate, Arc<E>, IntGauge)>>;
-
-/// Every local bucket, by route and limit name; a reload that changes a limit's shape starts
-/// it afresh, one that keeps it keeps its state.
-pub struct LimitBuckets {
-    requests: Registry<RequestRate>,
-    tokens: Registry<TokenBucket>,
-    /// The token buckets' time origin.
-    origin: Instant,
-}
-
-impl Default for LimitBuckets {
-    fn default() -> Self {
-        LimitBuckets {
-            requests: Mutex::default(),
-            tokens: Mutex::default(),
-            origin: Instant::now(),
-        }
-    }
-}
-
-impl LimitBuckets {
-    fn requests(&self, id: (String, String), rate: Rate, keys: IntGauge) -> Arc<RequestRate> {
-        reuse(&self.requests, id, rate, keys, || RequestRate::new(rate))
-    }
-
-    fn tokens(&self, id: (String, String), rate: Rate, keys: IntGauge) -> Arc<TokenBucket> {
-        reuse(&self.tokens, id, rate, keys, || {
-            TokenBucket::new(rate, self.origin)
-        })
-    }
-
-    /// Evicts full buckets (idle keys), forgets limits no policy uses, and updates the key gauges.
-    pub fn sweep(&self, now: Instant) {
-        let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
-        requests.retain(|_, (_, bucket, _)| Arc::strong_count(bucket) > 1);
-        for (_, bucket, keys) in requests.values() {
-            bucket.sweep();
-            keys.set(i64::try_from(bucket.len()).unwrap_or(i64::MAX));
-        }
-        drop(requests);
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens.retain(|_, (_, bucket, _)| Arc::strong_count(bucket) > 1);
-        for (_, bucket, keys) in tokens.values() {
-            let left = bucket.sweep(now);
-            keys.set(i64::try_from(left).unwrap_or(i64::MAX));
-        }
-    }
-}
-
-fn reuse<E>(
-    registry: &Registry<E>,
-    id: (String, String),
-    rate: Rate,
-    keys: IntGauge,
-    make: impl FnOnce() -> E,
-) -> Arc<E> {
-    let mut map = registry.lock().unwrap_or_else(PoisonError::into_inner);
-    match map.get(&id) {
-        Some((shape, bucket, _)) if *shape == rate => Arc::clone(bucket),
-        _ => {
-            let bucket = Arc::new(make());
-            map.insert(id, (rate, Arc::clone(&bucket), keys));
-            bucket
-        }
-    }
 }
 
 #[cfg(test)]

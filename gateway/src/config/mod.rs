@@ -2,6 +2,7 @@
 //! [`policy::Policy`] (checked and compiled in one pass, immutable, swapped atomically on reload).
 
 pub mod cache;
+pub mod limit_buckets;
 pub mod limits;
 pub mod load;
 pub mod locate;
