@@ -619,7 +619,7 @@ fn limited(
 ) -> Result<(), String> {
     let (port, admin_port) = (free_port()?, free_port()?);
     let yaml = format!(
-        "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: up\n    limits:\n      - {{ name: rps, key: api_key, requests_per_second: 1000000000 }}\n      - {{ name: tpm, key: api_key, tokens_per_minute: 1000000000000 }}\n"
+        "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: up\n    limits:\n      - {{ name: rps, key: api_key, requests_per_second: 1000000000 }}\n      - {{ name: tpm, key: api_key, tokens_per_minute: 1000000000 }}\n"
     );
     let proc = spawn_sluice(d, "sluice-limited", "0", sluice_bin, &yaml)?;
     wait_port(port, Duration::from_secs(10))?;

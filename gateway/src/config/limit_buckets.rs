@@ -32,11 +32,21 @@ impl Default for LimitBuckets {
 }
 
 impl LimitBuckets {
-    pub(super) fn requests(&self, id: (String, String), rate: Rate, keys: IntGauge) -> Arc<RequestRate> {
+    pub(super) fn requests(
+        &self,
+        id: (String, String),
+        rate: Rate,
+        keys: IntGauge,
+    ) -> Arc<RequestRate> {
         reuse(&self.requests, id, rate, keys, || RequestRate::new(rate))
     }
 
-    pub(super) fn tokens(&self, id: (String, String), rate: Rate, keys: IntGauge) -> Arc<TokenBucket> {
+    pub(super) fn tokens(
+        &self,
+        id: (String, String),
+        rate: Rate,
+        keys: IntGauge,
+    ) -> Arc<TokenBucket> {
         reuse(&self.tokens, id, rate, keys, || {
             TokenBucket::new(rate, self.origin)
         })

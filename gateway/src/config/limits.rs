@@ -140,7 +140,7 @@ pub(super) fn check_limits(
         let Some((rate, local_rate)) = rates else {
             errors.at(
                 &field_path![base; "limits", i],
-                "the rate is too fine to enforce",
+                "the rate is too fine to enforce (more than one per nanosecond)",
             );
             continue;
         };
