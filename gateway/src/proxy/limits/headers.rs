@@ -5,20 +5,40 @@ use http::header::{HeaderName, HeaderValue};
 use sluice_plugins::limits::LimitState;
 use sluice_plugins::openai_error::human_duration;
 
-/// The three headers for `kind` (`requests` or `tokens`).
-pub fn rate_headers(kind: &str, state: LimitState) -> Vec<(HeaderName, HeaderValue)> {
-    let values = [
-        ("limit", state.limit.to_string()),
-        ("remaining", state.remaining.to_string()),
-        ("reset", human_duration(state.reset)),
-    ];
-    values
-        .into_iter()
-        .filter_map(|(what, value)| {
-            let name = HeaderName::from_bytes(format!("x-ratelimit-{what}-{kind}").as_bytes());
-            Some((name.ok()?, HeaderValue::from_str(&value).ok()?))
-        })
-        .collect()
+/// Which limits a header trio describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Requests,
+    Tokens,
+}
+
+/// The three headers for `kind`.
+pub fn rate_headers(kind: Kind, state: LimitState) -> [(HeaderName, HeaderValue); 3] {
+    let [limit, remaining, reset] = match kind {
+        Kind::Requests => [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        Kind::Tokens => [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    };
+    let reset_value = HeaderValue::from_str(&human_duration(state.reset))
+        .unwrap_or(HeaderValue::from_static("0ms"));
+    [
+        (
+            HeaderName::from_static(limit),
+            HeaderValue::from(state.limit),
+        ),
+        (
+            HeaderName::from_static(remaining),
+            HeaderValue::from(state.remaining),
+        ),
+        (HeaderName::from_static(reset), reset_value),
+    ]
 }
 
 /// The tighter of two states: the one with less remaining.
@@ -41,7 +61,7 @@ mod tests {
             remaining: 599,
             reset: Duration::from_millis(100),
         };
-        let h = rate_headers("requests", state);
+        let h = rate_headers(Kind::Requests, state);
         let text: Vec<String> = h
             .iter()
             .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))

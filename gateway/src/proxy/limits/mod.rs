@@ -14,7 +14,7 @@ use super::respond::ForwardError;
 use super::Gateway;
 use crate::config::policy::Route;
 use buckets::Reservation;
-pub use headers::rate_headers;
+use headers::{rate_headers, Kind};
 use pingora::proxy::Session;
 use sluice_plugins::limits::usage::{
     ensure_include_usage, estimate_prompt_tokens, requested_completion_tokens,
@@ -51,12 +51,14 @@ pub async fn admit_requests(
         tightest = headers::tighter(tightest, decision.state());
         if let Decision::Limited { state, retry_after } = decision {
             route.limit_metrics.reject(Rejection::RateLimit);
-            ctx.response_headers.extend(rate_headers("requests", state));
-            return Err(refuse(&limit.common.name, "requests", retry_after));
+            ctx.response_headers
+                .extend(rate_headers(Kind::Requests, state));
+            return Err(refuse(&limit.common.name, Kind::Requests, retry_after));
         }
     }
     if let Some(state) = tightest {
-        ctx.response_headers.extend(rate_headers("requests", state));
+        ctx.response_headers
+            .extend(rate_headers(Kind::Requests, state));
     }
     Ok(Flow::Next)
 }
@@ -105,14 +107,16 @@ pub async fn admit_tokens(
             }
             Err((state, retry_after)) => {
                 route.limit_metrics.reject(Rejection::TokenBudget);
-                ctx.response_headers.extend(rate_headers("tokens", state));
+                ctx.response_headers
+                    .extend(rate_headers(Kind::Tokens, state));
                 buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
-                return Err(refuse(&limit.common.name, "tokens", retry_after));
+                return Err(refuse(&limit.common.name, Kind::Tokens, retry_after));
             }
         }
     }
     if let Some(state) = tightest {
-        ctx.response_headers.extend(rate_headers("tokens", state));
+        ctx.response_headers
+            .extend(rate_headers(Kind::Tokens, state));
     }
     ask_for_usage(ctx)?;
     ctx.reserved = Some(reserved);
@@ -205,6 +209,10 @@ fn ask_for_usage(ctx: &mut RequestCtx) -> Result<(), ForwardError> {
     Ok(())
 }
 
-fn refuse(limit: &str, what: &str, retry_after: std::time::Duration) -> ForwardError {
+fn refuse(limit: &str, kind: Kind, retry_after: std::time::Duration) -> ForwardError {
+    let what = match kind {
+        Kind::Requests => "requests",
+        Kind::Tokens => "tokens",
+    };
     ForwardError::Respond(GatewayError::rate_limited(limit, what, retry_after))
 }
