@@ -60,6 +60,19 @@ pub async fn admit_requests(
         ctx.response_headers
             .extend(rate_headers(Kind::Requests, state));
     }
+    // Where the key stands in its token budgets, for an answer that reserves nothing (a cache
+    // hit); a reservation replaces it. Shared budgets are not asked: a Redis round trip per
+    // lookup would cost more than the header is worth.
+    let now = Instant::now();
+    let mut budgets: Option<LimitState> = None;
+    for limit in limits.tokens.iter().filter(|l| !l.common.shared) {
+        let key = bucket_key(&limit.common.key, session, ctx.json()?);
+        budgets = headers::tighter(budgets, limit.local.peek(key, now));
+    }
+    if let Some(state) = budgets {
+        ctx.response_headers
+            .extend(rate_headers(Kind::Tokens, state));
+    }
     Ok(Flow::Next)
 }
 
@@ -108,6 +121,8 @@ pub async fn admit_tokens(
             Err((state, retry_after)) => {
                 route.limit_metrics.reject(Rejection::TokenBudget);
                 ctx.response_headers
+                    .retain(|(name, _)| !headers::is_tokens(name));
+                ctx.response_headers
                     .extend(rate_headers(Kind::Tokens, state));
                 buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
                 return Err(refuse(&limit.common.name, Kind::Tokens, retry_after));
@@ -115,6 +130,8 @@ pub async fn admit_tokens(
         }
     }
     if let Some(state) = tightest {
+        ctx.response_headers
+            .retain(|(name, _)| !headers::is_tokens(name));
         ctx.response_headers
             .extend(rate_headers(Kind::Tokens, state));
     }
