@@ -107,6 +107,20 @@ fn assert_stream(a: &Answer, completion: usize, usage_wanted: bool) {
     }
 }
 
+/// The usage the admitted answers reported, and /metrics once the gateway has charged it
+/// (settlement follows the answer).
+async fn settled(gw: &Gateway, ok: &[&Answer]) -> (u64, String) {
+    let charged: u64 = ok
+        .iter()
+        .map(|a| a.json()["usage"]["total_tokens"].as_u64().unwrap())
+        .sum();
+    let route = [("route", "chat")];
+    let m = gw
+        .metrics_until(|m| metric_sum(m, "sluice_tokens_charged_total", &route) >= charged as f64)
+        .await;
+    (charged, m)
+}
+
 // === Token budgets ===
 
 const TPM: &str = "{ name: per-key-tpm, key: api_key, tokens_per_minute: 1000 }";
@@ -143,14 +157,8 @@ async fn a_token_budget_refuses_once_the_usage_has_spent_it() {
         "retry-after-ms {ms}: {refused:?}"
     );
 
-    let charged: u64 = ok
-        .iter()
-        .map(|a| a.json()["usage"]["total_tokens"].as_u64().unwrap())
-        .sum();
+    let (charged, m) = settled(&gw, &ok.iter().collect::<Vec<_>>()).await;
     let route = [("route", "chat")];
-    let m = gw
-        .metrics_until(|m| metric_sum(m, "sluice_tokens_charged_total", &route) >= charged as f64)
-        .await;
     assert_eq!(
         metric_sum(&m, "sluice_tokens_charged_total", &route),
         charged as f64,
@@ -271,14 +279,8 @@ async fn concurrent_requests_reserve_before_they_spend() {
         assert_limited(a, "per-key-tpm", "tokens");
     }
 
-    let charged: u64 = ok
-        .iter()
-        .map(|a| a.json()["usage"]["total_tokens"].as_u64().unwrap())
-        .sum();
+    let (_, m) = settled(&gw, &ok).await;
     let route = [("route", "chat")];
-    let m = gw
-        .metrics_until(|m| metric_sum(m, "sluice_tokens_charged_total", &route) >= charged as f64)
-        .await;
     let (charged, reserved) = (
         metric_sum(&m, "sluice_tokens_charged_total", &route),
         metric_sum(&m, "sluice_tokens_reserved_total", &route),
