@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use sluice_plugins::openai_error::GatewayError;
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,16 @@ pub trait ResponseSink: Send {
     }
 }
 
+/// The SSE event that tells a client its stream was cut short, and why, in OpenAI's shape.
+#[must_use]
+pub fn stream_error_event(why: &str) -> Bytes {
+    let error = GatewayError::new(502, "upstream_error", "stream_aborted", why);
+    let mut event = b"event: error\ndata: ".to_vec();
+    event.extend_from_slice(&error.body());
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
 /// Reshapes the body for the client only (the sinks see the upstream's bytes).
 pub trait ClientFilter: Send {
     /// What of `chunk` (and of what was held back before it) to send now.
@@ -47,6 +58,8 @@ pub struct Tee<'a> {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// Why the client stopped taking the response, once it did.
     client_gone: Option<String>,
+    /// The client's response is an SSE stream (so a failure can be told in-band).
+    sse: bool,
     /// Body bytes written to the client.
     pub bytes_out: usize,
 }
@@ -93,6 +106,10 @@ impl<'a> Tee<'a> {
         for (name, value) in std::mem::take(&mut self.headers) {
             let _ = head.append_header(name, value);
         }
+        self.sse = head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if let Err(e) = session.write_response_header(Box::new(head), false).await {
             return self.lose_client(format!("writing response header: {e}"));
         }
@@ -150,6 +167,28 @@ impl<'a> Tee<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The upstream failed mid-body (`why`): the sinks learn the body is cut short, and an SSE
+    /// client gets an `event: error` with an OpenAI-shaped error before its connection is
+    /// dropped, so no client mistakes the cut for a normal end. Nothing held back by the
+    /// filter is sent: it was never a whole event.
+    pub async fn abort(&mut self, session: &mut Session, why: &str) {
+        for s in &mut self.sinks {
+            s.on_end(StreamEnd::Aborted);
+        }
+        if !self.sse || self.client_gone.is_some() {
+            return;
+        }
+        let event = stream_error_event(why);
+        let len = event.len();
+        if session
+            .write_response_body(Some(event), false)
+            .await
+            .is_ok()
+        {
+            self.bytes_out += len;
+        }
     }
 
     /// The client failed: keep copying for the sinks that still want the body, else stop

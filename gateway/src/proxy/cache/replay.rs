@@ -3,6 +3,7 @@
 
 use crate::proxy::headers::X_SLUICE_ROUTE;
 use crate::proxy::respond::ForwardError;
+use crate::proxy::sink::stream_error_event;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -114,9 +115,9 @@ impl Live<'_> {
                 FlightEvent::Chunk(data) => (data, None),
                 FlightEvent::Complete(entry) => (Bytes::new(), Some(entry)),
                 FlightEvent::Failed => {
-                    return Err(ForwardError::Aborted(
-                        "the coalesced upstream stream failed mid-way".into(),
-                    ))
+                    let why = "the coalesced upstream stream failed mid-way";
+                    let _ = write_chunk(session, stream_error_event(why)).await;
+                    return Err(ForwardError::Aborted(why.into()));
                 }
             };
             let data = match (&mut filter, done.is_some()) {

@@ -288,7 +288,7 @@ async fn relay(
                     .map_err(TryError::aborted)
             }
         };
-        let _ = tee.end(session, StreamEnd::Aborted).await;
+        tee.abort(session, &failed).await;
         return Err(TryError::aborted(failed));
     }
 }
