@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openai_error;
 mod outage;
 pub mod redis_link;
+pub mod retry_budget;
 pub mod router;
 #[cfg(test)]
 mod test_redis;

@@ -191,6 +191,49 @@ pub struct RetrySpec {
     pub attempts: u32,
     #[serde(default)]
     pub on: Vec<RetryOnSpec>,
+    /// Wait between tries: `base` doubling up to `max`, with jitter. Absent: retry at once.
+    pub backoff: Option<BackoffSpec>,
+    /// Retries at most `ratio` of the requests over `window`, plus `min_per_second`.
+    #[serde(default)]
+    pub budget: RetryBudgetSpec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSpec {
+    pub base: HumanDuration,
+    pub max: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    #[serde(default = "default_budget_floor")]
+    pub min_per_second: u32,
+    #[serde(default = "default_budget_window")]
+    pub window: HumanDuration,
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        RetryBudgetSpec {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_floor(),
+            window: default_budget_window(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    1
+}
+fn default_budget_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]

@@ -12,9 +12,10 @@ use pingora::utils::tls::WrappedX509;
 use sluice_plugins::balance::{Balancer, Strategy};
 use sluice_plugins::limits::gate::ConcurrencyGate;
 use sluice_plugins::metrics::{ConnectionMetrics, QueueMetrics};
+use sluice_plugins::retry_budget::{BudgetShape, RetryBudget};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 pub struct Upstream {
@@ -23,6 +24,8 @@ pub struct Upstream {
     pub balancer: Balancer,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
+    /// How many retries the upstream may take, whatever `attempts` says.
+    pub retry_budget: RetryBudget,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub idle_timeout: Duration,
     pub connections: ConnectionMetrics,
@@ -61,6 +64,8 @@ pub struct RetryPolicy {
     pub on_connect: bool,
     pub on_timeout: bool,
     pub statuses: Vec<u16>,
+    /// Wait before retry n: `base` × 2ⁿ up to `max`, jittered down to half.
+    pub backoff: Option<(Duration, Duration)>,
 }
 
 impl RetryPolicy {
@@ -184,6 +189,7 @@ pub(super) struct CheckedUpstream {
     strategy: Strategy,
     timeouts: Timeouts,
     retry: RetryPolicy,
+    budget: BudgetShape,
     set_headers: Vec<(HeaderName, HeaderValue)>,
     idle_timeout: Duration,
     admission: Option<AdmissionSpec>,
@@ -210,6 +216,7 @@ impl CheckedUpstream {
             endpoints: self.endpoints,
             timeouts: self.timeouts,
             retry: self.retry,
+            retry_budget: RetryBudget::new(self.budget, Instant::now()),
             set_headers: self.set_headers,
             idle_timeout: self.idle_timeout,
         }
@@ -291,6 +298,7 @@ pub(super) fn compile_upstream(
         BalanceSpec::PeakEwma => Strategy::PeakEwma,
     };
     let retry = compile_retry(errors, &base, up);
+    let budget = compile_budget(errors, &base, up);
     let set_headers = compile_set_headers(errors, &base, up);
     let admission = compile_admission(errors, &base, up);
     (errors.count() == before).then(|| CheckedUpstream {
@@ -300,6 +308,7 @@ pub(super) fn compile_upstream(
         strategy,
         timeouts,
         retry,
+        budget,
         set_headers,
         admission,
         idle_timeout: up.pool.idle_timeout.0,
@@ -322,7 +331,32 @@ fn compile_retry(errors: &mut Errors, base: &[Seg], up: &UpstreamSpec) -> RetryP
             ),
         }
     }
+    if let Some(b) = &up.retry.backoff {
+        if b.base.0.is_zero() || b.max.0 < b.base.0 {
+            errors.at(
+                &field_path![base; "retry", "backoff"],
+                "needs 0 < base <= max",
+            );
+        }
+        retry.backoff = Some((b.base.0, b.max.0));
+    }
     retry
+}
+
+fn compile_budget(errors: &mut Errors, base: &[Seg], up: &UpstreamSpec) -> BudgetShape {
+    let b = &up.retry.budget;
+    let at = |field: &str| field_path![base; "retry", "budget", field];
+    if !(0.0..=10.0).contains(&b.ratio) {
+        errors.at(&at("ratio"), "must be between 0 and 10");
+    }
+    if b.window.0 < Duration::from_secs(1) || b.window.0 > Duration::from_secs(3600) {
+        errors.at(&at("window"), "must be between 1s and 1h");
+    }
+    BudgetShape {
+        ratio: b.ratio,
+        min_per_second: b.min_per_second,
+        window: b.window.0,
+    }
 }
 
 fn compile_set_headers(

@@ -32,12 +32,14 @@ pub(super) struct TryRequest<'a> {
 pub(super) enum TryError {
     /// May be tried again elsewhere if the retry policy (`allowed`) says so; `stale` marks a
     /// pooled connection the upstream had closed, which is always worth one more try;
-    /// `body_used` says a streamed client body was (partly) sent and cannot be sent again.
+    /// `body_used` says a streamed client body was (partly) sent and cannot be sent again;
+    /// `budgeted` that the retry budget was already spent on it.
     Retry {
         error: GatewayError,
         allowed: bool,
         stale: bool,
         body_used: bool,
+        budgeted: bool,
     },
     Final(ForwardError),
 }
@@ -86,12 +88,17 @@ pub(super) async fn try_endpoint(
         return Err(TryError::failed(&up.name, "no response header"));
     };
     let status = upstream_resp.status.as_u16();
-    if req.can_retry_status && up.retry.on_status(status) {
+    // The budget is spent here, while the answer can still be relayed if it says no.
+    if req.can_retry_status
+        && up.retry.on_status(status)
+        && up.retry_budget.try_retry(Instant::now())
+    {
         return Err(TryError::Retry {
             error: GatewayError::upstream_failed(&up.name, &format!("status {status}")),
             allowed: true,
             stale: false,
             body_used: false,
+            budgeted: true,
         });
     }
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -116,6 +123,7 @@ async fn connect(connector: &Connector, up: &Upstream, idx: usize) -> Result<Con
         allowed: up.retry.on_connect,
         stale: false,
         body_used: false,
+        budgeted: false,
     };
     let peer = up.endpoints[idx]
         .peer()
@@ -156,6 +164,7 @@ async fn send(
         allowed: up.retry.on_status(502),
         stale: c.reused,
         body_used: false,
+        budgeted: false,
     };
     let client_ip = session
         .client_addr()
@@ -234,6 +243,7 @@ async fn await_head(
             allowed: up.retry.on_timeout,
             stale: false,
             body_used,
+            budgeted: false,
         }),
         Ok(Err(e)) => Err(TryError::Retry {
             error: GatewayError::upstream_failed(
@@ -243,6 +253,7 @@ async fn await_head(
             allowed: up.retry.on_status(502),
             stale: reused,
             body_used,
+            budgeted: false,
         }),
         Ok(Ok(())) => Ok(()),
     }

@@ -9,6 +9,7 @@ mod endpoint;
 use super::ctx::RequestBody;
 use super::respond::ForwardError;
 use super::sink::Tee;
+use crate::config::policy::RetryPolicy;
 use crate::config::policy::Route;
 use endpoint::{TryError, TryRequest};
 use pingora::connectors::http::Connector;
@@ -16,7 +17,8 @@ use pingora::connectors::ConnectorOptions;
 use pingora::proxy::Session;
 use sluice_plugins::openai_error::GatewayError;
 use std::cell::OnceCell;
-use std::time::Duration;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
 
 /// What forwarding did: the endpoint last tried, its time to first byte, the status the
 /// client got from it, the body bytes written, and how it ended.
@@ -70,6 +72,7 @@ impl Forwarder {
         };
         let mut tried = Vec::new();
         let mut retries_left = up.retry.attempts;
+        up.retry_budget.record_request(Instant::now());
         let mut stale_retry_left = true;
         let streams_body = matches!(body, RequestBody::Stream);
         attempt.outcome = loop {
@@ -94,12 +97,20 @@ impl Forwarder {
                     allowed,
                     stale,
                     body_used,
+                    budgeted,
                 }) => {
                     // A streamed body can be sent only once; a read one is replayed.
                     let replayable = !(streams_body && body_used);
                     if stale && stale_retry_left && replayable {
                         stale_retry_left = false;
-                    } else if allowed && retries_left > 0 && replayable {
+                    } else if allowed
+                        && retries_left > 0
+                        && replayable
+                        && (budgeted || up.retry_budget.try_retry(Instant::now()))
+                    {
+                        if let Some(wait) = backoff(&up.retry, up.retry.attempts - retries_left) {
+                            tokio::time::sleep(wait).await;
+                        }
                         retries_left -= 1;
                         tried.push(idx);
                     } else {
@@ -111,5 +122,43 @@ impl Forwarder {
         };
         attempt.bytes_out = tee.bytes_out;
         attempt
+    }
+}
+
+/// The wait before retry `n` (0-based): `base` × 2ⁿ up to `max`, then a random part of its
+/// upper half, so the retries of many clients spread out instead of arriving together.
+fn backoff(policy: &RetryPolicy, n: u32) -> Option<Duration> {
+    let (base, max) = policy.backoff?;
+    let full = base.saturating_mul(1u32 << n.min(16)).min(max);
+    // A fresh `RandomState` is keyed anew each time: a cheap random number without a crate.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let share = 0.5 + (random >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+    Some(full.mul_f64(share))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_max_with_jitter_in_the_upper_half() {
+        let ms = Duration::from_millis;
+        let policy = RetryPolicy {
+            backoff: Some((ms(20), ms(100))),
+            ..RetryPolicy::default()
+        };
+        for _ in 0..200 {
+            let first = backoff(&policy, 0).unwrap();
+            assert!(first >= ms(10) && first <= ms(20), "{first:?}");
+            let third = backoff(&policy, 2).unwrap();
+            assert!(third >= ms(40) && third <= ms(80), "{third:?}");
+            let capped = backoff(&policy, 30).unwrap();
+            assert!(capped >= ms(50) && capped <= ms(100), "{capped:?}");
+        }
+        let waits: std::collections::HashSet<_> = (0..20).map(|_| backoff(&policy, 0)).collect();
+        assert!(waits.len() > 10, "jittered: {waits:?}");
+        assert_eq!(backoff(&RetryPolicy::default(), 0), None);
     }
 }
