@@ -7,7 +7,8 @@ use sluice_e2e::{chat_body, config, Gateway, Mock, UpstreamCalls};
 use std::time::{Duration, Instant};
 
 /// A route that reads the body (a model glob), so a retried request still has it.
-const ROUTE: &str = "  - name: chat\n    match: { path_prefix: /v1, model: \"mock-*\" }\n    upstream: up\n";
+const ROUTE: &str =
+    "  - name: chat\n    match: { path_prefix: /v1, model: \"mock-*\" }\n    upstream: up\n";
 
 /// `n` POSTs, 8 at a time: their statuses.
 async fn post_many(gw: &Gateway, n: usize) -> Vec<u16> {

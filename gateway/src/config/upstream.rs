@@ -433,6 +433,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_backoff_and_budget_are_checked() {
+        let text = "\
+upstreams:
+  u:
+    endpoints: [ { url: \"http://127.0.0.1:1\" } ]
+    retry: { attempts: 1, backoff: { base: 2s, max: 1s }, budget: { ratio: -1, window: 0s } }
+routes:
+  - { name: r, upstream: u }
+";
+        let errs = super::super::policy::compile_text(text)
+            .map(|_| ())
+            .unwrap_err();
+        for expected in [
+            "upstreams.u.retry.backoff: needs 0 < base <= max",
+            "upstreams.u.retry.budget.ratio: must be between 0 and 10",
+            "upstreams.u.retry.budget.window: must be between 1s and 1h",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.contains(expected)),
+                "{expected} in {errs:?}"
+            );
+        }
+        let good = text
+            .replace("base: 2s", "base: 100ms")
+            .replace("ratio: -1, window: 0s", "ratio: 0.1");
+        let p = super::super::policy::compile_text(&good).unwrap();
+        let retry = &p.routes[0].upstream.retry;
+        assert_eq!(
+            retry.backoff,
+            Some((Duration::from_millis(100), Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
     fn endpoint_urls() {
         let u = parse_endpoint_url("https://api.openai.com").unwrap();
         assert_eq!(
