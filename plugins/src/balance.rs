@@ -21,7 +21,14 @@ pub enum Strategy {
 pub struct EndpointStats {
     inflight: AtomicUsize,
     ewma: Mutex<PeakEwma>,
+    /// Until when (ns after `origin`) the endpoint asked not to be sent requests (a 429 or 503
+    /// with `retry-after`); 0 when it did not.
+    cool_until: AtomicU64,
+    origin: Instant,
 }
+
+/// The longest an endpoint's `retry-after` keeps it out, whatever it asks.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(60);
 
 /// Peak-sensitive EWMA of response latency: jumps up to a slower sample at once, decays
 /// towards faster ones, so a slowing endpoint is avoided quickly and re-tried gradually.
@@ -45,7 +52,25 @@ impl EndpointStats {
                 cost_ns: EWMA_DEFAULT.as_nanos() as f64,
                 stamp: now,
             }),
+            cool_until: AtomicU64::new(0),
+            origin: now,
         }
+    }
+
+    /// The endpoint answered "not now" (429 or 503 with `retry-after`): keep requests away from
+    /// it for `wait` (at most a minute), while another endpoint can take them.
+    pub fn cool_for(&self, wait: Duration, now: Instant) {
+        let until = now.saturating_duration_since(self.origin) + wait.min(MAX_COOL_DOWN);
+        let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+        self.cool_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint asked to be left alone at `now`.
+    #[must_use]
+    pub fn is_cooling(&self, now: Instant) -> bool {
+        let at = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX);
+        at < self.cool_until.load(Ordering::Relaxed)
     }
 
     #[must_use]
@@ -91,6 +116,17 @@ impl Drop for InflightGuard {
     }
 }
 
+/// How long an answer asks to be left alone: `retry-after-ms` (OpenAI's), else `retry-after`
+/// in seconds (whole or decimal; an HTTP date is not honoured).
+#[must_use]
+pub fn requested_wait(retry_after: Option<&str>, retry_after_ms: Option<&str>) -> Option<Duration> {
+    let parse = |v: Option<&str>, unit: f64| {
+        let n: f64 = v?.trim().parse().ok()?;
+        (n.is_finite() && n > 0.0).then(|| Duration::from_secs_f64((n * unit).min(3600.0)))
+    };
+    parse(retry_after_ms, 0.001).or_else(|| parse(retry_after, 1.0))
+}
+
 /// Picks an endpoint index for each request.
 #[derive(Debug)]
 pub struct Balancer {
@@ -125,14 +161,24 @@ impl Balancer {
         self.stats.get(index)
     }
 
-    /// Picks an endpoint not in `tried` (all are eligible again once every one was tried).
+    /// Picks an endpoint not in `tried` (all are eligible again once every one was tried) and
+    /// not cooling down at `now`, unless every such endpoint is cooling down.
     #[must_use]
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    pub fn pick(&self, tried: &[usize], now: Instant) -> Option<usize> {
         let n = self.stats.len();
         if n == 0 {
             return None;
         }
-        let eligible = |i: &usize| tried.len() >= n || !tried.contains(i);
+        let untried = |i: &usize| tried.len() >= n || !tried.contains(i);
+        let warm = |i: &usize| untried(i) && !self.stats[*i].is_cooling(now);
+        if (0..n).any(|i| warm(&i)) {
+            self.pick_among(warm)
+        } else {
+            self.pick_among(untried)
+        }
+    }
+
+    fn pick_among(&self, eligible: impl Fn(&usize) -> bool) -> Option<usize> {
         match self.strategy {
             Strategy::RoundRobin | Strategy::Weighted => {
                 let len = self.schedule.len();
@@ -211,29 +257,32 @@ mod tests {
 
     #[test]
     fn weighted_follows_weights_and_interleaves() {
-        let b = Balancer::new(Strategy::Weighted, &[3, 1], stats(2, Instant::now()));
-        let picks: Vec<usize> = (0..8).filter_map(|_| b.pick(&[])).collect();
+        let t0 = Instant::now();
+        let b = Balancer::new(Strategy::Weighted, &[3, 1], stats(2, t0));
+        let picks: Vec<usize> = (0..8).filter_map(|_| b.pick(&[], t0)).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         assert_eq!(picks[..4], [0, 0, 1, 0]);
     }
 
     #[test]
     fn round_robin_skips_tried() {
-        let b = Balancer::new(Strategy::RoundRobin, &[1, 1, 1], stats(3, Instant::now()));
+        let t0 = Instant::now();
+        let b = Balancer::new(Strategy::RoundRobin, &[1, 1, 1], stats(3, t0));
         for _ in 0..6 {
-            let i = b.pick(&[0, 1]).unwrap();
+            let i = b.pick(&[0, 1], t0).unwrap();
             assert_eq!(i, 2);
         }
-        assert!(b.pick(&[0, 1, 2]).is_some(), "all tried: start over");
+        assert!(b.pick(&[0, 1, 2], t0).is_some(), "all tried: start over");
     }
 
     #[test]
     fn least_outstanding_prefers_idle() {
-        let s = stats(2, Instant::now());
+        let t0 = Instant::now();
+        let s = stats(2, t0);
         let _busy: Vec<_> = (0..5).map(|_| s[0].start()).collect();
         let b = Balancer::new(Strategy::LeastOutstanding, &[1, 1], s);
         for _ in 0..20 {
-            assert_eq!(b.pick(&[]), Some(1));
+            assert_eq!(b.pick(&[], t0), Some(1));
         }
     }
 
@@ -244,7 +293,7 @@ mod tests {
         s[0].observe(Duration::from_millis(500), t0);
         s[1].observe(Duration::from_millis(5), t0);
         let b = Balancer::new(Strategy::PeakEwma, &[1, 1], s.clone());
-        assert!((0..20).all(|_| b.pick(&[]) == Some(1)));
+        assert!((0..20).all(|_| b.pick(&[], t0) == Some(1)));
         // Sixty seconds of fast answers decay the peak below the other endpoint's.
         s[0].observe(Duration::from_millis(1), t0 + Duration::from_secs(60));
         assert!(s[0].latency_ns() < s[1].latency_ns());
@@ -262,6 +311,50 @@ mod tests {
     #[test]
     fn empty_upstream_picks_nothing() {
         let b = Balancer::new(Strategy::RoundRobin, &[], vec![]);
-        assert_eq!(b.pick(&[]), None);
+        assert_eq!(b.pick(&[], Instant::now()), None);
+    }
+
+    #[test]
+    fn retry_after_headers_are_read() {
+        let s = Duration::from_secs_f64;
+        assert_eq!(requested_wait(Some("2"), None), Some(s(2.0)));
+        assert_eq!(requested_wait(Some("1.5"), Some("250")), Some(s(0.25)));
+        assert_eq!(
+            requested_wait(Some("Wed, 21 Oct 2015 07:28:00 GMT"), None),
+            None
+        );
+        assert_eq!(requested_wait(Some("-1"), Some("x")), None);
+        assert_eq!(requested_wait(None, None), None);
+    }
+
+    #[test]
+    fn an_endpoint_that_asked_for_time_is_skipped_until_then() {
+        let t0 = Instant::now();
+        let s = stats(2, t0);
+        let b = Balancer::new(Strategy::RoundRobin, &[1, 1], s.clone());
+        s[0].cool_for(Duration::from_secs(2), t0);
+        let soon = t0 + Duration::from_millis(1900);
+        assert!(
+            (0..10).all(|_| b.pick(&[], soon) == Some(1)),
+            "0 is cooling"
+        );
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| b.pick(&[], t0 + Duration::from_secs(2)))
+            .collect();
+        assert!(
+            picks.contains(&0) && picks.contains(&1),
+            "back after 2 s: {picks:?}"
+        );
+        // When every endpoint left is cooling, one is still picked (better than none).
+        s[1].cool_for(Duration::from_secs(5), t0);
+        assert!(b.pick(&[], soon).is_some());
+        assert_eq!(
+            b.pick(&[1], soon),
+            Some(0),
+            "the untried one, cooling or not"
+        );
+        // A wish for an hour is capped at a minute.
+        s[0].cool_for(Duration::from_secs(3600), t0);
+        assert!(!s[0].is_cooling(t0 + Duration::from_secs(61)));
     }
 }

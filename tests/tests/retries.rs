@@ -67,3 +67,38 @@ async fn backoff_spaces_the_tries() {
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_answering_429_with_retry_after_is_left_alone_that_long() {
+    let busy = Mock::start("busy", &["--status", "429", "--retry-after", "2"]);
+    let fine = Mock::start("fine", &[]);
+    let mut busy_calls = UpstreamCalls::of(&busy);
+    let retry = "    retry: { attempts: 1, on: [429] }\n";
+    let gw = Gateway::start(&config(&[&busy.url, &fine.url], retry, ROUTE));
+    let start = Instant::now();
+    let mut statuses = Vec::new();
+    while start.elapsed() < Duration::from_millis(1200) {
+        statuses.extend(post_many(&gw, 1).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "clients see the other endpoint's answers: {statuses:?}"
+    );
+    let during = busy_calls.calls().await;
+    println!(
+        "{} requests in 1.2 s; the busy endpoint got {during}",
+        statuses.len()
+    );
+    assert_eq!(during, 1, "asked once, then left alone for its 2 s");
+
+    // After its retry-after, it is asked again (and the client still gets a 200).
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(start.elapsed())).await;
+    for _ in 0..4 {
+        assert_eq!(post_many(&gw, 1).await, [200]);
+    }
+    assert!(
+        busy_calls.calls().await >= 2,
+        "tried again once its 2 s passed"
+    );
+}

@@ -13,6 +13,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+use sluice_plugins::balance::requested_wait;
 use sluice_plugins::openai_error::GatewayError;
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,6 +89,18 @@ pub(super) async fn try_endpoint(
         return Err(TryError::failed(&up.name, "no response header"));
     };
     let status = upstream_resp.status.as_u16();
+    if matches!(status, 429 | 503) {
+        let header = |name: &str| {
+            upstream_resp
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+        };
+        let wait = requested_wait(header("retry-after"), header("retry-after-ms"));
+        if let Some((stats, wait)) = up.balancer.stats(req.idx).zip(wait) {
+            stats.cool_for(wait, Instant::now());
+        }
+    }
     // The budget is spent here, while the answer can still be relayed if it says no.
     if req.can_retry_status
         && up.retry.on_status(status)

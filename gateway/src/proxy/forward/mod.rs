@@ -76,7 +76,7 @@ impl Forwarder {
         let mut stale_retry_left = true;
         let streams_body = matches!(body, RequestBody::Stream);
         attempt.outcome = loop {
-            let Some(idx) = up.balancer.pick(&tried) else {
+            let Some(idx) = up.balancer.pick(&tried, Instant::now()) else {
                 break Err(ForwardError::Respond(GatewayError::no_endpoint(&up.name)));
             };
             attempt.endpoint = Some(idx);
