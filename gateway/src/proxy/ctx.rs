@@ -133,6 +133,11 @@ impl RequestCtx {
 
     /// The body as a JSON object (`None` without a read body); 400 when it is not one.
     pub(super) fn json(&mut self) -> Result<Option<&Map<String, Value>>, ForwardError> {
+        Ok(self.json_mut()?.map(|j| &*j))
+    }
+
+    /// [`Self::json`] for a phase that rewrites the body (it writes the bytes back too).
+    pub(super) fn json_mut(&mut self) -> Result<Option<&mut Map<String, Value>>, ForwardError> {
         if self.json.is_none() {
             let RequestBody::Buffered(bytes) = &self.body else {
                 return Ok(None);
@@ -141,7 +146,7 @@ impl RequestCtx {
                 .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
             self.json = Some(parsed);
         }
-        Ok(self.json.as_ref())
+        Ok(self.json.as_mut())
     }
 
     /// The route this request was matched to, if any.

@@ -2,6 +2,7 @@
 //! else the local bucket (for a shared limit: limit / instances, counted as a fallback).
 
 use super::Reserved;
+use crate::config::limits::LimitCommon;
 use crate::config::policy::{RequestLimit, RouteLimits, TokenLimit};
 use sluice_plugins::limits::shared::SharedBuckets;
 use sluice_plugins::limits::{Decision, LimitState};
@@ -52,6 +53,29 @@ fn redis_for(shared: Option<&SharedBuckets>, wanted: bool) -> Option<&SharedBuck
     shared.filter(|s| wanted && s.is_up())
 }
 
+/// The Redis answer for `n` units of a shared limit's bucket, with the bucket's name; `None`
+/// (counted as a fallback) when the limit is shared but Redis does not answer, and when it is
+/// not shared at all: the local bucket decides then.
+async fn from_redis(
+    shared: Option<&SharedBuckets>,
+    route: &str,
+    c: &LimitCommon,
+    key: u64,
+    n: u64,
+) -> Option<((Decision, u64), String)> {
+    if !c.shared {
+        return None;
+    }
+    if let Some(s) = redis_for(shared, true) {
+        let bucket = s.bucket(route, &c.name, key);
+        if let Ok(answer) = s.reserve(&bucket, n, c.rate).await {
+            return Some((answer, bucket));
+        }
+    }
+    c.metrics.fallback.inc();
+    None
+}
+
 /// One request against a request limit.
 pub async fn check(
     shared: Option<&SharedBuckets>,
@@ -59,16 +83,10 @@ pub async fn check(
     limit: &RequestLimit,
     key: u64,
 ) -> Decision {
-    let c = &limit.common;
-    if c.shared {
-        if let Some(s) = redis_for(shared, true) {
-            if let Ok((decision, _)) = s.reserve(&s.bucket(route, &c.name, key), 1, c.rate).await {
-                return decision;
-            }
-        }
-        c.metrics.fallback.inc();
+    match from_redis(shared, route, &limit.common, key, 1).await {
+        Some(((decision, _), _)) => decision,
+        None => limit.local.check(key),
     }
-    limit.local.check(key)
 }
 
 /// Reserves `want` tokens: the state for the headers and the reservation, or the state and
@@ -82,23 +100,14 @@ pub async fn reserve(
     want: u64,
     now: Instant,
 ) -> Result<(LimitState, Reservation), (LimitState, Duration)> {
-    let c = &limit.common;
-    let mut made = None;
-    if c.shared {
-        if let Some(s) = redis_for(shared, true) {
-            let bucket = s.bucket(route, &c.name, key);
-            if let Ok(answer) = s.reserve(&bucket, want, c.rate).await {
-                made = Some((answer, Place::Shared(bucket)));
+    let ((decision, amount), place) =
+        match from_redis(shared, route, &limit.common, key, want).await {
+            Some((answer, bucket)) => (answer, Place::Shared(bucket)),
+            None => {
+                let local = limit.local.reserve(key, want, now);
+                ((local.decision, local.reserved), Place::Local)
             }
-        }
-        if made.is_none() {
-            c.metrics.fallback.inc();
-        }
-    }
-    let ((decision, amount), place) = made.unwrap_or_else(|| {
-        let local = limit.local.reserve(key, want, now);
-        ((local.decision, local.reserved), Place::Local)
-    });
+        };
     match decision {
         Decision::Allowed(state) => Ok((
             state,

@@ -97,6 +97,7 @@ pub async fn admit_tokens(
         prompt_estimate: prompt,
     };
     let mut tightest: Option<LimitState> = None;
+    let mut refused = None;
     let now = Instant::now();
     for (index, limit) in limits.tokens.iter().enumerate() {
         let key = bucket_key(&limit.common.key, session, Some(body));
@@ -119,21 +120,23 @@ pub async fn admit_tokens(
                 reserved.reservations.push(r);
             }
             Err((state, retry_after)) => {
-                route.limit_metrics.reject(Rejection::TokenBudget);
-                ctx.response_headers
-                    .retain(|(name, _)| !headers::is_tokens(name));
-                ctx.response_headers
-                    .extend(rate_headers(Kind::Tokens, state));
-                buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
-                return Err(refuse(&limit.common.name, Kind::Tokens, retry_after));
+                tightest = Some(state);
+                refused = Some((&limit.common.name, retry_after));
+                break;
             }
         }
     }
+    // The reservations' answer replaces the peek `admit_requests` put in the headers.
+    ctx.response_headers
+        .retain(|(name, _)| !headers::is_tokens(name));
     if let Some(state) = tightest {
         ctx.response_headers
-            .retain(|(name, _)| !headers::is_tokens(name));
-        ctx.response_headers
             .extend(rate_headers(Kind::Tokens, state));
+    }
+    if let Some((limit, retry_after)) = refused {
+        route.limit_metrics.reject(Rejection::TokenBudget);
+        buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
+        return Err(refuse(limit, Kind::Tokens, retry_after));
     }
     ask_for_usage(ctx)?;
     ctx.reserved = Some(reserved);
@@ -201,28 +204,27 @@ pub async fn release_unsettled(gw: &Gateway, ctx: &mut RequestCtx) {
     let Some(reserved) = ctx.reserved.take() else {
         return;
     };
-    let Some(limits) = ctx.route().and_then(|r| r.limits.as_ref()) else {
+    let Some(route) = ctx.route() else {
         return;
     };
-    let route = ctx.route().map(|r| r.name.clone()).unwrap_or_default();
-    buckets::release(gw.shared_limits(), &route, limits, reserved).await;
+    if let Some(limits) = &route.limits {
+        buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
+    }
 }
 
 /// A stream is asked for its usage chunk; when the client did not ask, the chunk is stripped
 /// from what it sees.
 fn ask_for_usage(ctx: &mut RequestCtx) -> Result<(), ForwardError> {
-    let RequestBody::Buffered(_) = ctx.body else {
+    let Some(body) = ctx.json_mut()? else {
         return Ok(());
     };
-    let Some(mut body) = ctx.json()?.cloned() else {
+    if !ensure_include_usage(body) {
         return Ok(());
-    };
-    if ensure_include_usage(&mut body) {
-        let bytes = serde_json::to_vec(&body)
-            .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
-        ctx.body = RequestBody::Buffered(bytes.into());
-        ctx.strip_usage = true;
     }
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
+    ctx.body = RequestBody::Buffered(bytes.into());
+    ctx.strip_usage = true;
     Ok(())
 }
 
