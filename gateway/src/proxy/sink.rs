@@ -31,6 +31,14 @@ pub trait ResponseSink: Send {
     }
 }
 
+/// Whether a response head announces an SSE stream.
+#[must_use]
+pub fn is_event_stream(head: &ResponseHeader) -> bool {
+    head.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
 /// The SSE event that tells a client its stream was cut short, and why, in OpenAI's shape.
 #[must_use]
 pub fn stream_error_event(why: &str) -> Bytes {
@@ -106,10 +114,7 @@ impl<'a> Tee<'a> {
         for (name, value) in std::mem::take(&mut self.headers) {
             let _ = head.append_header(name, value);
         }
-        self.sse = head
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        self.sse = is_event_stream(&head);
         if let Err(e) = session.write_response_header(Box::new(head), false).await {
             return self.lose_client(format!("writing response header: {e}"));
         }

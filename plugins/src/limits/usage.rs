@@ -66,11 +66,19 @@ pub fn requested_completion_tokens(body: &Map<String, Value>) -> Option<u64> {
     Some(limit.saturating_mul(n.unwrap_or(1)))
 }
 
+/// Whether the client asked for a stream's usage chunk (`stream_options.include_usage`).
+#[must_use]
+pub fn asks_for_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        == Some(&Value::Bool(true))
+}
+
 /// Makes a `"stream": true` body ask for `stream_options.include_usage`, so the upstream reports
 /// usage at the stream's end. True when the client had not asked for it itself: the gateway
 /// must then strip the usage chunk ([`UsageChunkFilter`]) from what the client sees.
 pub fn ensure_include_usage(body: &mut Map<String, Value>) -> bool {
-    if body.get("stream") != Some(&Value::Bool(true)) {
+    if body.get("stream") != Some(&Value::Bool(true)) || asks_for_usage(body) {
         return false;
     }
     let options = body
@@ -83,9 +91,6 @@ pub fn ensure_include_usage(body: &mut Map<String, Value>) -> bool {
     let Some(options) = options.as_object_mut() else {
         return false;
     };
-    if options.get("include_usage") == Some(&Value::Bool(true)) {
-        return false;
-    }
     options.insert("include_usage".into(), Value::Bool(true));
     true
 }

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use sluice_plugins::cache::flight::{FlightEvent, Follower, Role};
 use sluice_plugins::cache::key::KeyContext;
 use sluice_plugins::cache::{Entry, PromptCache};
+use sluice_plugins::limits::usage::asks_for_usage;
 use sluice_plugins::metrics::CacheResult;
 use std::sync::Arc;
 
@@ -113,11 +114,7 @@ impl Wants {
     fn of(json: &Map<String, Value>) -> Wants {
         Wants {
             stream: json.get("stream").and_then(Value::as_bool) == Some(true),
-            usage: json
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool)
-                == Some(true),
+            usage: asks_for_usage(json),
         }
     }
 }

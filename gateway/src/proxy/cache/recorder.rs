@@ -2,7 +2,7 @@
 //! client is never slowed), publishes it to single-flight followers, and stores it when it
 //! ended cleanly as a complete 2xx.
 
-use crate::proxy::sink::{ResponseSink, StreamEnd};
+use crate::proxy::sink::{is_event_stream, ResponseSink, StreamEnd};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use sluice_plugins::cache::flight::{FlightHead, Leader};
@@ -93,7 +93,7 @@ impl ResponseSink for CacheRecorder {
                 .unwrap_or("")
         };
         self.content_type = header(http::header::CONTENT_TYPE).to_string();
-        self.form = if self.content_type.starts_with("text/event-stream") {
+        self.form = if is_event_stream(head) {
             BodyForm::Sse
         } else {
             BodyForm::Json

@@ -1,9 +1,8 @@
 //! The response side of token budgets: a sink that meters what the upstream's answer cost,
 //! and the filter that hides the usage chunk from a client that did not ask for it.
 
-use crate::proxy::sink::{ClientFilter, ResponseSink, StreamEnd};
+use crate::proxy::sink::{is_event_stream, ClientFilter, ResponseSink, StreamEnd};
 use bytes::Bytes;
-use http::header;
 use pingora::http::ResponseHeader;
 use sluice_plugins::limits::usage::{Metered, UsageChunkFilter, UsageMeter};
 
@@ -42,11 +41,7 @@ impl UsageSink {
 impl ResponseSink for UsageSink {
     fn on_head(&mut self, head: &ResponseHeader) {
         self.status = head.status.as_u16();
-        let sse = head
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        self.meter = Some(UsageMeter::new(sse));
+        self.meter = Some(UsageMeter::new(is_event_stream(head)));
         self.metered = None;
     }
 

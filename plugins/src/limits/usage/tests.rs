@@ -198,7 +198,13 @@ fn asks_for_usage_on_streams_only_when_the_client_did_not() {
         let options: Option<Value> = options.map(|o| serde_json::from_str(o).unwrap());
         assert_eq!(map.get("stream_options"), options.as_ref(), "{body}");
         assert_eq!(map.get("stream"), parsed(body).get("stream"), "{body}");
+        let stream = map.get("stream") == Some(&Value::Bool(true));
+        let still_asks = options.as_ref().is_some_and(|o| o["include_usage"] == true);
+        assert_eq!(asks_for_usage(&map), stream && still_asks, "{body}");
     }
+    assert!(asks_for_usage(&parsed(
+        r#"{"stream_options": {"include_usage": true}}"#
+    )));
 }
 
 // === meter: JSON bodies ===
