@@ -244,11 +244,15 @@ fn parse_scope(scope: &str) -> Result<CacheScope, String> {
                     "expected api_key, none or header:NAME, got `{scope}`"
                 ));
             };
-            HeaderName::from_bytes(name.trim().as_bytes())
-                .map(CacheScope::Header)
-                .map_err(|_| format!("`{}` is not a valid header name", name.trim()))
+            header_name(name.trim()).map(CacheScope::Header)
         }
     }
+}
+
+/// The header a `header:NAME` key or scope names.
+pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
 }
 
 /// `url` with its password, if any, replaced.

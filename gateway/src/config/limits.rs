@@ -5,6 +5,7 @@
 
 pub use super::limit_buckets::LimitBuckets;
 
+use super::cache::header_name;
 use super::load::Errors;
 use super::locate::{field_path, Seg};
 use super::spec::{LimitSpec, RouteSpec};
@@ -246,9 +247,7 @@ fn parse_key(key: &str) -> Result<LimitKey, String> {
                     "expected api_key, header:NAME, ip, body:user or route, got `{key}`"
                 ));
             };
-            HeaderName::from_bytes(name.as_bytes())
-                .map(LimitKey::Header)
-                .map_err(|_| format!("`{name}` is not a valid header name"))
+            header_name(name).map(LimitKey::Header)
         }
     }
 }

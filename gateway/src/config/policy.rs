@@ -9,14 +9,13 @@ pub use super::upstream::{
     parse_endpoint_url, Endpoint, EndpointUrl, RetryPolicy, Timeouts, Upstream,
 };
 
-use super::cache::{compile_redis, compile_route_cache, compile_tiers, redact_url};
+use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name, redact_url};
 use super::limits::{check_limits, CheckedLimit};
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
 use super::spec::{MatchSpec, RouteSpec, Spec};
 use super::upstream::compile_upstream;
-use http::header::HeaderName;
 use http::Method;
 use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
@@ -275,12 +274,9 @@ fn compile_matcher(errors: &mut Errors, base: &[Seg], m: &MatchSpec) -> RouteMat
     }
     let mut headers = Vec::new();
     for (name, value) in &m.headers {
-        match HeaderName::from_bytes(name.as_bytes()) {
+        match header_name(name) {
             Ok(h) => headers.push((h, value.clone())),
-            Err(_) => errors.at(
-                &field_path![base; "headers"],
-                format!("`{name}` is not a valid header name"),
-            ),
+            Err(m) => errors.at(&field_path![base; "headers"], m),
         }
     }
     RouteMatcher {

@@ -2,6 +2,7 @@
 //! Pingora peer, the balancer over them, timeouts, retry policy and headers to set. Compiled
 //! from an [`UpstreamSpec`], checking every field on the way.
 
+use super::cache::header_name;
 use super::load::Errors;
 use super::locate::{field_path, Seg};
 use super::policy::SharedState;
@@ -367,9 +368,12 @@ fn compile_set_headers(
     let mut out = Vec::new();
     for (name, value) in &up.set_headers {
         let at = field_path![base; "set_headers", name];
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            errors.at(&at, format!("`{name}` is not a valid header name"));
-            continue;
+        let name = match header_name(name) {
+            Ok(name) => name,
+            Err(m) => {
+                errors.at(&at, m);
+                continue;
+            }
         };
         let Ok(value) = HeaderValue::from_str(value) else {
             errors.at(&at, "value is not a valid header value");
