@@ -12,7 +12,7 @@ use super::identity::bucket_key;
 use super::phases::Flow;
 use super::respond::ForwardError;
 use super::Gateway;
-use crate::config::policy::Route;
+use crate::config::policy::{LimitKey, Route};
 use buckets::Reservation;
 use headers::{rate_headers, Kind};
 use pingora::proxy::Session;
@@ -45,7 +45,7 @@ pub async fn admit_requests(
     };
     let mut tightest: Option<LimitState> = None;
     for limit in &limits.requests {
-        let key = bucket_key(&limit.common.key, session, ctx.json()?);
+        let key = key_of(&limit.common.key, session, ctx)?;
         let decision = buckets::check(gw.shared_limits(), &route.name, limit, key).await;
         limit.common.metrics.decided(decision.is_allowed());
         tightest = headers::tighter(tightest, decision.state());
@@ -66,7 +66,7 @@ pub async fn admit_requests(
     let now = Instant::now();
     let mut budgets: Option<LimitState> = None;
     for limit in limits.tokens.iter().filter(|l| !l.common.shared) {
-        let key = bucket_key(&limit.common.key, session, ctx.json()?);
+        let key = key_of(&limit.common.key, session, ctx)?;
         budgets = headers::tighter(budgets, limit.local.peek(key, now));
     }
     if let Some(state) = budgets {
@@ -210,6 +210,15 @@ pub async fn release_unsettled(gw: &Gateway, ctx: &mut RequestCtx) {
     if let Some(limits) = &route.limits {
         buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
     }
+}
+
+/// The bucket a request draws from; the body is parsed only for a `body:user` key.
+fn key_of(key: &LimitKey, session: &Session, ctx: &mut RequestCtx) -> Result<u64, ForwardError> {
+    let body = match key {
+        LimitKey::BodyUser => ctx.json()?,
+        _ => None,
+    };
+    Ok(bucket_key(key, session, body))
 }
 
 /// A stream is asked for its usage chunk; when the client did not ask, the chunk is stripped
