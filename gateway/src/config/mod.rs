@@ -7,6 +7,7 @@ pub mod limits;
 pub mod load;
 pub mod locate;
 pub mod policy;
+pub mod server_limits;
 pub mod spec;
 pub mod units;
 pub mod upstream;

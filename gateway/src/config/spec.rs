@@ -31,6 +31,9 @@ pub struct ServerSpec {
     pub max_body_bytes: ByteSize,
     #[serde(default = "default_grace")]
     pub grace_period: HumanDuration,
+    /// What one client connection may cost: head size and time, keep-alive, buffers.
+    #[serde(default)]
+    pub limits: super::server_limits::ServerLimitsSpec,
 }
 
 impl Default for ServerSpec {
@@ -40,6 +43,7 @@ impl Default for ServerSpec {
             threads: default_threads(),
             max_body_bytes: default_max_body(),
             grace_period: default_grace(),
+            limits: super::server_limits::ServerLimitsSpec::default(),
         }
     }
 }
