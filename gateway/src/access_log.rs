@@ -135,7 +135,7 @@ pub fn write(f: &Finished<'_>) {
         method = f.method,
         path = f.path,
         route = f.route.map_or("", |r| r.name.as_str()),
-        upstream = f.route.map_or("", |r| r.upstream.name.as_str()),
+        upstream = f.route.and_then(|r| r.hop(f.hop)).map_or("", |u| u.name.as_str()),
         endpoint = f.endpoint.unwrap_or(""),
         status = f.status.unwrap_or(0),
         served_by = if f.served { "upstream" } else { "gateway" },

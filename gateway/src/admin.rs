@@ -11,6 +11,7 @@ use sluice_plugins::cache::PromptCache;
 use sluice_plugins::openai_error::GatewayError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
@@ -101,11 +102,10 @@ impl AdminApp {
         let text = "text/plain; charset=utf-8";
         let json_type = "application/json";
         match (method, path) {
-            (&Method::GET, "/metrics") => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.store.shared().metrics.encode().into_bytes(),
-            ),
+            (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", {
+                crate::observe::refresh_endpoint_gauges(&self.store.load(), Instant::now());
+                self.store.shared().metrics.encode().into_bytes()
+            }),
             (&Method::GET, "/healthz") => (StatusCode::OK, text, b"ok\n".to_vec()),
             (&Method::GET, "/readyz") => {
                 if self.draining.load(Ordering::Acquire) {

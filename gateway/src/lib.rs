@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod health;
 pub mod observe;
 pub mod proxy;
 pub mod reload;

@@ -3,13 +3,15 @@
 
 use crate::config::policy::Route;
 use crate::config::Policy;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One request, from the first byte in to the last byte out.
 pub struct Finished<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub route: Option<&'a Route>,
+    /// Which of the route's upstreams answered: 0 its own, then its fallbacks.
+    pub hop: usize,
     pub endpoint: Option<&'a str>,
     /// The status the client got, if a response head was sent.
     pub status: Option<u16>,
@@ -24,6 +26,24 @@ pub struct Finished<'a> {
     pub error: Option<&'a str>,
 }
 
+/// Sets the per-endpoint gauges (available, in flight, latency estimate) from the endpoints'
+/// live stats, when metrics are scraped rather than on every request.
+pub fn refresh_endpoint_gauges(policy: &Policy, now: Instant) {
+    let upstreams = policy
+        .routes
+        .iter()
+        .flat_map(|r| std::iter::once(&r.upstream).chain(r.fallback.iter().map(|f| &f.upstream)));
+    for up in upstreams {
+        for (ep, stats) in up.endpoints.iter().zip(up.balancer.all_stats()) {
+            ep.metrics.healthy.set(i64::from(stats.is_available(now)));
+            ep.metrics
+                .inflight
+                .set(i64::try_from(stats.inflight()).unwrap_or(i64::MAX));
+            ep.metrics.ewma.set(stats.latency_ns() / 1e9);
+        }
+    }
+}
+
 /// Records a finished request in the route's (or the unrouted) metrics.
 pub fn record_metrics(f: &Finished<'_>, policy: &Policy) {
     match (f.route, f.status) {
@@ -31,7 +51,10 @@ pub fn record_metrics(f: &Finished<'_>, policy: &Policy) {
             r.metrics.duration.observe(f.duration.as_secs_f64());
             if let Some(status) = status {
                 if f.served {
-                    r.metrics.served.inc(status);
+                    match f.hop.checked_sub(1).and_then(|k| r.fallback.get(k)) {
+                        Some(fallback) => fallback.served.inc(status),
+                        None => r.metrics.served.inc(status),
+                    }
                 } else {
                     r.metrics.local.inc(status);
                 }

@@ -93,6 +93,8 @@ pub fn run(config: &Path) -> Result<(), String> {
         server.add_service(service);
     }
 
+    crate::health::start(Arc::clone(&store))
+        .map_err(|e| format!("starting the health prober: {e}"))?;
     sweep_limits(Arc::clone(store.shared()))
         .map_err(|e| format!("starting the limit sweeper: {e}"))?;
     watch_file(Arc::clone(&store)).map_err(|e| format!("watching {}: {e}", config.display()))?;

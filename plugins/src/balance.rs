@@ -3,8 +3,9 @@
 //! power-of-two-choices over per-endpoint stats. Stats ([`EndpointStats`]) are shared
 //! `Arc`s owned outside the policy snapshot so a reload keeps in-flight counts and latency.
 
+pub use crate::endpoint_stats::{EndpointStats, InflightGuard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How an upstream picks among its endpoints.
@@ -14,106 +15,6 @@ pub enum Strategy {
     Weighted,
     LeastOutstanding,
     PeakEwma,
-}
-
-/// Live load and latency of one endpoint; survives policy reloads.
-#[derive(Debug)]
-pub struct EndpointStats {
-    inflight: AtomicUsize,
-    ewma: Mutex<PeakEwma>,
-    /// Until when (ns after `origin`) the endpoint asked not to be sent requests (a 429 or 503
-    /// with `retry-after`); 0 when it did not.
-    cool_until: AtomicU64,
-    origin: Instant,
-}
-
-/// The longest an endpoint's `retry-after` keeps it out, whatever it asks.
-const MAX_COOL_DOWN: Duration = Duration::from_secs(60);
-
-/// Peak-sensitive EWMA of response latency: jumps up to a slower sample at once, decays
-/// towards faster ones, so a slowing endpoint is avoided quickly and re-tried gradually.
-#[derive(Debug, Clone, Copy)]
-struct PeakEwma {
-    cost_ns: f64,
-    stamp: Instant,
-}
-
-/// Decay window of the EWMA.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
-/// Latency assumed for an endpoint that has not answered yet (optimistic, so it gets tried).
-const EWMA_DEFAULT: Duration = Duration::from_millis(1);
-
-impl EndpointStats {
-    #[must_use]
-    pub fn new(now: Instant) -> Self {
-        EndpointStats {
-            inflight: AtomicUsize::new(0),
-            ewma: Mutex::new(PeakEwma {
-                cost_ns: EWMA_DEFAULT.as_nanos() as f64,
-                stamp: now,
-            }),
-            cool_until: AtomicU64::new(0),
-            origin: now,
-        }
-    }
-
-    /// The endpoint answered "not now" (429 or 503 with `retry-after`): keep requests away from
-    /// it for `wait` (at most a minute), while another endpoint can take them.
-    pub fn cool_for(&self, wait: Duration, now: Instant) {
-        let until = now.saturating_duration_since(self.origin) + wait.min(MAX_COOL_DOWN);
-        let until = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
-        self.cool_until.fetch_max(until, Ordering::Relaxed);
-    }
-
-    /// Whether the endpoint asked to be left alone at `now`.
-    #[must_use]
-    pub fn is_cooling(&self, now: Instant) -> bool {
-        let at = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX);
-        at < self.cool_until.load(Ordering::Relaxed)
-    }
-
-    #[must_use]
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
-    }
-
-    /// Records one observed latency (time to first byte) at `now`.
-    pub fn observe(&self, rtt: Duration, now: Instant) {
-        let Ok(mut e) = self.ewma.lock() else { return };
-        let sample = rtt.as_nanos() as f64;
-        if sample > e.cost_ns {
-            e.cost_ns = sample;
-        } else {
-            let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
-            let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
-            e.cost_ns = e.cost_ns * w + sample * (1.0 - w);
-        }
-        e.stamp = now;
-    }
-
-    /// The current latency estimate, decayed to `now`.
-    #[must_use]
-    pub fn latency_ns(&self) -> f64 {
-        self.ewma.lock().map(|e| e.cost_ns).unwrap_or(f64::MAX)
-    }
-
-    /// Marks a request as started on this endpoint until the guard drops.
-    #[must_use]
-    pub fn start(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(self))
-    }
-}
-
-/// Decrements the endpoint's in-flight count on drop.
-#[derive(Debug)]
-pub struct InflightGuard(Arc<EndpointStats>);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// How long an answer asks to be left alone: `retry-after-ms` (OpenAI's), else `retry-after`
@@ -161,15 +62,24 @@ impl Balancer {
         self.stats.get(index)
     }
 
-    /// Picks an endpoint not in `tried` (all are eligible again once every one was tried) and
-    /// not cooling down at `now`, unless every such endpoint is cooling down.
+    /// Every endpoint's stats, in endpoint order.
+    #[must_use]
+    pub fn all_stats(&self) -> &[Arc<EndpointStats>] {
+        &self.stats
+    }
+
+    /// Picks an available endpoint (healthy, not ejected) not in `tried` (all are eligible
+    /// again once every available one was tried) and not cooling down at `now`, unless every
+    /// such endpoint is cooling down. `None` when no endpoint is available.
     #[must_use]
     pub fn pick(&self, tried: &[usize], now: Instant) -> Option<usize> {
+        let available = |i: &usize| self.stats[*i].is_available(now);
         let n = self.stats.len();
-        if n == 0 {
+        let all_tried = (0..n).filter(available).all(|i| tried.contains(&i));
+        let untried = |i: &usize| available(i) && (all_tried || !tried.contains(i));
+        if !(0..n).any(|i| untried(&i)) {
             return None;
         }
-        let untried = |i: &usize| tried.len() >= n || !tried.contains(i);
         let warm = |i: &usize| untried(i) && !self.stats[*i].is_cooling(now);
         if (0..n).any(|i| warm(&i)) {
             self.pick_among(warm)
@@ -300,12 +210,20 @@ mod tests {
     }
 
     #[test]
-    fn inflight_guard_counts() {
-        let s = Arc::new(EndpointStats::new(Instant::now()));
-        let g = s.start();
-        assert_eq!(s.inflight(), 1);
-        drop(g);
-        assert_eq!(s.inflight(), 0);
+    fn unhealthy_and_ejected_endpoints_are_skipped_and_none_when_all_are_out() {
+        let t0 = Instant::now();
+        let s = stats(3, t0);
+        let b = Balancer::new(Strategy::RoundRobin, &[1, 1, 1], s.clone());
+        s[0].record_probe(false, 1, 1);
+        s[1].eject_until(t0 + Duration::from_secs(5));
+        assert!((0..6).all(|_| b.pick(&[], t0) == Some(2)));
+        assert_eq!(b.pick(&[2], t0), Some(2), "the only one left, tried or not");
+        s[2].eject_until(t0 + Duration::from_secs(5));
+        assert_eq!(b.pick(&[], t0), None, "every endpoint is out");
+        assert!(
+            b.pick(&[], t0 + Duration::from_secs(5)).is_some(),
+            "back in"
+        );
     }
 
     #[test]

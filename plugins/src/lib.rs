@@ -6,11 +6,14 @@
 pub mod balance;
 pub mod body;
 pub mod cache;
+pub mod endpoint_stats;
 pub mod glob;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod openai_error;
 mod outage;
+pub mod outlier;
 pub mod redis_link;
 pub mod retry_budget;
 pub mod router;

@@ -202,7 +202,10 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
     assert_eq!(
         metric_value(
             &m,
-            r#"sluice_upstream_connections_total{reused="false",upstream="up"}"#
+            &format!(
+                r#"sluice_upstream_connections_total{{endpoint="{}",reused="false",upstream="up"}}"#,
+                a.url
+            )
         ),
         1.0,
         "{m}"
@@ -210,7 +213,10 @@ async fn metrics_count_requests_latency_and_connection_reuse() {
     assert_eq!(
         metric_value(
             &m,
-            r#"sluice_upstream_connections_total{reused="true",upstream="up"}"#
+            &format!(
+                r#"sluice_upstream_connections_total{{endpoint="{}",reused="true",upstream="up"}}"#,
+                a.url
+            )
         ),
         4.0
     );
@@ -233,10 +239,13 @@ async fn pooled_connections_are_reused_with_several_worker_threads() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    let (opened, reused) = (
-        r#"sluice_upstream_connections_total{reused="false",upstream="up"}"#,
-        r#"sluice_upstream_connections_total{reused="true",upstream="up"}"#,
-    );
+    let series = |reused: bool| {
+        format!(
+            r#"sluice_upstream_connections_total{{endpoint="{}",reused="{reused}",upstream="up"}}"#,
+            a.url
+        )
+    };
+    let (opened, reused) = (&series(false), &series(true));
     let m = gw
         .metrics_until(|m| metric_value(m, opened) + metric_value(m, reused) >= 200.0)
         .await;

@@ -2,11 +2,13 @@
 //! [`policy::Policy`] (checked and compiled in one pass, immutable, swapped atomically on reload).
 
 pub mod cache;
+pub mod endpoint;
 pub mod limit_buckets;
 pub mod limits;
 pub mod load;
 pub mod locate;
 pub mod policy;
+pub mod resilience;
 pub mod server_limits;
 pub mod spec;
 pub mod units;

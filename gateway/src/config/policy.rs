@@ -5,9 +5,8 @@
 //! re-attached by name, only once the whole file is free of errors.
 
 pub use super::cache::{CacheScope, CacheTiers, DiskSettings, RedisSettings, RouteCache};
-pub use super::upstream::{
-    parse_endpoint_url, Endpoint, EndpointUrl, RetryPolicy, Timeouts, Upstream,
-};
+pub use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl};
+pub use super::upstream::{RetryPolicy, Timeouts, Upstream};
 
 use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name, redact_url};
 use super::limits::{check_limits, CheckedLimit};
@@ -96,6 +95,8 @@ pub struct Policy {
 pub struct Route {
     pub name: String,
     pub upstream: Arc<Upstream>,
+    /// Upstreams tried in order after `upstream`, each with its own response counters.
+    pub fallback: Vec<Fallback>,
     pub metrics: RouteMetrics,
     /// The route's cache policy, if it caches.
     pub cache: Option<RouteCache>,
@@ -107,6 +108,23 @@ pub struct Route {
     /// Some phase needs the request body (a model glob, a cache policy, a token budget, an
     /// upstream queue), so the proxy reads it.
     pub reads_body: bool,
+}
+
+/// An upstream a route falls back to, and the route's counters of its answers.
+pub struct Fallback {
+    pub upstream: Arc<Upstream>,
+    pub served: StatusCounters,
+}
+
+impl Route {
+    /// The `hop`th upstream of the route: 0 is its own, then its fallbacks in order.
+    #[must_use]
+    pub fn hop(&self, hop: usize) -> Option<&Upstream> {
+        match hop {
+            0 => Some(&self.upstream),
+            n => self.fallback.get(n - 1).map(|f| f.upstream.as_ref()),
+        }
+    }
 }
 
 /// A route that passed every check, waiting for its upstream and metric handles.
@@ -148,15 +166,28 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         };
         let name = &r.spec.name;
         let limits = super::limits::attach(name, r.limits, &shared.limit_buckets, &shared.metrics);
+        let fallback = r
+            .spec
+            .fallback
+            .iter()
+            .filter_map(|f| upstreams.get(f.as_str()))
+            .map(|up| Fallback {
+                upstream: Arc::clone(up),
+                served: shared.metrics.route(name, &up.name, "").served,
+            })
+            .collect();
         routes.push(Route {
             name: name.clone(),
             upstream: Arc::clone(upstream),
+            fallback,
             metrics: shared.metrics.route(name, &r.spec.upstream, ""),
             // A queued request notices its client leaving only once its body is read.
             reads_body: r.matcher.model.is_some()
                 || r.cache.is_some()
                 || limits.as_ref().is_some_and(RouteLimits::reads_body)
-                || upstream.admission.as_ref().is_some_and(|a| a.queues),
+                || upstream.admission.as_ref().is_some_and(|a| a.queues)
+                // A fallback replays the body, so it is read whole.
+                || !r.spec.fallback.is_empty(),
             limits,
             limit_metrics: shared.metrics.route_limits(name),
             cache_metrics: shared.metrics.route_cache(&r.spec.name),
@@ -239,6 +270,17 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec
                     known.join(", ")
                 ),
             );
+        }
+        for (k, name) in route.fallback.iter().enumerate() {
+            let at = field_path![base; "fallback", k];
+            if !spec.upstreams.contains_key(name) {
+                errors.at(&at, format!("unknown upstream `{name}`"));
+            } else if *name == route.upstream || route.fallback[..k].contains(name) {
+                errors.at(
+                    &at,
+                    format!("`{name}` is the route's own upstream or listed twice"),
+                );
+            }
         }
         let matcher = compile_matcher(errors, &field_path![base; "match"], &route.matcher);
         let cache = route

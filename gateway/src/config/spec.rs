@@ -89,6 +89,17 @@ pub struct UpstreamSpec {
     pub max_concurrency: Option<usize>,
     /// Where requests wait for a slot when `max_concurrency` is reached.
     pub queue: Option<QueueSpec>,
+    /// Active health checks of every endpoint; absent means none.
+    pub health: Option<super::resilience::HealthSpec>,
+    /// Passive outlier ejection; absent means none.
+    pub outlier: Option<super::resilience::OutlierSpec>,
+    /// How long a resolved host name is used before it is looked up again.
+    #[serde(default = "default_dns_ttl")]
+    pub dns_ttl: HumanDuration,
+}
+
+fn default_dns_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -137,6 +148,13 @@ pub struct PoolSpec {
     pub idle_timeout: HumanDuration,
     #[serde(default)]
     pub http2: bool,
+    /// Requests multiplexed at once on one h2 connection.
+    #[serde(default = "default_max_h2_streams")]
+    pub max_h2_streams: usize,
+}
+
+fn default_max_h2_streams() -> usize {
+    128
 }
 
 impl Default for PoolSpec {
@@ -145,6 +163,7 @@ impl Default for PoolSpec {
             max_idle: default_max_idle(),
             idle_timeout: default_idle_timeout(),
             http2: false,
+            max_h2_streams: default_max_h2_streams(),
         }
     }
 }
@@ -284,6 +303,9 @@ pub struct RouteSpec {
     /// Request rates and token budgets; every one must admit a request.
     #[serde(default)]
     pub limits: Vec<LimitSpec>,
+    /// Upstreams tried in order when `upstream` has no available endpoint or its tries failed.
+    #[serde(default)]
+    pub fallback: Vec<String>,
 }
 
 /// One limit: a request rate (`requests_per_*`) or a token budget (`tokens_per_*`) per key.

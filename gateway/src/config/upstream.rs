@@ -1,23 +1,24 @@
-//! Upstreams as the proxy uses them: endpoints with their parsed URL and a lazily resolved
-//! Pingora peer, the balancer over them, timeouts, retry policy and headers to set. Compiled
-//! from an [`UpstreamSpec`], checking every field on the way.
+//! Upstreams as the proxy uses them: endpoints, the balancer over them, timeouts, retry
+//! policy, health checks, outlier ejection and headers to set. Compiled from an
+//! [`UpstreamSpec`], checking every field on the way.
 
 use super::cache::header_name;
+use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl, PeerTemplate};
 use super::load::Errors;
 use super::locate::{field_path, Seg};
 use super::policy::SharedState;
+use super::resilience::{compile_health, compile_outlier};
 use super::spec::{BalanceSpec, RetryOnSpec, UpstreamSpec};
 use http::header::{HeaderName, HeaderValue};
-use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 use sluice_plugins::balance::{Balancer, Strategy};
+use sluice_plugins::health::HealthPolicy;
 use sluice_plugins::limits::gate::ConcurrencyGate;
-use sluice_plugins::metrics::{ConnectionMetrics, QueueMetrics};
+use sluice_plugins::metrics::QueueMetrics;
+use sluice_plugins::outlier::OutlierPolicy;
 use sluice_plugins::retry_budget::{BudgetShape, RetryBudget};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 pub struct Upstream {
     pub name: String,
@@ -29,9 +30,12 @@ pub struct Upstream {
     pub retry_budget: RetryBudget,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub idle_timeout: Duration,
-    pub connections: ConnectionMetrics,
     /// Admission control, when `max_concurrency` is set.
     pub admission: Option<Admission>,
+    /// Active health checks, when `health:` is set.
+    pub health: Option<HealthPolicy>,
+    /// Passive outlier ejection, when `outlier:` is set.
+    pub outlier: Option<OutlierPolicy>,
 }
 
 /// How many requests the upstream takes at once, and how long the others may wait.
@@ -76,116 +80,11 @@ impl RetryPolicy {
     }
 }
 
-/// One endpoint: its URL parts and a lazily resolved Pingora peer.
-pub struct Endpoint {
-    pub url: String,
-    pub authority: HeaderValue,
-    pub base_path: String,
-    host: String,
-    port: u16,
-    peer_template: PeerTemplate,
-    peer: OnceCell<Arc<HttpPeer>>,
-}
-
-#[derive(Clone)]
-struct PeerTemplate {
-    tls: bool,
-    sni: String,
-    verify: bool,
-    ca: Option<Arc<[WrappedX509]>>,
-    http2: bool,
-    timeouts: Timeouts,
-    idle_timeout: Duration,
-}
-
-impl Endpoint {
-    /// The peer to connect to, resolving the host name on first use.
-    pub async fn peer(&self) -> Result<&Arc<HttpPeer>, String> {
-        self.peer
-            .get_or_try_init(|| async {
-                let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-                    .await
-                    .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
-                let addr = addrs
-                    .next()
-                    .ok_or_else(|| format!("{} has no address", self.host))?;
-                Ok(Arc::new(self.peer_template.build(addr)))
-            })
-            .await
-    }
-}
-
-impl PeerTemplate {
-    fn build(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.total_connection_timeout = Some(self.timeouts.connect);
-        o.idle_timeout = Some(self.idle_timeout);
-        o.verify_cert = self.verify;
-        o.verify_hostname = self.verify;
-        o.ca = self.ca.clone();
-        if self.http2 {
-            // h2 over TLS is negotiated by ALPN; plain-text h2 needs prior knowledge (h2c).
-            if self.tls {
-                o.set_http_version(2, 1)
-            } else {
-                o.set_http_version(2, 2)
-            }
-            o.max_h2_streams = 128;
-        }
-        peer
-    }
-}
-
-/// The parts of an endpoint URL sluice needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    pub authority: String,
-    pub base_path: String,
-}
-
-/// Parses `http(s)://host[:port][/base]`.
-pub fn parse_endpoint_url(url: &str) -> Result<EndpointUrl, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(format!("`{url}` must start with http:// or https://")),
-    };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("`{url}` has no host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    if host.is_empty() {
-        return Err(format!("`{url}` has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("`{url}` must not have a query"));
-    }
-    Ok(EndpointUrl {
-        tls,
-        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-        host,
-        authority: authority.as_str().to_string(),
-        base_path: uri.path().trim_end_matches('/').to_string(),
-    })
-}
-
 /// An upstream that passed every check, before it is attached to the shared state (endpoint
 /// stats, metric handles): a file with errors must not leave traces there.
 pub(super) struct CheckedUpstream {
     name: String,
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<CheckedEndpoint>,
     weights: Vec<u32>,
     strategy: Strategy,
     timeouts: Timeouts,
@@ -194,6 +93,16 @@ pub(super) struct CheckedUpstream {
     set_headers: Vec<(HeaderName, HeaderValue)>,
     idle_timeout: Duration,
     admission: Option<AdmissionSpec>,
+    health: Option<HealthPolicy>,
+    outlier: Option<OutlierPolicy>,
+    dns_ttl: Duration,
+}
+
+struct CheckedEndpoint {
+    url: String,
+    parsed: EndpointUrl,
+    authority: HeaderValue,
+    template: PeerTemplate,
 }
 
 impl CheckedUpstream {
@@ -209,12 +118,28 @@ impl CheckedUpstream {
             timeout: a.timeout,
             metrics: shared.metrics.queue(&self.name),
         });
+        let endpoints = self
+            .endpoints
+            .into_iter()
+            .map(|ep| {
+                let metrics = shared.metrics.endpoint(&self.name, &ep.url);
+                Endpoint::new(
+                    ep.url,
+                    ep.parsed,
+                    ep.authority,
+                    ep.template,
+                    self.dns_ttl,
+                    metrics,
+                )
+            })
+            .collect();
         Upstream {
             admission,
             balancer: Balancer::new(self.strategy, &self.weights, stats),
-            connections: shared.metrics.connections(&self.name),
             name: self.name,
-            endpoints: self.endpoints,
+            endpoints,
+            health: self.health,
+            outlier: self.outlier,
             timeouts: self.timeouts,
             retry: self.retry,
             retry_budget: RetryBudget::new(self.budget, Instant::now()),
@@ -273,22 +198,16 @@ pub(super) fn compile_upstream(
             verify: up.tls.verify,
             ca: ca.clone(),
             http2: up.pool.http2,
+            max_h2_streams: up.pool.max_h2_streams,
             timeouts,
             idle_timeout: up.pool.idle_timeout.0,
         };
-        let peer = OnceCell::new();
-        // An address needs no lookup; a host name is resolved on first use, never at load.
-        if let Ok(ip) = parsed.host.parse::<IpAddr>() {
-            let _ = peer.set(Arc::new(template.build(SocketAddr::new(ip, parsed.port))));
-        }
-        endpoints.push(Endpoint {
+        // A host name is resolved on first use, never at load.
+        endpoints.push(CheckedEndpoint {
             url: ep.url.clone(),
+            parsed,
             authority,
-            base_path: parsed.base_path,
-            host: parsed.host,
-            port: parsed.port,
-            peer_template: template,
-            peer,
+            template,
         });
         weights.push(ep.weight);
     }
@@ -302,6 +221,17 @@ pub(super) fn compile_upstream(
     let budget = compile_budget(errors, &base, up);
     let set_headers = compile_set_headers(errors, &base, up);
     let admission = compile_admission(errors, &base, up);
+    let health = compile_health(errors, &base, up.health.as_ref());
+    let outlier = compile_outlier(errors, &base, up.outlier.as_ref());
+    if up.pool.max_h2_streams == 0 {
+        errors.at(
+            &field_path![base; "pool", "max_h2_streams"],
+            "must be at least 1",
+        );
+    }
+    if up.dns_ttl.0 < Duration::from_secs(1) {
+        errors.at(&field_path![base; "dns_ttl"], "must be at least 1s");
+    }
     (errors.count() == before).then(|| CheckedUpstream {
         name: name.to_string(),
         endpoints,
@@ -312,6 +242,9 @@ pub(super) fn compile_upstream(
         budget,
         set_headers,
         admission,
+        health,
+        outlier,
+        dns_ttl: up.dns_ttl.0,
         idle_timeout: up.pool.idle_timeout.0,
     })
 }
@@ -468,22 +401,5 @@ routes:
             retry.backoff,
             Some((Duration::from_millis(100), Duration::from_secs(1)))
         );
-    }
-
-    #[test]
-    fn endpoint_urls() {
-        let u = parse_endpoint_url("https://api.openai.com").unwrap();
-        assert_eq!(
-            (u.tls, u.port, u.host.as_str(), u.base_path.as_str()),
-            (true, 443, "api.openai.com", "")
-        );
-        let u = parse_endpoint_url("http://127.0.0.1:8001/base/").unwrap();
-        assert_eq!(
-            (u.tls, u.port, u.authority.as_str(), u.base_path.as_str()),
-            (false, 8001, "127.0.0.1:8001", "/base")
-        );
-        assert!(parse_endpoint_url("ftp://x").is_err());
-        assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
-        assert!(parse_endpoint_url("http://x/?a=1").is_err());
     }
 }

@@ -173,9 +173,10 @@ impl RequestCtx {
             method: req.method.as_str(),
             path: req.uri.path(),
             route,
+            hop: attempt.map_or(0, |a| a.hop),
             endpoint: route
-                .zip(attempt.and_then(|a| a.endpoint))
-                .and_then(|(r, i)| r.upstream.endpoints.get(i))
+                .zip(attempt)
+                .and_then(|(r, a)| r.hop(a.hop)?.endpoints.get(a.endpoint?))
                 .map(|e| e.url.as_str()),
             status: self.status,
             served: self.served,

@@ -22,6 +22,8 @@ const HOP_BY_HOP: [&str; 7] = [
 pub const X_SLUICE_ROUTE: &str = "x-sluice-route";
 pub const X_SLUICE_UPSTREAM: &str = "x-sluice-upstream";
 pub const X_SLUICE_CACHE: &str = "x-sluice-cache";
+/// The fallback upstream that answered, when the route's own could not.
+pub const X_SLUICE_FALLBACK: &str = "x-sluice-fallback";
 
 /// The hop-by-hop headers present in `headers`, including those its `Connection` names.
 fn hop_by_hop(headers: &http::HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {

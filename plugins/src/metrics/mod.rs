@@ -10,9 +10,11 @@ use std::sync::OnceLock;
 
 mod cache;
 mod limits;
+mod upstream;
 
 pub use cache::{CacheResult, CacheTier, RouteCacheMetrics, TierMetrics};
 pub use limits::{LimitMetrics, QueueMetrics, Rejection, RouteLimitMetrics};
+pub use upstream::{ConnectionMetrics, EndpointMetrics, TryFailure};
 
 /// Latency buckets in seconds: sub-millisecond gateway overhead up to long generations.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -28,10 +30,10 @@ pub struct Metrics {
     duration: HistogramVec,
     ttfb: HistogramVec,
     inflight: IntGaugeVec,
-    connections: IntCounterVec,
     reloads: IntCounterVec,
     cache: cache::CacheFamilies,
     limits: limits::LimitFamilies,
+    upstreams: upstream::UpstreamFamilies,
 }
 
 impl Metrics {
@@ -68,13 +70,6 @@ impl Metrics {
             ),
             &["route"],
         )?;
-        let connections = IntCounterVec::new(
-            Opts::new(
-                "sluice_upstream_connections_total",
-                "Upstream connections used, new or reused from the pool",
-            ),
-            &["upstream", "reused"],
-        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "sluice_config_reloads_total",
@@ -89,7 +84,13 @@ impl Metrics {
         build_info.with_label_values(&[version]).set(1);
         let cache = cache::CacheFamilies::new()?;
         let limits = limits::LimitFamilies::new()?;
-        for c in cache.collectors().into_iter().chain(limits.collectors()) {
+        let upstreams = upstream::UpstreamFamilies::new()?;
+        for c in cache
+            .collectors()
+            .into_iter()
+            .chain(limits.collectors())
+            .chain(upstreams.collectors())
+        {
             registry.register(c)?;
         }
         for c in [
@@ -97,7 +98,6 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(inflight.clone()),
-            Box::new(connections.clone()),
             Box::new(reloads.clone()),
             Box::new(build_info),
         ] {
@@ -112,10 +112,10 @@ impl Metrics {
             duration,
             ttfb,
             inflight,
-            connections,
             reloads,
             cache,
             limits,
+            upstreams,
         })
     }
 
@@ -137,13 +137,10 @@ impl Metrics {
         self.codes("", "", "")
     }
 
-    /// Handles for one upstream's connection reuse.
+    /// Handles for one endpoint of an upstream.
     #[must_use]
-    pub fn connections(&self, upstream: &str) -> ConnectionMetrics {
-        ConnectionMetrics {
-            new: self.connections.with_label_values(&[upstream, "false"]),
-            reused: self.connections.with_label_values(&[upstream, "true"]),
-        }
+    pub fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
+        self.upstreams.endpoint(upstream, endpoint)
     }
 
     /// Counts one reload attempt.
@@ -212,23 +209,6 @@ impl StatusCounters {
     }
 }
 
-/// New vs reused upstream connections for one upstream.
-#[derive(Clone)]
-pub struct ConnectionMetrics {
-    pub new: IntCounter,
-    pub reused: IntCounter,
-}
-
-impl ConnectionMetrics {
-    pub fn record(&self, reused: bool) {
-        if reused {
-            self.reused.inc()
-        } else {
-            self.new.inc()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::Metrics;
@@ -241,7 +221,7 @@ mod tests {
         r.served.inc(200);
         r.local.inc(413);
         r.duration.observe(0.02);
-        m.connections("local").record(true);
+        m.endpoint("local", "http://a:1").connections.record(true);
         m.reload(false);
         let text = m.encode();
         assert!(
@@ -257,7 +237,7 @@ mod tests {
             text.contains(r#"sluice_request_duration_seconds_count{route="chat",variant=""} 1"#)
         );
         assert!(
-            text.contains(r#"sluice_upstream_connections_total{reused="true",upstream="local"} 1"#)
+            text.contains(r#"sluice_upstream_connections_total{endpoint="http://a:1",reused="true",upstream="local"} 1"#)
         );
         assert!(text.contains(r#"sluice_config_reloads_total{result="error"} 1"#));
         assert!(text.contains(r#"sluice_config_reloads_total{result="ok"} 0"#));

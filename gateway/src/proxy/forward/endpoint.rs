@@ -5,7 +5,9 @@ use super::Attempt;
 use crate::config::policy::{Route, Upstream};
 use crate::proxy::body::{client_body_error, continue_if_expected};
 use crate::proxy::ctx::RequestBody;
-use crate::proxy::headers::{client_response, upstream_request, UpstreamRequest};
+use crate::proxy::headers::{
+    client_response, upstream_request, UpstreamRequest, X_SLUICE_FALLBACK,
+};
 use crate::proxy::respond::ForwardError;
 use crate::proxy::sink::{StreamEnd, Tee};
 use pingora::connectors::http::Connector;
@@ -14,7 +16,9 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use sluice_plugins::balance::requested_wait;
+use sluice_plugins::metrics::TryFailure;
 use sluice_plugins::openai_error::GatewayError;
+use sluice_plugins::outlier::OutlierPolicy;
 use std::sync::Arc;
 use std::time::Instant;
 // Pingora's timer registers lazily and on a shared wheel: no per-request tokio timer wake-up.
@@ -23,6 +27,8 @@ use pingora::time::timeout;
 /// What one try needs to know.
 pub(super) struct TryRequest<'a> {
     pub route: &'a Route,
+    /// The route's upstream or one of its fallbacks.
+    pub up: &'a Upstream,
     pub idx: usize,
     pub body: &'a RequestBody,
     /// Whether a retryable status may be turned into another try (instead of relayed).
@@ -31,30 +37,48 @@ pub(super) struct TryRequest<'a> {
 
 /// A failed try at one endpoint.
 pub(super) enum TryError {
-    /// May be tried again elsewhere if the retry policy (`allowed`) says so; `stale` marks a
-    /// pooled connection the upstream had closed, which is always worth one more try;
-    /// `body_used` says a streamed client body was (partly) sent and cannot be sent again;
-    /// `budgeted` that the retry budget was already spent on it.
-    Retry {
-        error: GatewayError,
-        allowed: bool,
-        stale: bool,
-        body_used: bool,
-        budgeted: bool,
-    },
-    Final(ForwardError),
+    Retry(Retryable),
+    /// No other try can mend it; with the endpoint's share of the blame, if any.
+    Final(ForwardError, Option<TryFailure>),
+}
+
+/// A failure that may be tried again elsewhere if the retry policy (`allowed`) says so.
+pub(super) struct Retryable {
+    pub error: GatewayError,
+    pub allowed: bool,
+    /// A pooled connection the upstream had closed, which is always worth one more try.
+    pub stale: bool,
+    /// A streamed client body was (partly) sent and cannot be sent again.
+    pub body_used: bool,
+    /// The retry budget was already spent on it.
+    pub budgeted: bool,
+    /// How the endpoint failed; `None` when it is not at fault (a 429).
+    pub kind: Option<TryFailure>,
 }
 
 impl TryError {
     /// The upstream failed in a way no retry helps: answer 502.
     fn failed(upstream: &str, detail: &str) -> Self {
-        TryError::Final(ForwardError::Respond(GatewayError::upstream_failed(
-            upstream, detail,
-        )))
+        TryError::Final(
+            ForwardError::Respond(GatewayError::upstream_failed(upstream, detail)),
+            Some(TryFailure::Reset),
+        )
     }
 
-    fn aborted(why: String) -> Self {
-        TryError::Final(ForwardError::Aborted(why))
+    /// The client went away (not the endpoint's fault).
+    fn client_gone(why: String) -> Self {
+        TryError::Final(ForwardError::Aborted(why), None)
+    }
+
+    fn retry(error: GatewayError, allowed: bool, kind: TryFailure) -> Retryable {
+        Retryable {
+            error,
+            allowed,
+            stale: false,
+            body_used: false,
+            budgeted: false,
+            kind: Some(kind),
+        }
     }
 }
 
@@ -65,6 +89,7 @@ struct Connected {
     reused: bool,
 }
 
+/// One try, counted in the endpoint's metrics and judged by outlier detection.
 pub(super) async fn try_endpoint(
     connector: &Connector,
     session: &mut Session,
@@ -72,7 +97,47 @@ pub(super) async fn try_endpoint(
     tee: &mut Tee<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), TryError> {
-    let up: &Upstream = &req.route.upstream;
+    attempt.status = None;
+    let result = try_once(connector, session, req, tee, attempt).await;
+    let failure = match &result {
+        Ok(()) => attempt
+            .status
+            .filter(|s| *s >= 500)
+            .map(|_| TryFailure::Status5xx),
+        Err(TryError::Retry(r)) => r.kind,
+        Err(TryError::Final(_, kind)) => *kind,
+    };
+    judge(req, failure);
+    result
+}
+
+/// Counts one try's outcome at its endpoint; a failure may eject it.
+fn judge(req: &TryRequest<'_>, failure: Option<TryFailure>) {
+    let up = req.up;
+    let endpoint = &up.endpoints[req.idx];
+    endpoint.metrics.requests.inc();
+    let Some(kind) = failure else {
+        if up.outlier.is_some() {
+            OutlierPolicy::record_success(up.balancer.all_stats(), req.idx);
+        }
+        return;
+    };
+    endpoint.metrics.failed(kind);
+    let Some(outlier) = &up.outlier else { return };
+    if let Some(length) = outlier.record_failure(up.balancer.all_stats(), req.idx, Instant::now()) {
+        endpoint.metrics.ejections.inc();
+        tracing::warn!(upstream = %up.name, endpoint = %endpoint.url, seconds = length.as_secs_f64(), reason = kind.name(), "endpoint ejected");
+    }
+}
+
+async fn try_once(
+    connector: &Connector,
+    session: &mut Session,
+    req: &TryRequest<'_>,
+    tee: &mut Tee<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), TryError> {
+    let up: &Upstream = req.up;
     let _inflight = up.balancer.stats(req.idx).map(|s| s.start());
     let mut c = connect(connector, up, req.idx).await?;
     let sent = Instant::now();
@@ -106,19 +171,27 @@ pub(super) async fn try_endpoint(
         && up.retry.on_status(status)
         && up.retry_budget.try_retry(Instant::now())
     {
-        return Err(TryError::Retry {
-            error: GatewayError::upstream_failed(&up.name, &format!("status {status}")),
-            allowed: true,
-            stale: false,
-            body_used: false,
+        return Err(TryError::Retry(Retryable {
             budgeted: true,
-        });
+            kind: (status >= 500).then_some(TryFailure::Status5xx),
+            ..TryError::retry(
+                GatewayError::upstream_failed(&up.name, &format!("status {status}")),
+                true,
+                TryFailure::Status5xx,
+            )
+        }));
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     let endpoint = &up.endpoints[req.idx];
-    let resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
+    let mut resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
         .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
-    tee.head(session, resp).await.map_err(TryError::aborted)?;
+    if req.up.name != req.route.upstream.name {
+        resp.insert_header(X_SLUICE_FALLBACK, up.name.as_str())
+            .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+    }
+    tee.head(session, resp)
+        .await
+        .map_err(TryError::client_gone)?;
     attempt.status = Some(status);
     relay(session, &mut c.conn, up, tee).await?;
     if c.conn.response_done() {
@@ -131,15 +204,16 @@ pub(super) async fn try_endpoint(
 
 /// A pooled or new connection to endpoint `idx`.
 async fn connect(connector: &Connector, up: &Upstream, idx: usize) -> Result<Connected, TryError> {
-    let connect_failed = |error| TryError::Retry {
-        error,
-        allowed: up.retry.on_connect,
-        stale: false,
-        body_used: false,
-        budgeted: false,
+    let connect_failed = |error| {
+        TryError::Retry(TryError::retry(
+            error,
+            up.retry.on_connect,
+            TryFailure::Connect,
+        ))
     };
-    let peer = up.endpoints[idx]
-        .peer()
+    let endpoint = &up.endpoints[idx];
+    let peer = endpoint
+        .peer(Instant::now())
         .await
         .map_err(|m| connect_failed(GatewayError::upstream_failed(&up.name, &m)))?;
     let (conn, reused) = connector
@@ -156,12 +230,8 @@ async fn connect(connector: &Connector, up: &Upstream, idx: usize) -> Result<Con
                 ),
             })
         })?;
-    up.connections.record(reused);
-    Ok(Connected {
-        conn,
-        peer: Arc::clone(peer),
-        reused,
-    })
+    endpoint.metrics.connections.record(reused);
+    Ok(Connected { conn, peer, reused })
 }
 
 /// Writes the request head and body.
@@ -170,14 +240,17 @@ async fn send(
     c: &mut Connected,
     req: &TryRequest<'_>,
 ) -> Result<(), TryError> {
-    let up = &req.route.upstream;
+    let up = req.up;
     // A reused connection the upstream already closed fails on first use: try once more.
-    let broken = |what: &str, e: pingora::BError| TryError::Retry {
-        error: GatewayError::upstream_failed(&up.name, &format!("{what}: {}", e.etype().as_str())),
-        allowed: up.retry.on_status(502),
-        stale: c.reused,
-        body_used: false,
-        budgeted: false,
+    let broken = |what: &str, e: pingora::BError| {
+        TryError::Retry(Retryable {
+            stale: c.reused,
+            ..TryError::retry(
+                GatewayError::upstream_failed(&up.name, &format!("{what}: {}", e.etype().as_str())),
+                up.retry.on_status(502),
+                TryFailure::Reset,
+            )
+        })
     };
     let client_ip = session
         .client_addr()
@@ -223,12 +296,12 @@ async fn stream_request_body(
 ) -> Result<(), TryError> {
     continue_if_expected(session)
         .await
-        .map_err(TryError::Final)?;
+        .map_err(|e| TryError::Final(e, None))?;
     loop {
         let chunk = session
             .read_request_body()
             .await
-            .map_err(|e| TryError::Final(client_body_error(&e)))?;
+            .map_err(|e| TryError::Final(client_body_error(&e), None))?;
         let end = chunk.is_none();
         let data = chunk.unwrap_or_default();
         if !data.is_empty() || end {
@@ -251,23 +324,26 @@ async fn await_head(
 ) -> Result<(), TryError> {
     let body_used = matches!(body, RequestBody::Stream);
     match timeout(up.timeouts.first_byte, read_final_header(conn)).await {
-        Err(_) => Err(TryError::Retry {
-            error: GatewayError::upstream_timeout(&up.name, "the first byte"),
-            allowed: up.retry.on_timeout,
-            stale: false,
+        Err(_) => Err(TryError::Retry(Retryable {
             body_used,
-            budgeted: false,
-        }),
-        Ok(Err(e)) => Err(TryError::Retry {
-            error: GatewayError::upstream_failed(
-                &up.name,
-                &format!("reading response: {}", e.etype().as_str()),
-            ),
-            allowed: up.retry.on_status(502),
+            ..TryError::retry(
+                GatewayError::upstream_timeout(&up.name, "the first byte"),
+                up.retry.on_timeout,
+                TryFailure::Timeout,
+            )
+        })),
+        Ok(Err(e)) => Err(TryError::Retry(Retryable {
             stale: reused,
             body_used,
-            budgeted: false,
-        }),
+            ..TryError::retry(
+                GatewayError::upstream_failed(
+                    &up.name,
+                    &format!("reading response: {}", e.etype().as_str()),
+                ),
+                up.retry.on_status(502),
+                TryFailure::Reset,
+            )
+        })),
         Ok(Ok(())) => Ok(()),
     }
 }
@@ -302,17 +378,22 @@ async fn relay(
                 e.etype().as_str()
             ),
             Ok(Ok(Some(chunk))) => {
-                tee.chunk(session, chunk).await.map_err(TryError::aborted)?;
+                tee.chunk(session, chunk)
+                    .await
+                    .map_err(TryError::client_gone)?;
                 continue;
             }
             Ok(Ok(None)) => {
                 return tee
                     .end(session, StreamEnd::Complete)
                     .await
-                    .map_err(TryError::aborted)
+                    .map_err(TryError::client_gone)
             }
         };
         tee.abort(session, &failed).await;
-        return Err(TryError::aborted(failed));
+        return Err(TryError::Final(
+            ForwardError::Aborted(failed),
+            Some(TryFailure::Aborted),
+        ));
     }
 }

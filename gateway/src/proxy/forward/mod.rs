@@ -10,7 +10,7 @@ use super::ctx::RequestBody;
 use super::respond::ForwardError;
 use super::sink::Tee;
 use crate::config::policy::RetryPolicy;
-use crate::config::policy::Route;
+use crate::config::policy::{Route, Upstream};
 use endpoint::{TryError, TryRequest};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -20,15 +20,33 @@ use std::cell::OnceCell;
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
-/// What forwarding did: the endpoint last tried, its time to first byte, the status the
-/// client got from it, the body bytes written, and how it ended.
+/// What forwarding did: the upstream (`hop`: 0 for the route's own, then its fallbacks) and
+/// endpoint last tried, its time to first byte, the status the client got from it, the body
+/// bytes written, and how it ended.
 #[derive(Debug)]
 pub struct Attempt {
+    pub hop: usize,
     pub endpoint: Option<usize>,
     pub ttfb: Option<Duration>,
     pub status: Option<u16>,
     pub bytes_out: usize,
     pub outcome: Result<(), ForwardError>,
+}
+
+/// The request as sent to one upstream of the route.
+#[derive(Clone, Copy)]
+struct HopRequest<'a> {
+    route: &'a Route,
+    up: &'a Upstream,
+    has_fallback: bool,
+    body: &'a RequestBody,
+}
+
+/// How the tries at one upstream ended: with an answer (or a failure no other upstream can
+/// mend, such as bytes already sent), or with a failure the next fallback may mend.
+enum HopEnd {
+    Done(Result<(), ForwardError>),
+    Failed(GatewayError),
 }
 
 /// Forwards requests over a connection pool per worker thread, so a pooled connection is
@@ -54,7 +72,7 @@ impl Forwarder {
         })
     }
 
-    /// Tries endpoints until one answers or the retry policy gives up.
+    /// Tries the route's upstream, then its fallbacks in order, until one answers.
     pub async fn forward(
         &self,
         session: &mut Session,
@@ -62,66 +80,104 @@ impl Forwarder {
         body: &RequestBody,
         tee: &mut Tee<'_>,
     ) -> Attempt {
-        let up = &route.upstream;
         let mut attempt = Attempt {
+            hop: 0,
             endpoint: None,
             ttfb: None,
             status: None,
             bytes_out: 0,
             outcome: Ok(()),
         };
+        let mut hop = 0;
+        while let Some(up) = route.hop(hop) {
+            attempt.hop = hop;
+            let fallback = route.hop(hop + 1);
+            let to = HopRequest {
+                route,
+                up,
+                has_fallback: fallback.is_some(),
+                body,
+            };
+            match self.forward_to(session, &to, tee, &mut attempt).await {
+                HopEnd::Done(outcome) => {
+                    attempt.outcome = outcome;
+                    break;
+                }
+                HopEnd::Failed(error) => {
+                    if let Some(next) = fallback {
+                        tracing::info!(route = %route.name, from = %up.name, to = %next.name, reason = %error.message, "falling back");
+                    }
+                    attempt.outcome = Err(ForwardError::Respond(error));
+                }
+            }
+            hop += 1;
+        }
+        attempt.bytes_out = tee.bytes_out;
+        attempt
+    }
+
+    /// Tries endpoints of `up` until one answers or the retry policy gives up.
+    async fn forward_to(
+        &self,
+        session: &mut Session,
+        to: &HopRequest<'_>,
+        tee: &mut Tee<'_>,
+        attempt: &mut Attempt,
+    ) -> HopEnd {
+        let HopRequest {
+            route,
+            up,
+            has_fallback,
+            body,
+        } = *to;
         let mut tried = Vec::new();
         let mut retries_left = up.retry.attempts;
         up.retry_budget.record_request(Instant::now());
         let mut stale_retry_left = true;
         let streams_body = matches!(body, RequestBody::Stream);
-        attempt.outcome = loop {
+        loop {
             let Some(idx) = up.balancer.pick(&tried, Instant::now()) else {
-                break Err(ForwardError::Respond(GatewayError::no_endpoint(&up.name)));
+                return HopEnd::Failed(GatewayError::no_endpoint(&up.name));
             };
             attempt.endpoint = Some(idx);
             let try_req = TryRequest {
                 route,
+                up,
                 idx,
                 body,
                 // A status is retried only with a body still in hand; a streamed one is gone.
-                can_retry_status: retries_left > 0 && !streams_body,
+                can_retry_status: (retries_left > 0 || has_fallback) && !streams_body,
             };
-            match endpoint::try_endpoint(self.connector(), session, &try_req, tee, &mut attempt)
-                .await
+            let error =
+                match endpoint::try_endpoint(self.connector(), session, &try_req, tee, attempt)
+                    .await
+                {
+                    Ok(()) => return HopEnd::Done(Ok(())),
+                    Err(TryError::Final(e, _)) => return HopEnd::Done(Err(e)),
+                    Err(TryError::Retry(retry)) => retry,
+                };
+            // A streamed body can be sent only once; a read one is replayed.
+            let replayable = !(streams_body && error.body_used);
+            if error.stale && stale_retry_left && replayable {
+                stale_retry_left = false;
+            } else if error.allowed
+                && retries_left > 0
+                && replayable
+                && (error.budgeted || up.retry_budget.try_retry(Instant::now()))
             {
-                Ok(()) => break Ok(()),
-                Err(TryError::Final(e)) => break Err(e),
-                Err(TryError::Retry {
-                    error,
-                    allowed,
-                    stale,
-                    body_used,
-                    budgeted,
-                }) => {
-                    // A streamed body can be sent only once; a read one is replayed.
-                    let replayable = !(streams_body && body_used);
-                    if stale && stale_retry_left && replayable {
-                        stale_retry_left = false;
-                    } else if allowed
-                        && retries_left > 0
-                        && replayable
-                        && (budgeted || up.retry_budget.try_retry(Instant::now()))
-                    {
-                        if let Some(wait) = backoff(&up.retry, up.retry.attempts - retries_left) {
-                            tokio::time::sleep(wait).await;
-                        }
-                        retries_left -= 1;
-                        tried.push(idx);
-                    } else {
-                        break Err(ForwardError::Respond(error));
-                    }
-                    tracing::debug!(upstream = %up.name, endpoint = %up.endpoints[idx].url, reason = %error.message, "retrying");
+                if let Some(wait) = backoff(&up.retry, up.retry.attempts - retries_left) {
+                    tokio::time::sleep(wait).await;
                 }
+                retries_left -= 1;
+                tried.push(idx);
+            } else if has_fallback && replayable {
+                return HopEnd::Failed(error.error);
+            } else {
+                return HopEnd::Done(Err(ForwardError::Respond(error.error)));
             }
-        };
-        attempt.bytes_out = tee.bytes_out;
-        attempt
+            up.endpoints[idx].metrics.retries.inc();
+            tracing::debug!(upstream = %up.name, endpoint = %up.endpoints[idx].url, reason = %error.error.message, "retrying");
+        }
     }
 }
 

@@ -1,0 +1,291 @@
+//! One endpoint of an upstream: its URL parts, its metric handles and the Pingora peer to
+//! connect to. A host name is resolved on first use and again once `dns_ttl` has passed, so a
+//! replica replaced behind DNS is found without a reload; an address needs no lookup.
+
+use super::upstream::Timeouts;
+use arc_swap::ArcSwapOption;
+use http::header::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+use sluice_plugins::metrics::EndpointMetrics;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Endpoint {
+    pub url: String,
+    pub authority: HeaderValue,
+    pub base_path: String,
+    pub metrics: EndpointMetrics,
+    address: Address,
+}
+
+enum Address {
+    Fixed(Arc<HttpPeer>),
+    Named(NamedHost),
+}
+
+/// A host name and the peer it last resolved to.
+struct NamedHost {
+    host: String,
+    port: u16,
+    ttl: Duration,
+    template: PeerTemplate,
+    resolved: ArcSwapOption<Resolved>,
+    refreshing: AtomicBool,
+}
+
+struct Resolved {
+    peer: Arc<HttpPeer>,
+    addr: SocketAddr,
+    expires: Instant,
+}
+
+/// Everything of a peer but its address.
+#[derive(Clone)]
+pub(super) struct PeerTemplate {
+    pub tls: bool,
+    pub sni: String,
+    pub verify: bool,
+    pub ca: Option<Arc<[WrappedX509]>>,
+    pub http2: bool,
+    pub max_h2_streams: usize,
+    pub timeouts: Timeouts,
+    pub idle_timeout: Duration,
+}
+
+impl Endpoint {
+    pub(super) fn new(
+        url: String,
+        parsed: EndpointUrl,
+        authority: HeaderValue,
+        template: PeerTemplate,
+        dns_ttl: Duration,
+        metrics: EndpointMetrics,
+    ) -> Self {
+        let address = match parsed.host.parse::<IpAddr>() {
+            Ok(ip) => Address::Fixed(Arc::new(template.build(SocketAddr::new(ip, parsed.port)))),
+            Err(_) => Address::Named(NamedHost {
+                host: parsed.host,
+                port: parsed.port,
+                ttl: dns_ttl,
+                template,
+                resolved: ArcSwapOption::empty(),
+                refreshing: AtomicBool::new(false),
+            }),
+        };
+        Endpoint {
+            url,
+            authority,
+            base_path: parsed.base_path,
+            metrics,
+            address,
+        }
+    }
+
+    /// The peer to connect to at `now`, resolving the host name when due.
+    pub async fn peer(&self, now: Instant) -> Result<Arc<HttpPeer>, String> {
+        match &self.address {
+            Address::Fixed(peer) => Ok(Arc::clone(peer)),
+            Address::Named(named) => named.peer(now).await,
+        }
+    }
+}
+
+impl NamedHost {
+    async fn peer(&self, now: Instant) -> Result<Arc<HttpPeer>, String> {
+        let current = self.resolved.load_full();
+        if let Some(r) = &current {
+            // One request looks the name up again; the others keep the old address meanwhile.
+            if now < r.expires || self.refreshing.swap(true, Ordering::Acquire) {
+                return Ok(Arc::clone(&r.peer));
+            }
+        }
+        let looked_up = self.lookup().await;
+        let result = match (looked_up, current) {
+            (Ok(addr), Some(old)) if addr == old.addr => {
+                self.keep(Arc::clone(&old.peer), addr, now);
+                Ok(Arc::clone(&old.peer))
+            }
+            (Ok(addr), _) => {
+                let peer = Arc::new(self.template.build(addr));
+                self.keep(Arc::clone(&peer), addr, now);
+                Ok(peer)
+            }
+            (Err(e), Some(old)) => {
+                tracing::warn!(host = %self.host, error = %e, "re-resolving failed; keeping the last address");
+                self.keep(Arc::clone(&old.peer), old.addr, now);
+                Ok(Arc::clone(&old.peer))
+            }
+            (Err(e), None) => Err(e),
+        };
+        self.refreshing.store(false, Ordering::Release);
+        result
+    }
+
+    fn keep(&self, peer: Arc<HttpPeer>, addr: SocketAddr, now: Instant) {
+        self.resolved.store(Some(Arc::new(Resolved {
+            peer,
+            addr,
+            expires: now + self.ttl,
+        })));
+    }
+
+    async fn lookup(&self) -> Result<SocketAddr, String> {
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.host))
+    }
+}
+
+impl PeerTemplate {
+    fn build(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.idle_timeout = Some(self.idle_timeout);
+        o.verify_cert = self.verify;
+        o.verify_hostname = self.verify;
+        o.ca = self.ca.clone();
+        if self.http2 {
+            // h2 over TLS is negotiated by ALPN; plain-text h2 needs prior knowledge (h2c).
+            if self.tls {
+                o.set_http_version(2, 1)
+            } else {
+                o.set_http_version(2, 2)
+            }
+            o.max_h2_streams = self.max_h2_streams;
+        }
+        peer
+    }
+}
+
+/// The parts of an endpoint URL sluice needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub authority: String,
+    pub base_path: String,
+}
+
+/// Parses `http(s)://host[:port][/base]`.
+pub fn parse_endpoint_url(url: &str) -> Result<EndpointUrl, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not have a query"));
+    }
+    Ok(EndpointUrl {
+        tls,
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        host,
+        authority: authority.as_str().to_string(),
+        base_path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plugins::metrics::Metrics;
+
+    fn endpoint(url: &str, ttl: Duration) -> Endpoint {
+        let parsed = parse_endpoint_url(url).unwrap();
+        let template = PeerTemplate {
+            tls: false,
+            sni: parsed.host.clone(),
+            verify: false,
+            ca: None,
+            http2: false,
+            max_h2_streams: 1,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                first_byte: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
+            idle_timeout: Duration::from_secs(1),
+        };
+        let authority = HeaderValue::from_str(&parsed.authority).unwrap();
+        let metrics = Metrics::new("t").unwrap().endpoint("u", url);
+        Endpoint::new(url.into(), parsed, authority, template, ttl, metrics)
+    }
+
+    #[tokio::test]
+    async fn host_names_are_resolved_again_after_the_ttl() {
+        let t0 = Instant::now();
+        let ep = endpoint("http://localhost:9", Duration::from_secs(30));
+        let first = ep.peer(t0).await.unwrap();
+        let Address::Named(named) = &ep.address else {
+            panic!("a name")
+        };
+        let expires = |n: &NamedHost| n.resolved.load_full().unwrap().expires;
+        assert_eq!(expires(named), t0 + Duration::from_secs(30));
+        let cached = ep.peer(t0 + Duration::from_secs(29)).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &cached));
+        assert_eq!(
+            expires(named),
+            t0 + Duration::from_secs(30),
+            "no lookup within the ttl"
+        );
+        let later = t0 + Duration::from_secs(31);
+        let again = ep.peer(later).await.unwrap();
+        assert_eq!(
+            expires(named),
+            later + Duration::from_secs(30),
+            "looked up again"
+        );
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "same address: same peer, same pool"
+        );
+    }
+
+    #[tokio::test]
+    async fn addresses_need_no_lookup_and_unknown_names_fail() {
+        let ep = endpoint("http://127.0.0.1:9", Duration::ZERO);
+        assert!(matches!(ep.address, Address::Fixed(_)));
+        assert!(ep.peer(Instant::now()).await.is_ok());
+        let ep = endpoint("http://no-such-host.invalid:9", Duration::ZERO);
+        assert!(ep.peer(Instant::now()).await.is_err());
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        let u = parse_endpoint_url("https://api.openai.com").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.host.as_str(), u.base_path.as_str()),
+            (true, 443, "api.openai.com", "")
+        );
+        let u = parse_endpoint_url("http://127.0.0.1:8001/base/").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.authority.as_str(), u.base_path.as_str()),
+            (false, 8001, "127.0.0.1:8001", "/base")
+        );
+        assert!(parse_endpoint_url("ftp://x").is_err());
+        assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
+        assert!(parse_endpoint_url("http://x/?a=1").is_err());
+    }
+}
