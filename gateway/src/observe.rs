@@ -39,7 +39,7 @@ pub fn refresh_endpoint_gauges(policy: &Policy, now: Instant) {
             ep.metrics
                 .inflight
                 .set(i64::try_from(stats.inflight()).unwrap_or(i64::MAX));
-            ep.metrics.ewma.set(stats.latency_ns() / 1e9);
+            ep.metrics.ewma.set(stats.latency_ns(now) / 1e9);
         }
     }
 }

@@ -82,13 +82,13 @@ impl Balancer {
         }
         let warm = |i: &usize| untried(i) && !self.stats[*i].is_cooling(now);
         if (0..n).any(|i| warm(&i)) {
-            self.pick_among(warm)
+            self.pick_among(warm, now)
         } else {
-            self.pick_among(untried)
+            self.pick_among(untried, now)
         }
     }
 
-    fn pick_among(&self, eligible: impl Fn(&usize) -> bool) -> Option<usize> {
+    fn pick_among(&self, eligible: impl Fn(&usize) -> bool, now: Instant) -> Option<usize> {
         match self.strategy {
             Strategy::RoundRobin | Strategy::Weighted => {
                 let len = self.schedule.len();
@@ -98,9 +98,9 @@ impl Balancer {
                     .find(|i| eligible(i))
             }
             Strategy::LeastOutstanding => self.two_choices(eligible, |s| s.inflight() as f64),
-            Strategy::PeakEwma => {
-                self.two_choices(eligible, |s| s.latency_ns() * (s.inflight() as f64 + 1.0))
-            }
+            Strategy::PeakEwma => self.two_choices(eligible, |s| {
+                s.latency_ns(now) * (s.inflight() as f64 + 1.0)
+            }),
         }
     }
 
@@ -204,9 +204,15 @@ mod tests {
         s[1].observe(Duration::from_millis(5), t0);
         let b = Balancer::new(Strategy::PeakEwma, &[1, 1], s.clone());
         assert!((0..20).all(|_| b.pick(&[], t0) == Some(1)));
-        // Sixty seconds of fast answers decay the peak below the other endpoint's.
-        s[0].observe(Duration::from_millis(1), t0 + Duration::from_secs(60));
-        assert!(s[0].latency_ns() < s[1].latency_ns());
+        // Left alone while the other keeps answering, the slow one's estimate decays: within
+        // seconds it is tried again.
+        let later = t0 + Duration::from_secs(15);
+        s[1].observe(Duration::from_millis(5), later);
+        assert!(s[0].latency_ns(later) < s[1].latency_ns(later));
+        assert!((0..20).any(|_| b.pick(&[], later) == Some(0)));
+        // A fast answer then keeps it below the other's.
+        s[0].observe(Duration::from_millis(1), later);
+        assert!(s[0].latency_ns(later) < s[1].latency_ns(later));
     }
 
     #[test]

@@ -46,15 +46,24 @@ struct ProbeStreak {
 const MAX_COOL_DOWN: Duration = Duration::from_secs(60);
 
 /// Peak-sensitive EWMA of response latency: jumps up to a slower sample at once, decays
-/// towards faster ones, so a slowing endpoint is avoided quickly and re-tried gradually.
+/// towards faster ones and, unused, towards zero (as tower's does), so a slowing endpoint is
+/// avoided quickly and tried again within seconds once it may have recovered.
 #[derive(Debug, Clone, Copy)]
 struct PeakEwma {
     cost_ns: f64,
     stamp: Instant,
 }
 
-/// Decay window of the EWMA.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+impl PeakEwma {
+    /// The weight left to the estimate after the time since its last sample.
+    fn decay(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        (-elapsed / EWMA_DECAY.as_secs_f64()).exp()
+    }
+}
+
+/// Decay window of the EWMA: short, so a recovered endpoint gets traffic back in seconds.
+const EWMA_DECAY: Duration = Duration::from_secs(3);
 /// Latency assumed for an endpoint that has not answered yet (optimistic, so it gets tried).
 const EWMA_DEFAULT: Duration = Duration::from_millis(1);
 
@@ -174,17 +183,19 @@ impl EndpointStats {
         if sample > e.cost_ns {
             e.cost_ns = sample;
         } else {
-            let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
-            let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+            let w = e.decay(now);
             e.cost_ns = e.cost_ns * w + sample * (1.0 - w);
         }
         e.stamp = now;
     }
 
-    /// The current latency estimate.
+    /// The latency estimate at `now`, decayed since the last answer.
     #[must_use]
-    pub fn latency_ns(&self) -> f64 {
-        self.ewma.lock().map(|e| e.cost_ns).unwrap_or(f64::MAX)
+    pub fn latency_ns(&self, now: Instant) -> f64 {
+        self.ewma
+            .lock()
+            .map(|e| e.cost_ns * e.decay(now))
+            .unwrap_or(f64::MAX)
     }
 
     /// Marks a request as started on this endpoint until the guard drops.
