@@ -1,6 +1,6 @@
 //! Micro-benchmarks of what runs on every request: route matching, body parsing, metrics
-//! recording, the prompt cache's key, L1 lookup and SSE conversions, rate and token limits; and
-//! config compile time for a large policy. `cargo bench -p sluice-benches`.
+//! recording, the prompt cache's key, L1 lookup and SSE conversions, rate and token limits,
+//! the balancer's pick; and config compile time for a large policy. `cargo bench -p sluice-benches`.
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sluice::config::load::load_str;
 use sluice::config::{compile, SharedState};
 use sluice_benches::{chat_body, large_config, large_router};
+use sluice_plugins::balance::{Balancer, EndpointStats, Strategy};
 use sluice_plugins::body::RequestBody;
 use sluice_plugins::cache::key::{KeyContext, KeyPolicy};
 use sluice_plugins::cache::store::{CacheStore, StoreConfig};
@@ -270,8 +271,36 @@ fn limits(c: &mut Criterion) {
     g.finish();
 }
 
+/// `Balancer::pick` over 3 endpoints with live stats (one slower, one with requests in flight),
+/// per strategy: what every forwarded request pays to choose its endpoint.
+fn balancer_pick(c: &mut Criterion) {
+    let now = Instant::now();
+    let stats: Vec<Arc<EndpointStats>> =
+        (0..3).map(|_| Arc::new(EndpointStats::new(now))).collect();
+    stats[0].observe(Duration::from_millis(60), now);
+    stats[1].observe(Duration::from_millis(2), now);
+    stats[2].observe(Duration::from_millis(3), now);
+    let _busy = stats[2].start();
+    let mut g = c.benchmark_group("balancer_pick_3_endpoints");
+    for (name, strategy) in [
+        ("round_robin", Strategy::RoundRobin),
+        ("weighted", Strategy::Weighted),
+        ("least_outstanding", Strategy::LeastOutstanding),
+        ("peak_ewma", Strategy::PeakEwma),
+    ] {
+        let b = Balancer::new(strategy, &[3, 1, 1], stats.clone());
+        g.bench_function(name, |bench| bench.iter(|| b.pick(black_box(&[]), now)));
+    }
+    let b = Balancer::new(Strategy::PeakEwma, &[1, 1, 1], stats.clone());
+    g.bench_function("peak_ewma_retry_after_one_tried", |bench| {
+        bench.iter(|| b.pick(black_box(&[1]), now))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    balancer_pick,
     route_matching,
     body_parsing,
     metrics_recording,
