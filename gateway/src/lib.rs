@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod health;
+pub mod listener;
 pub mod observe;
 pub mod proxy;
 pub mod reload;

@@ -1,12 +1,16 @@
-//! Building and running the Pingora server: the proxy and admin services, reload triggers,
-//! and shutdown (SIGTERM drains in-flight requests up to `server.grace_period`, SIGINT exits).
+//! Building and running the Pingora server: the proxy (behind the [`Listener`] that enforces
+//! `server.limits`) and admin services, reload triggers, and shutdown (SIGTERM drains in-flight
+//! requests up to `server.grace_period`, SIGINT exits).
 
 use crate::admin::AdminApp;
+use crate::config::server_limits::ServerLimits;
 use crate::config::{compile, load_file, Policy, SharedState};
+use crate::listener::Listener;
 use crate::proxy::{ActiveRequests, Forwarder, Gateway};
 use crate::reload::{watch_file, watch_sighup, PolicyStore};
 use async_trait::async_trait;
 use pingora::connectors::ConnectorOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -27,6 +31,7 @@ pub fn run(config: &Path) -> Result<(), String> {
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION")).map_err(|e| format!("metrics: {e}"))?;
     let shared = Arc::new(SharedState::new(metrics));
     let policy = compile(&loaded, &shared).map_err(|e| e.to_string())?;
+    let limits = ServerLimits::compile(&loaded).map_err(|e| e.to_string())?;
     let spec = loaded.spec;
     let admin_token = match spec.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
         Some(var) => match std::env::var(var) {
@@ -71,12 +76,14 @@ pub fn run(config: &Path) -> Result<(), String> {
         cache.clone(),
         shared_limits,
     );
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "sluice");
+    // Our listener reads each request head within server.limits, then hands it to the proxy.
+    let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let buffers = L4BufferSettings::new(limits.read_buffer, limits.write_buffer);
+    let mut service = Service::new("sluice".to_string(), Listener::new(proxy, limits));
     for addr in &spec.server.listen {
-        proxy.add_tcp(addr);
+        service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
-    server.add_service(proxy);
+    server.add_service(service);
 
     let draining = Arc::new(AtomicBool::new(false));
     if let Some(admin) = &spec.admin {
