@@ -29,6 +29,10 @@ pub struct Defaults {
     /// `stream_options.include_usage` asks for it). Header: x-mock-no-usage (1/true or 0/false).
     #[arg(long)]
     pub no_usage: bool,
+    /// Status of `GET /health` (the rest still answers as usual), to fail active health
+    /// checks of an endpoint whose API works. No header: probes send none.
+    #[arg(long, default_value_t = 200)]
+    pub health_status: u16,
 }
 
 /// The knobs in force for one request.

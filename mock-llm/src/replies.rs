@@ -65,7 +65,12 @@ pub async fn respond(req: Request<Incoming>, state: &State, knobs: Knobs) -> Res
         r
     } else {
         match (&parts.method, path) {
-            (&Method::GET, "/health") => Response::new(full("ok")),
+            (&Method::GET, "/health") => {
+                let mut r = Response::new(full("ok"));
+                *r.status_mut() = StatusCode::from_u16(state.defaults.health_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                r
+            }
             (&Method::GET, "/mock/stats") => json_response(
                 StatusCode::OK,
                 &json!({"requests": state.stats.requests.load(Ordering::Relaxed), "connections": state.stats.connections.load(Ordering::Relaxed)}),

@@ -766,6 +766,58 @@ fn redis_ping(port: u16) -> std::io::Result<String> {
     Ok(line.trim_end().to_string())
 }
 
+// === Mocks that go away and come back ===
+
+impl Mock {
+    /// Starts a mock named `name` on `127.0.0.1:port` (a [`free_port`], or the port of a mock
+    /// that was [`stop`](Mock::stop)ped, to bring an endpoint back at the same URL). The bind is
+    /// retried for a moment, in case the old process's socket is still being torn down.
+    #[must_use]
+    pub fn start_on(name: &str, port: u16, args: &[&str]) -> Mock {
+        let listen = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut child = Command::new(bin("mock-llm"))
+                .args(["--listen", &listen, "--name", name, "--threads", "1"])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn mock-llm");
+            let stdout = child.stdout.take().expect("mock stdout");
+            let mut line = String::new();
+            let printed = BufReader::new(stdout).read_line(&mut line).unwrap_or(0) > 0;
+            let mut proc = Proc { child };
+            if printed && proc.running() {
+                let url = line.split_whitespace().last().expect("address").to_string();
+                return Mock { url, _proc: proc };
+            }
+            drop(proc);
+            assert!(
+                Instant::now() < deadline,
+                "mock-llm {name} could not listen on {listen} within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port the mock listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("mock URL ends with its port")
+    }
+
+    /// Kills the mock at once (like a crash): its URL refuses connections from now on.
+    pub fn stop(&mut self) {
+        let _ = self._proc.child.kill();
+        let _ = self._proc.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
