@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use sluice_benches::chat_body;
+use sluice_benches::load::idle::{idle_connections, raise_fd_limit};
 use sluice_benches::load::openloop::{self, OpenLoopResult, Plan};
 use sluice_benches::load::procs::{
     free_port, nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running,
@@ -27,6 +28,8 @@ const UPSTREAM_CPU: &str = "1";
 const MIX_LATENCY_MS: u64 = 20;
 /// The open-loop rate of both prompt-mix scenarios.
 const MIX_RATE: f64 = 500.0;
+/// Idle keep-alive client connections held open against each proxy.
+const IDLE_CONNECTIONS: usize = 10_000;
 
 struct Settings {
     closed: Duration,
@@ -40,7 +43,7 @@ struct Proxies {
     nginx_port: u16,
     sluice_port: u16,
     sluice: Running,
-    _nginx: Running,
+    nginx: Running,
 }
 
 fn main() {
@@ -63,6 +66,8 @@ fn run() -> Result<(), String> {
         open: Duration::from_secs(if quick { 2 } else { 8 }),
         target: target.clone(),
     };
+    // Before any process starts, so the proxies inherit it.
+    raise_fd_limit(IDLE_CONNECTIONS as u64 + 4096)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let release = target.join("release");
@@ -176,6 +181,8 @@ fn run() -> Result<(), String> {
             )?;
             prompt_mix_cached(&s, &mut report, d, slow_port, &sluice_bin)?;
             limited(&s, &mut report, d, up_port, &p, &sluice_bin, &body_1k)?;
+            balanced(&s, &mut report, d, &mock_bin, &sluice_bin, &body_1k)?;
+            idle(&mut report, &p)?;
         }
     }
 
@@ -249,7 +256,7 @@ fn start_proxies(
         nginx_port,
         sluice_port,
         sluice,
-        _nginx: nginx,
+        nginx,
     })
 }
 
@@ -655,6 +662,85 @@ fn limited(
         return Err(format!(
             "limits scenario: expected every request checked and admitted (metrics {status}, {checked:.0} allowed, refused: {refused})"
         ));
+    }
+    Ok(())
+}
+
+/// POST 1KB through sluice to one mock-llm vs peak-EWMA over three (each its own process,
+/// all on the upstream CPU), with one mock-llm direct as the reference.
+fn balanced(
+    s: &Settings,
+    report: &mut Report,
+    d: &Path,
+    mock_bin: &Path,
+    sluice_bin: &Path,
+    script: &PathBuf,
+) -> Result<(), String> {
+    let mut mocks = Vec::new();
+    let mut urls = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let name = format!("mock-ewma-{i}");
+        let args = ["--listen", &listen, "--threads", "1", "--name", &name];
+        mocks.push(spawn(
+            &name,
+            UPSTREAM_CPU,
+            mock_bin,
+            &args,
+            &d.join(format!("{name}.log")),
+        )?);
+        wait_port(port, Duration::from_secs(5))?;
+        urls.push(format!("{{url: \"http://{listen}\"}}"));
+        ports.push(port);
+    }
+    let mut sluices = Vec::new();
+    for (name, endpoints) in [
+        ("sluice-1-endpoint", &urls[..1]),
+        ("sluice-3-endpoints", &urls[..]),
+    ] {
+        let port = free_port()?;
+        let yaml = format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nupstreams:\n  up:\n    balance: peak_ewma\n    endpoints: [{}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    upstream: up\n",
+            endpoints.join(", ")
+        );
+        let proc = spawn_sluice(d, name, "0", sluice_bin, &yaml)?;
+        wait_port(port, Duration::from_secs(10))?;
+        sluices.push((port, proc));
+    }
+    let systems = [
+        ("direct", ports[0], None),
+        ("sluice 1 endpoint", sluices[0].0, Some(sluices[0].1.pid())),
+        ("sluice 3 peak_ewma", sluices[1].0, Some(sluices[1].1.pid())),
+    ];
+    closed_loop(
+        s,
+        report,
+        1,
+        &systems,
+        &[("POST 1KB to mock-llm", Some(script))],
+    )
+}
+
+/// IDLE_CONNECTIONS idle keep-alive connections to sluice and to nginx (GET passthrough).
+fn idle(report: &mut Report, p: &Proxies) -> Result<(), String> {
+    for (system, port, pid) in [
+        ("nginx", p.nginx_port, p.nginx.pid()),
+        ("sluice", p.sluice_port, p.sluice.pid()),
+    ] {
+        let r = idle_connections(port, pid, IDLE_CONNECTIONS)?;
+        eprintln!(
+            "idle {system}: {} connections, {:.1} KiB each, {} served after",
+            r.connections, r.kib_per_connection, r.served_after
+        );
+        if r.served_after != r.connections {
+            return Err(format!(
+                "idle connections: {system} served only {} of {} afterwards",
+                r.served_after, r.connections
+            ));
+        }
+        report.idle.push((system, r));
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! upstream and as the reference proxy, mock-llm for streaming, sluice), `wrk` for closed-loop
 //! throughput, our own open-loop generator for latency at fixed rates, and a report.
 
+pub mod idle;
 pub mod openloop;
 pub mod procs;
 pub mod report;

@@ -140,6 +140,6 @@ pub fn nginx_conf(
         ),
     };
     format!(
-        "worker_processes {workers};\ndaemon off;\nuser root;\npid {d}/nginx-{port}.pid;\nerror_log {d}/nginx-{port}.err warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_max_body_size 64m;\n  client_body_buffer_size 512k;\n  client_body_temp_path {d}/body-{port};\n  proxy_temp_path {d}/proxy-{port};\n  fastcgi_temp_path {d}/fcgi-{port};\n  uwsgi_temp_path {d}/uwsgi-{port};\n  scgi_temp_path {d}/scgi-{port};\n  {location}\n}}\n"
+        "worker_processes {workers};\ndaemon off;\nuser root;\npid {d}/nginx-{port}.pid;\nerror_log {d}/nginx-{port}.err warn;\nworker_rlimit_nofile 40000;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_max_body_size 64m;\n  client_body_buffer_size 512k;\n  client_body_temp_path {d}/body-{port};\n  proxy_temp_path {d}/proxy-{port};\n  fastcgi_temp_path {d}/fcgi-{port};\n  uwsgi_temp_path {d}/uwsgi-{port};\n  scgi_temp_path {d}/scgi-{port};\n  {location}\n}}\n"
     )
 }

@@ -71,6 +71,8 @@ pub struct Report {
     pub cache_mix: Vec<CacheMixRow>,
     /// The slow mock-llm's answer delay in the cached prompt-mix scenario.
     pub mix_latency_ms: u64,
+    /// Idle keep-alive client connections, per system.
+    pub idle: Vec<(&'static str, crate::load::idle::IdleResult)>,
 }
 
 impl Report {
@@ -211,6 +213,16 @@ impl Report {
                     s,
                     "| {name} | {:.3} | {:.3} | {a50} | {a99} |",
                     r.p50_ms, r.p99_ms
+                );
+            }
+        }
+        if !self.idle.is_empty() {
+            let _ = writeln!(s, "\n## Idle keep-alive client connections (one GET each, then idle)\n\n| system | connections | KiB per connection (RSS growth) | still served after |\n|---|---|---|---|");
+            for (system, r) in &self.idle {
+                let _ = writeln!(
+                    s,
+                    "| {system} | {} | {:.1} | {} |",
+                    r.connections, r.kib_per_connection, r.served_after
                 );
             }
         }
