@@ -93,9 +93,16 @@ impl Balancer {
             Strategy::RoundRobin | Strategy::Weighted => {
                 let len = self.schedule.len();
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                (0..len)
-                    .map(|k| self.schedule[(start + k) % len])
+                let own = self.schedule[start % len];
+                if eligible(&own) {
+                    return Some(own);
+                }
+                // The turn of an endpoint that is out goes to a random other slot, so its share
+                // spreads over the rest by weight instead of landing on its neighbour.
+                (0..SKIP_DRAWS)
+                    .map(|_| self.schedule[(self.next_random() % len as u64) as usize])
                     .find(|i| eligible(i))
+                    .or_else(|| self.schedule.iter().copied().find(|i| eligible(i)))
             }
             Strategy::LeastOutstanding => self.two_choices(eligible, |s| s.inflight() as f64),
             Strategy::PeakEwma => self.two_choices(eligible, |s| {
@@ -137,6 +144,9 @@ impl Balancer {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
+
+/// Random draws for a round-robin turn whose endpoint is out, before a plain scan.
+const SKIP_DRAWS: usize = 16;
 
 /// nginx's smooth weighted round robin, unrolled into one cycle of picks.
 fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
@@ -213,6 +223,21 @@ mod tests {
         // A fast answer then keeps it below the other's.
         s[0].observe(Duration::from_millis(1), later);
         assert!(s[0].latency_ns(later) < s[1].latency_ns(later));
+    }
+
+    #[test]
+    fn an_endpoint_out_spreads_its_turns_over_the_others() {
+        let t0 = Instant::now();
+        let s = stats(3, t0);
+        let b = Balancer::new(Strategy::RoundRobin, &[1, 1, 1], s.clone());
+        s[2].eject_until(t0 + Duration::from_secs(5));
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            counts[b.pick(&[], t0).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let share = counts[0] as f64 / 3000.0;
+        assert!((0.45..0.55).contains(&share), "even split, got {counts:?}");
     }
 
     #[test]
