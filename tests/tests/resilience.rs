@@ -120,6 +120,14 @@ async fn a_killed_endpoint_costs_no_client_errors_and_is_readmitted_when_back() 
         "an unhealthy endpoint is not tried ({quiet} requests meanwhile)"
     );
     assert!(quiet > 0, "the load kept running while c was out");
+    let (to_a, to_b) = (
+        served_by(&out_window, &a.url) as f64,
+        served_by(&out_window, &b.url) as f64,
+    );
+    assert!(
+        (0.35..=0.65).contains(&(to_a / (to_a + to_b))),
+        "c's share spreads over a and b, not onto one neighbour: a {to_a} b {to_b}"
+    );
 }
 
 /// A route to `up` (dead endpoints, `up_extra`) falling back to `spare`.
