@@ -104,6 +104,8 @@ pub const MAX_HEADER_BYTES: u64 = 1_048_575;
 pub const MAX_HEADERS: usize = 256;
 /// Beyond this a buffer per connection defeats the point of these limits.
 const MAX_BUFFER: u64 = 1024 * 1024;
+/// Longer waits are no limit at all, and deadlines far in the future overflow `Instant`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// `server.limits` checked and in the units the listener works in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,13 +140,14 @@ impl ServerLimits {
     #[must_use]
     pub fn from_spec(spec: &ServerLimitsSpec) -> ServerLimits {
         let bytes = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
+        let time = |d: HumanDuration| d.0.min(MAX_TIMEOUT);
         ServerLimits {
-            header_timeout: spec.header_timeout.0,
+            header_timeout: time(spec.header_timeout),
             max_header_bytes: bytes(spec.max_header_bytes).min(MAX_HEADER_BYTES as usize),
             max_uri_bytes: bytes(spec.max_uri_bytes),
             max_headers: spec.max_headers.min(MAX_HEADERS),
-            body_idle_timeout: spec.body_idle_timeout.0,
-            keepalive_timeout: spec.keepalive_timeout.0,
+            body_idle_timeout: time(spec.body_idle_timeout),
+            keepalive_timeout: time(spec.keepalive_timeout),
             keepalive_requests: spec.keepalive_requests.max(1),
             read_buffer: bytes(spec.read_buffer).min(MAX_BUFFER as usize),
             write_buffer: bytes(spec.write_buffer).min(MAX_BUFFER as usize),
@@ -161,6 +164,15 @@ pub(crate) fn check(errors: &mut Errors, spec: &ServerLimitsSpec) {
     ] {
         if value.0.is_zero() {
             errors.at(&at(field), "must be more than 0");
+        }
+    }
+    for (field, value) in [
+        ("header_timeout", spec.header_timeout),
+        ("body_idle_timeout", spec.body_idle_timeout),
+        ("keepalive_timeout", spec.keepalive_timeout),
+    ] {
+        if value.0 > MAX_TIMEOUT {
+            errors.at(&at(field), "must be at most 24h");
         }
     }
     let head = spec.max_header_bytes.0;
@@ -255,34 +267,22 @@ routes:
     fn every_bad_value_is_reported_at_its_line() {
         let e = compile(
             "server:\n  limits:\n    header_timeout: 0s\n    max_header_bytes: 2MiB\n    \
-             max_headers: 300\n    keepalive_requests: 0\n    read_buffer: 4MiB\n",
+             max_headers: 300\n    keepalive_requests: 0\n    read_buffer: 4MiB\n    \
+             keepalive_timeout: 48h\n",
         )
         .unwrap_err();
         let lines: Vec<&str> = e.lines().collect();
-        assert_eq!(lines.len(), 5, "{e}");
-        assert!(
-            lines[0].starts_with("g.yaml:3:5: server.limits.header_timeout: must be more than 0"),
-            "{e}"
-        );
-        assert!(
-            lines[1]
-                .starts_with("g.yaml:4:5: server.limits.max_header_bytes: must be between 1KiB"),
-            "{e}"
-        );
-        assert!(
-            lines[2]
-                .starts_with("g.yaml:5:5: server.limits.max_headers: must be between 1 and 256"),
-            "{e}"
-        );
-        assert!(
-            lines[3]
-                .starts_with("g.yaml:6:5: server.limits.keepalive_requests: must be at least 1"),
-            "{e}"
-        );
-        assert!(
-            lines[4].starts_with("g.yaml:7:5: server.limits.read_buffer: must be at most 1MiB"),
-            "{e}"
-        );
+        assert_eq!(lines.len(), 6, "{e}");
+        for want in [
+            "g.yaml:3:5: server.limits.header_timeout: must be more than 0",
+            "g.yaml:4:5: server.limits.max_header_bytes: must be between 1KiB",
+            "g.yaml:5:5: server.limits.max_headers: must be between 1 and 256",
+            "g.yaml:6:5: server.limits.keepalive_requests: must be at least 1",
+            "g.yaml:7:5: server.limits.read_buffer: must be at most 1MiB",
+            "g.yaml:8:5: server.limits.keepalive_timeout: must be at most 24h",
+        ] {
+            assert!(lines.iter().any(|l| l.starts_with(want)), "{want} in\n{e}");
+        }
     }
 
     #[test]
