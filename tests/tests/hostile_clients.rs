@@ -293,10 +293,15 @@ async fn stalled_body_is_cut_at_body_idle_timeout() {
     .await
     .unwrap();
     let stalled = Instant::now();
-    read_until_closed(&mut s, Duration::from_secs(5))
+    let answer = read_until_closed(&mut s, Duration::from_secs(5))
         .await
         .expect("the connection is closed");
     let took = stalled.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 408") && text.contains("request_timeout"),
+        "a stalled body gets a 408: {text}"
+    );
     assert!(
         took >= Duration::from_millis(950) && took < Duration::from_millis(3000),
         "cut after {took:?}"

@@ -211,6 +211,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
 }
 
 fn check_server(errors: &mut Errors, spec: &Spec) {
+    super::server_limits::check(errors, &spec.server.limits);
     if spec.server.listen.is_empty() {
         errors.at(
             &field_path!["server", "listen"],

@@ -77,5 +77,14 @@ fn expects_continue(session: &Session) -> bool {
 
 /// Reading the client's body failed: it went away or broke the framing.
 pub fn client_body_error(e: &pingora::Error) -> ForwardError {
+    if *e.etype() == pingora::ErrorType::ReadTimedout {
+        // A body that stalls past server.limits.body_idle_timeout is answered, as nginx does.
+        return ForwardError::Respond(GatewayError::new(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            "the request body stalled past the server's body idle timeout",
+        ));
+    }
     ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
 }

@@ -52,5 +52,8 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
     }
     if err.status == 413 {
         body::linger(session).await;
+    } else if err.status == 408 {
+        // The rest of a stalled body is not waited for: the connection ends with the answer.
+        session.set_keepalive(None);
     }
 }
