@@ -3,7 +3,7 @@
 //! with `health:` a GET on a fresh connection every `interval`. Verdicts are kept in the
 //! endpoint's stats (outside the policy snapshot); a passing probe also ends an ejection.
 
-use crate::config::policy::Upstream;
+use crate::config::policy::{Route, Upstream};
 use crate::config::Policy;
 use crate::reload::PolicyStore;
 use http::Method;
@@ -60,7 +60,7 @@ fn probed_upstreams(policy: &Policy) -> Vec<Arc<Upstream>> {
     policy
         .routes
         .iter()
-        .flat_map(|r| std::iter::once(&r.upstream).chain(r.fallback.iter().map(|f| &f.upstream)))
+        .flat_map(Route::upstreams)
         .filter(|up| up.health.is_some() && seen.insert(up.name.clone()))
         .cloned()
         .collect()

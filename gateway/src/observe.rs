@@ -29,11 +29,7 @@ pub struct Finished<'a> {
 /// Sets the per-endpoint gauges (available, in flight, latency estimate) from the endpoints'
 /// live stats, when metrics are scraped rather than on every request.
 pub fn refresh_endpoint_gauges(policy: &Policy, now: Instant) {
-    let upstreams = policy
-        .routes
-        .iter()
-        .flat_map(|r| std::iter::once(&r.upstream).chain(r.fallback.iter().map(|f| &f.upstream)));
-    for up in upstreams {
+    for up in policy.routes.iter().flat_map(Route::upstreams) {
         for (ep, stats) in up.endpoints.iter().zip(up.balancer.all_stats()) {
             ep.metrics.healthy.set(i64::from(stats.is_available(now)));
             ep.metrics

@@ -117,13 +117,15 @@ pub struct Fallback {
 }
 
 impl Route {
+    /// Every upstream the route can send to: its own, then its fallbacks in order.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        std::iter::once(&self.upstream).chain(self.fallback.iter().map(|f| &f.upstream))
+    }
+
     /// The `hop`th upstream of the route: 0 is its own, then its fallbacks in order.
     #[must_use]
     pub fn hop(&self, hop: usize) -> Option<&Upstream> {
-        match hop {
-            0 => Some(&self.upstream),
-            n => self.fallback.get(n - 1).map(|f| f.upstream.as_ref()),
-        }
+        self.upstreams().nth(hop).map(Arc::as_ref)
     }
 }
 
