@@ -199,8 +199,13 @@ impl Mock {
     /// Starts a mock named `name` on an ephemeral port with extra command-line knobs.
     #[must_use]
     pub fn start(name: &str, args: &[&str]) -> Mock {
+        Mock::spawn("127.0.0.1:0", name, args).expect("mock-llm starts and prints its address")
+    }
+
+    /// Starts mock-llm on `listen`; `None` when it did not come up (e.g. the port is taken).
+    fn spawn(listen: &str, name: &str, args: &[&str]) -> Option<Mock> {
         let mut child = Command::new(bin("mock-llm"))
-            .args(["--listen", "127.0.0.1:0", "--name", name, "--threads", "1"])
+            .args(["--listen", listen, "--name", name, "--threads", "1"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -208,14 +213,13 @@ impl Mock {
             .expect("spawn mock-llm");
         let stdout = child.stdout.take().expect("mock stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("mock prints its address");
-        let url = line.split_whitespace().last().expect("address").to_string();
-        Mock {
-            url,
-            _proc: Proc { child },
+        let printed = BufReader::new(stdout).read_line(&mut line).unwrap_or(0) > 0;
+        let mut proc = Proc { child };
+        if !(printed && proc.running()) {
+            return None;
         }
+        let url = line.split_whitespace().last()?.to_string();
+        Some(Mock { url, _proc: proc })
     }
 }
 
@@ -777,22 +781,9 @@ impl Mock {
         let listen = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let mut child = Command::new(bin("mock-llm"))
-                .args(["--listen", &listen, "--name", name, "--threads", "1"])
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn mock-llm");
-            let stdout = child.stdout.take().expect("mock stdout");
-            let mut line = String::new();
-            let printed = BufReader::new(stdout).read_line(&mut line).unwrap_or(0) > 0;
-            let mut proc = Proc { child };
-            if printed && proc.running() {
-                let url = line.split_whitespace().last().expect("address").to_string();
-                return Mock { url, _proc: proc };
+            if let Some(mock) = Mock::spawn(&listen, name, args) {
+                return mock;
             }
-            drop(proc);
             assert!(
                 Instant::now() < deadline,
                 "mock-llm {name} could not listen on {listen} within {PATIENCE:?}"

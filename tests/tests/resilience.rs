@@ -155,13 +155,7 @@ async fn all_from_spare(gw: &Gateway, n: usize) {
                 .await
         }
         .expect("answer");
-        let h = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
+        let h = |name: &str| header(&resp, name);
         assert_eq!(resp.status(), 200, "request {i}: {}", gw.log_text());
         assert_eq!(h("x-sluice-fallback"), "spare", "request {i}");
         assert_eq!(h("x-mock-instance"), "spare", "request {i}");
@@ -258,13 +252,7 @@ async fn a_5_mib_prompt_survives_a_retry_and_a_fallback_intact() {
                 .send()
                 .await
                 .expect("answer");
-            let h = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string()
-            };
+            let h = |name: &str| header(&resp, name);
             let what = format!(
                 "{which} #{i} ({} bytes, {:?})",
                 body.len(),

@@ -81,12 +81,7 @@ pub async fn get_models(client: &reqwest::Client, gw_url: &str) -> Sample {
         }
     };
     let status = resp.status().as_u16();
-    let endpoint = resp
-        .headers()
-        .get("x-sluice-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let endpoint = header(&resp, "x-sluice-upstream");
     let error = resp.bytes().await.err().map(|e| format!("body: {e}"));
     Sample {
         at,
@@ -207,4 +202,13 @@ pub async fn mock_stats(url: &str) -> (u64, u64) {
         v["requests"].as_u64().expect("requests"),
         v["connections"].as_u64().expect("connections"),
     )
+}
+
+/// A response header's value as text, empty when absent.
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
