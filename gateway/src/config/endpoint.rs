@@ -36,6 +36,15 @@ struct NamedHost {
     refreshing: AtomicBool,
 }
 
+/// Clears the "a lookup is under way" flag when the lookup ends, however it ends.
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 struct Resolved {
     peer: Arc<HttpPeer>,
     addr: SocketAddr,
@@ -102,6 +111,8 @@ impl NamedHost {
                 return Ok(Arc::clone(&r.peer));
             }
         }
+        // Handed back even if this request is dropped mid-lookup (its client left).
+        let _refreshing = Refreshing(&self.refreshing);
         let looked_up = self.lookup().await;
         let result = match (looked_up, current) {
             (Ok(addr), Some(old)) if addr == old.addr => {
@@ -120,7 +131,6 @@ impl NamedHost {
             }
             (Err(e), None) => Err(e),
         };
-        self.refreshing.store(false, Ordering::Release);
         result
     }
 
@@ -261,6 +271,26 @@ mod tests {
             Arc::ptr_eq(&first, &again),
             "same address: same peer, same pool"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lookup_dropped_midway_does_not_stop_later_ones() {
+        let t0 = Instant::now();
+        let ep = endpoint("http://localhost:9", Duration::from_secs(30));
+        ep.peer(t0).await.unwrap();
+        let later = t0 + Duration::from_secs(31);
+        // Polled once (the lookup is pending on the blocking pool), then dropped.
+        let _ = tokio::time::timeout(Duration::ZERO, ep.peer(later)).await;
+        let Address::Named(named) = &ep.address else {
+            panic!("a name")
+        };
+        assert!(
+            !named.refreshing.load(Ordering::Acquire),
+            "flag handed back"
+        );
+        ep.peer(later).await.unwrap();
+        let expires = named.resolved.load_full().unwrap().expires;
+        assert_eq!(expires, later + Duration::from_secs(30), "looked up again");
     }
 
     #[tokio::test]
