@@ -102,6 +102,7 @@ fn cache_key(c: &mut Criterion) {
         route: "chat",
         path: "/v1/chat/completions",
         scope: b"",
+        variant: "",
     };
     let mut parse = c.benchmark_group("cache_parse_map");
     for size in [1024usize, 32 * 1024, 512 * 1024] {

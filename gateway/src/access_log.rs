@@ -135,7 +135,7 @@ pub fn write(f: &Finished<'_>) {
         method = f.method,
         path = f.path,
         route = f.route.map_or("", |r| r.name.as_str()),
-        upstream = f.route.and_then(|r| r.hop(f.hop)).map_or("", |u| u.name.as_str()),
+        upstream = f.lane.and_then(|l| l.hop(f.hop)).map_or("", |u| u.name.as_str()),
         endpoint = f.endpoint.unwrap_or(""),
         status = f.status.unwrap_or(0),
         served_by = if f.served { "upstream" } else { "gateway" },
@@ -144,7 +144,7 @@ pub fn write(f: &Finished<'_>) {
         bytes_in = f.bytes_in,
         bytes_out = f.bytes_out,
         cache = f.cache,
-        variant = "",
+        variant = f.lane.map_or("", |l| l.variant.as_str()),
         error = f.error.unwrap_or(""),
         "request"
     );

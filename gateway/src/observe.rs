@@ -1,7 +1,7 @@
 //! What a finished request was, as one record: the access log and the metrics both read it,
 //! so neither learns how the proxy is built and logging records nothing as a side effect.
 
-use crate::config::policy::Route;
+use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,8 @@ pub struct Finished<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub route: Option<&'a Route>,
+    /// The route's lane (its A/B variant) the request took.
+    pub lane: Option<&'a Lane>,
     /// Which of the route's upstreams answered: 0 its own, then its fallbacks.
     pub hop: usize,
     pub endpoint: Option<&'a str>,
@@ -44,15 +46,20 @@ pub fn refresh_endpoint_gauges(policy: &Policy, now: Instant) {
 pub fn record_metrics(f: &Finished<'_>, policy: &Policy) {
     match (f.route, f.status) {
         (Some(r), status) => {
-            r.metrics.duration.observe(f.duration.as_secs_f64());
+            // Answered before the split phase (a bad body, say): no variant to count it under.
+            let (metrics, fallback) = match f.lane {
+                Some(l) => (&l.metrics, l.fallback.as_slice()),
+                None => (&r.unassigned, &[][..]),
+            };
+            metrics.duration.observe(f.duration.as_secs_f64());
             if let Some(status) = status {
                 if f.served {
-                    match f.hop.checked_sub(1).and_then(|k| r.fallback.get(k)) {
+                    match f.hop.checked_sub(1).and_then(|k| fallback.get(k)) {
                         Some(fallback) => fallback.served.inc(status),
-                        None => r.metrics.served.inc(status),
+                        None => metrics.served.inc(status),
                     }
                 } else {
-                    r.metrics.local.inc(status);
+                    metrics.local.inc(status);
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! sockets and a Pingora upgrade touches only the gateway's adapter.
 #![forbid(unsafe_code)]
 
+pub mod ab;
 pub mod balance;
 pub mod body;
 pub mod cache;

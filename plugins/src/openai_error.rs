@@ -90,6 +90,20 @@ impl GatewayError {
         )
     }
 
+    /// 400: `x-sluice-variant` names no variant of the route.
+    #[must_use]
+    pub fn unknown_variant(asked: &str, known: &[&str]) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            "unknown_variant",
+            format!(
+                "x-sluice-variant `{asked}` is not a variant of this route (variants: {})",
+                known.join(", ")
+            ),
+        )
+    }
+
     #[must_use]
     pub fn no_route(method: &str, path: &str) -> Self {
         Self::new(

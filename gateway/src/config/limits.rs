@@ -354,7 +354,7 @@ routes:
             p.limits_redis.is_some(),
             "a shared limit needs the redis connection"
         );
-        let admission = route.upstream.admission.as_ref().unwrap();
+        let admission = route.lanes[0].upstream.admission.as_ref().unwrap();
         assert_eq!(admission.timeout, Duration::from_millis(300));
         assert_eq!(admission.gate.in_flight(), 0);
     }
@@ -444,7 +444,14 @@ routes:
         assert!(Arc::ptr_eq(&r1, &r3), "the request limit did not change");
         assert!(!Arc::ptr_eq(&t1, &t3), "a new shape starts a new bucket");
         let gate = |p: &crate::config::Policy| {
-            Arc::clone(&p.routes[0].upstream.admission.as_ref().unwrap().gate)
+            Arc::clone(
+                &p.routes[0].lanes[0]
+                    .upstream
+                    .admission
+                    .as_ref()
+                    .unwrap()
+                    .gate,
+            )
         };
         assert!(Arc::ptr_eq(&gate(&first), &gate(&changed)));
     }

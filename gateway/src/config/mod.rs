@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod endpoint;
+pub mod lane;
 pub mod limit_buckets;
 pub mod limits;
 pub mod load;
@@ -11,6 +12,7 @@ pub mod policy;
 pub mod resilience;
 pub mod server_limits;
 pub mod spec;
+pub mod split;
 pub mod units;
 pub mod upstream;
 

@@ -6,6 +6,7 @@
 
 pub use super::cache::{CacheScope, CacheTiers, DiskSettings, RedisSettings, RouteCache};
 pub use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl};
+pub use super::lane::{Fallback, Lane};
 pub use super::upstream::{RetryPolicy, Timeouts, Upstream};
 
 use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name, redact_url};
@@ -14,14 +15,13 @@ pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, Token
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
 use super::spec::{MatchSpec, RouteSpec, Spec};
+use super::split::{check_split, compile_pricing, CheckedSplit, Pricing, RouteSplit};
 use super::upstream::compile_upstream;
 use http::Method;
 use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
 use sluice_plugins::limits::gate::ConcurrencyGate;
-use sluice_plugins::metrics::{
-    Metrics, RouteCacheMetrics, RouteLimitMetrics, RouteMetrics, StatusCounters,
-};
+use sluice_plugins::metrics::{Metrics, RouteLimitMetrics, RouteMetrics, StatusCounters};
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -88,44 +88,44 @@ pub struct Policy {
     pub cache_tiers: Option<CacheTiers>,
     /// The Redis the shared limits use; `Some` when any limit is shared.
     pub limits_redis: Option<RedisSettings>,
+    /// Prices by model, for `sluice_cost_usd_total`.
+    pub pricing: Pricing,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
 
 pub struct Route {
     pub name: String,
-    pub upstream: Arc<Upstream>,
-    /// Upstreams tried in order after `upstream`, each with its own response counters.
-    pub fallback: Vec<Fallback>,
-    pub metrics: RouteMetrics,
+    /// One lane per variant of `split`, or one (variant `""`) without a split; never empty.
+    pub lanes: Vec<Lane>,
+    /// The route's A/B variants, if it splits.
+    pub split: Option<RouteSplit>,
+    /// Counts answers made before a variant was assigned (variant `""`).
+    pub unassigned: RouteMetrics,
     /// The route's cache policy, if it caches.
     pub cache: Option<RouteCache>,
-    pub cache_metrics: RouteCacheMetrics,
     /// The route's request rates and token budgets, if any.
     pub limits: Option<RouteLimits>,
     /// Tokens reserved and charged, requests refused (by limits or the upstream's queue).
     pub limit_metrics: RouteLimitMetrics,
     /// Some phase needs the request body (a model glob, a cache policy, a token budget, an
-    /// upstream queue), so the proxy reads it.
+    /// upstream queue, a split), so the proxy reads it.
     pub reads_body: bool,
-}
-
-/// An upstream a route falls back to, and the route's counters of its answers.
-pub struct Fallback {
-    pub upstream: Arc<Upstream>,
-    pub served: StatusCounters,
+    /// Answers are metered for `sluice_tokens_total` and `sluice_cost_usd_total`.
+    pub meters_usage: bool,
 }
 
 impl Route {
-    /// Every upstream the route can send to: its own, then its fallbacks in order.
-    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        std::iter::once(&self.upstream).chain(self.fallback.iter().map(|f| &f.upstream))
+    /// Lane `i`, or the first for an index out of range.
+    #[must_use]
+    pub fn lane(&self, i: usize) -> &Lane {
+        let last = self.lanes.len().saturating_sub(1);
+        &self.lanes[i.min(last)]
     }
 
-    /// The `hop`th upstream of the route: 0 is its own, then its fallbacks in order.
-    #[must_use]
-    pub fn hop(&self, hop: usize) -> Option<&Upstream> {
-        self.upstreams().nth(hop).map(Arc::as_ref)
+    /// Every upstream the route can send to (a shared one once per lane that uses it).
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.lanes.iter().flat_map(Lane::upstreams)
     }
 }
 
@@ -135,6 +135,7 @@ struct CheckedRoute<'a> {
     matcher: RouteMatcher,
     cache: Option<RouteCache>,
     limits: Vec<CheckedLimit>,
+    split: Option<CheckedSplit<'a>>,
 }
 
 /// Checks `loaded` and compiles it; every problem is reported, each at its field.
@@ -153,6 +154,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         .and_then(|r| compile_redis(&mut errors, r));
     let tiers = compile_tiers(&mut errors, loaded, redis.as_ref());
     let checked_routes = check_routes(&mut errors, spec, redis.is_some());
+    let pricing = compile_pricing(&mut errors, &spec.pricing);
     errors.finish(())?;
 
     let upstreams: HashMap<&str, Arc<Upstream>> = checked_upstreams
@@ -168,35 +170,65 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         };
         let name = &r.spec.name;
         let limits = super::limits::attach(name, r.limits, &shared.limit_buckets, &shared.metrics);
-        let fallback = r
+        let fallbacks: Vec<&Arc<Upstream>> = r
             .spec
             .fallback
             .iter()
             .filter_map(|f| upstreams.get(f.as_str()))
-            .map(|up| Fallback {
-                upstream: Arc::clone(up),
-                served: shared.metrics.route(name, &up.name, "").served,
-            })
             .collect();
+        let lane = |variant: &str, up: Option<&str>| {
+            let up = up.and_then(|u| upstreams.get(u)).unwrap_or(upstream);
+            Lane::new(name, variant, up, &fallbacks, &shared.metrics)
+        };
+        let (lanes, split) = match r.split {
+            None => (vec![lane("", None)], None),
+            Some(s) => {
+                let lanes = s
+                    .split
+                    .variants
+                    .iter()
+                    .zip(s.upstreams)
+                    .map(|(v, up)| lane(&v.name, up))
+                    .collect();
+                (lanes, Some(s.split))
+            }
+        };
+        // A queued request notices its client leaving only once its body is read.
+        let reads_body = r.matcher.model.is_some()
+            || r.cache.is_some()
+            || limits.as_ref().is_some_and(RouteLimits::reads_body)
+            || lanes
+                .iter()
+                .any(|l: &Lane| l.upstream.admission.as_ref().is_some_and(|a| a.queues))
+            // A fallback replays the body, so it is read whole.
+            || !r.spec.fallback.is_empty()
+            || split.as_ref().is_some_and(RouteSplit::reads_body);
+        // A plain passthrough streams its body untouched, so only a read body is metered.
+        let meters_usage = split.is_some() || (reads_body && !pricing.is_empty());
         routes.push(Route {
             name: name.clone(),
-            upstream: Arc::clone(upstream),
-            fallback,
-            metrics: shared.metrics.route(name, &r.spec.upstream, ""),
-            // A queued request notices its client leaving only once its body is read.
-            reads_body: r.matcher.model.is_some()
-                || r.cache.is_some()
-                || limits.as_ref().is_some_and(RouteLimits::reads_body)
-                || upstream.admission.as_ref().is_some_and(|a| a.queues)
-                // A fallback replays the body, so it is read whole.
-                || !r.spec.fallback.is_empty(),
+            lanes,
+            split,
+            unassigned: shared.metrics.route(name, "", ""),
+            reads_body: reads_body || meters_usage,
+            meters_usage,
             limits,
             limit_metrics: shared.metrics.route_limits(name),
-            cache_metrics: shared.metrics.route_cache(&r.spec.name),
             cache: r.cache,
         });
         matchers.push(r.matcher);
     }
+    let weights: Vec<(&str, &str, u32)> = spec
+        .routes
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.split.as_ref()?)))
+        .flat_map(|(r, s)| {
+            s.variants
+                .iter()
+                .map(move |v| (r, v.name.as_str(), v.weight))
+        })
+        .collect();
+    shared.metrics.set_split_weights(&weights);
     let any_cache = routes.iter().any(|r| r.cache.is_some());
     let any_shared = routes
         .iter()
@@ -208,6 +240,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         unrouted: shared.metrics.unrouted(),
         cache_tiers: any_cache.then_some(tiers),
         limits_redis: redis.filter(|_| any_shared),
+        pricing,
         redacted: redact(spec),
     })
 }
@@ -252,6 +285,7 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let upstream_names: HashSet<&str> = spec.upstreams.keys().map(String::as_str).collect();
     for (i, route) in spec.routes.iter().enumerate() {
         let base = field_path!["routes", i];
         let before = errors.count();
@@ -291,12 +325,17 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec
             .as_ref()
             .and_then(|c| compile_route_cache(errors, &base, c));
         let limits = check_limits(errors, &base, route, has_redis);
+        let split = route
+            .split
+            .as_ref()
+            .and_then(|s| check_split(errors, &base, &route.name, s, &upstream_names));
         if errors.count() == before {
             out.push(CheckedRoute {
                 spec: route,
                 matcher,
                 cache,
                 limits,
+                split,
             });
         }
     }
@@ -401,7 +440,7 @@ routes:
         assert!(p.routes[0].reads_body, "a model glob reads the body");
         assert!(p.routes[0].cache.is_none());
         assert!(p.cache_tiers.is_none(), "no route caches");
-        let up = &p.routes[0].upstream;
+        let up = &p.routes[0].lanes[0].upstream;
         assert_eq!(up.set_headers[0].1, "Bearer sekrit");
     }
 

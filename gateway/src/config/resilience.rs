@@ -159,13 +159,13 @@ routes:
     #[test]
     fn health_outlier_and_fallback_compile() {
         let p = compile_text(GOOD).unwrap();
-        let up = &p.routes[0].upstream;
+        let up = &p.routes[0].lanes[0].upstream;
         let health = up.health.as_ref().unwrap();
         assert_eq!((health.path.as_str(), health.expect.len()), ("/healthz", 2));
         let outlier = up.outlier.unwrap();
         assert_eq!(outlier.consecutive_failures, 3);
         assert_eq!(outlier.max_ejection_percent, 50, "default");
-        let names: Vec<_> = p.routes[0]
+        let names: Vec<_> = p.routes[0].lanes[0]
             .fallback
             .iter()
             .map(|f| f.upstream.name.as_str())

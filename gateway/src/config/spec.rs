@@ -18,6 +18,9 @@ pub struct Spec {
     pub cache: Option<CacheSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// US dollars per million prompt (`input`) and completion (`output`) tokens, by model.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, super::split::PriceSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -306,6 +309,8 @@ pub struct RouteSpec {
     /// Upstreams tried in order when `upstream` has no available endpoint or its tries failed.
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// A/B variants of this route.
+    pub split: Option<super::split::SplitSpec>,
 }
 
 /// One limit: a request rate (`requests_per_*`) or a token budget (`tokens_per_*`) per key.

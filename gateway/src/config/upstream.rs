@@ -2,7 +2,6 @@
 //! policy, health checks, outlier ejection and headers to set. Compiled from an
 //! [`UpstreamSpec`], checking every field on the way.
 
-use super::cache::header_name;
 use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl, PeerTemplate};
 use super::load::Errors;
 use super::locate::{field_path, Seg};
@@ -219,7 +218,8 @@ pub(super) fn compile_upstream(
     };
     let retry = compile_retry(errors, &base, up);
     let budget = compile_budget(errors, &base, up);
-    let set_headers = compile_set_headers(errors, &base, up);
+    let set_headers =
+        super::split::compile_headers(errors, &field_path![base; "set_headers"], &up.set_headers);
     let admission = compile_admission(errors, &base, up);
     let health = compile_health(errors, &base, up.health.as_ref());
     let outlier = compile_outlier(errors, &base, up.outlier.as_ref());
@@ -291,30 +291,6 @@ fn compile_budget(errors: &mut Errors, base: &[Seg], up: &UpstreamSpec) -> Budge
         min_per_second: b.min_per_second,
         window: b.window.0,
     }
-}
-
-fn compile_set_headers(
-    errors: &mut Errors,
-    base: &[Seg],
-    up: &UpstreamSpec,
-) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::new();
-    for (name, value) in &up.set_headers {
-        let at = field_path![base; "set_headers", name];
-        let name = match header_name(name) {
-            Ok(name) => name,
-            Err(m) => {
-                errors.at(&at, m);
-                continue;
-            }
-        };
-        let Ok(value) = HeaderValue::from_str(value) else {
-            errors.at(&at, "value is not a valid header value");
-            continue;
-        };
-        out.push((name, value));
-    }
-    out
 }
 
 /// Reads a PEM bundle of CA certificates.
@@ -396,7 +372,7 @@ routes:
             .replace("base: 2s", "base: 100ms")
             .replace("ratio: -1, window: 0s", "ratio: 0.1");
         let p = super::super::policy::compile_text(&good).unwrap();
-        let retry = &p.routes[0].upstream.retry;
+        let retry = &p.routes[0].lanes[0].upstream.retry;
         assert_eq!(
             retry.backoff,
             Some((Duration::from_millis(100), Duration::from_secs(1)))

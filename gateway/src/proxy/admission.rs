@@ -19,7 +19,8 @@ pub async fn admit(
     ctx: &mut RequestCtx,
     route: &Route,
 ) -> Result<(), ForwardError> {
-    let Some(admission) = &route.upstream.admission else {
+    let upstream = &route.lane(ctx.lane_index()).upstream;
+    let Some(admission) = &upstream.admission else {
         return Ok(());
     };
     let priority = session
@@ -47,7 +48,7 @@ pub async fn admit(
         }
         Err(GateRejection::QueueFull) => (
             Rejection::QueueFull,
-            GatewayError::queue_full(&route.upstream.name),
+            GatewayError::queue_full(&upstream.name),
         ),
         Err(GateRejection::TimedOut) => {
             admission
@@ -56,7 +57,7 @@ pub async fn admit(
                 .observe(admission.timeout.as_secs_f64());
             (
                 Rejection::QueueTimeout,
-                GatewayError::queue_timeout(&route.upstream.name, admission.timeout),
+                GatewayError::queue_timeout(&upstream.name, admission.timeout),
             )
         }
     };

@@ -3,7 +3,7 @@
 use super::forward::Attempt;
 use super::limits::Reserved;
 use super::respond::ForwardError;
-use crate::config::policy::Route;
+use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
 use crate::observe::Finished;
 use bytes::Bytes;
@@ -69,6 +69,8 @@ pub struct RequestCtx {
     pub(super) start: Instant,
     pub(super) policy: Option<Arc<Policy>>,
     pub(super) route: Option<usize>,
+    /// The route's lane once the split phase ran: the A/B variant's index, 0 without a split.
+    pub(super) lane: Option<usize>,
     pub(super) body: RequestBody,
     /// The body as a JSON object, parsed once for every phase that reads it.
     json: Option<Map<String, Value>>,
@@ -104,6 +106,7 @@ impl RequestCtx {
             start: Instant::now(),
             policy: None,
             route: None,
+            lane: None,
             body: RequestBody::Empty,
             json: None,
             response_headers: Vec::new(),
@@ -127,8 +130,9 @@ impl RequestCtx {
     /// Marks the request as belonging to route `index` for metrics and logs.
     pub(super) fn enter_route(&mut self, index: usize, route: &Route) {
         self.route = Some(index);
-        route.metrics.inflight.inc();
-        self._inflight = Some(InflightGauge(route.metrics.inflight.clone()));
+        let inflight = &route.lane(0).metrics.inflight;
+        inflight.inc();
+        self._inflight = Some(InflightGauge(inflight.clone()));
     }
 
     /// The body as a JSON object (`None` without a read body); 400 when it is not one.
@@ -154,6 +158,16 @@ impl RequestCtx {
         self.policy.as_ref()?.routes.get(self.route?)
     }
 
+    /// The lane (variant) of the matched route this request takes, once assigned.
+    pub(super) fn lane(&self) -> Option<&Lane> {
+        Some(self.route()?.lane(self.lane?))
+    }
+
+    /// The lane's index for the phases after the split (which always assigns one).
+    pub(super) fn lane_index(&self) -> usize {
+        self.lane.unwrap_or(0)
+    }
+
     /// Takes in what the forwarder did.
     pub(super) fn record_attempt(&mut self, attempt: Attempt) {
         if let Some(status) = attempt.status {
@@ -168,15 +182,17 @@ impl RequestCtx {
     pub(super) fn finished<'a>(&'a self, session: &'a Session) -> Finished<'a> {
         let req = session.req_header();
         let route = self.route();
+        let lane = self.lane();
         let attempt = self.attempt.as_ref();
         Finished {
             method: req.method.as_str(),
             path: req.uri.path(),
             route,
+            lane,
             hop: attempt.map_or(0, |a| a.hop),
-            endpoint: route
+            endpoint: lane
                 .zip(attempt)
-                .and_then(|(r, a)| r.hop(a.hop)?.endpoints.get(a.endpoint?))
+                .and_then(|(l, a)| l.hop(a.hop)?.endpoints.get(a.endpoint?))
                 .map(|e| e.url.as_str()),
             status: self.status,
             served: self.served,

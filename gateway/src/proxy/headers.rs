@@ -24,6 +24,8 @@ pub const X_SLUICE_UPSTREAM: &str = "x-sluice-upstream";
 pub const X_SLUICE_CACHE: &str = "x-sluice-cache";
 /// The fallback upstream that answered, when the route's own could not.
 pub const X_SLUICE_FALLBACK: &str = "x-sluice-fallback";
+/// The A/B variant that answered; from a client, the variant it asks for (when allowed).
+pub const X_SLUICE_VARIANT: &str = "x-sluice-variant";
 
 /// The hop-by-hop headers present in `headers`, including those its `Connection` names.
 fn hop_by_hop(headers: &http::HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {

@@ -2,6 +2,7 @@
 //! enters key material or Redis) and the bucket key a limit draws from.
 
 use crate::config::policy::LimitKey;
+use crate::config::split::StickyKey;
 use http::HeaderMap;
 use pingora::proxy::Session;
 use serde_json::{Map, Value};
@@ -43,4 +44,54 @@ pub fn bucket_key(key: &LimitKey, session: &Session, body: Option<&Map<String, V
         LimitKey::Route => (5, Some(&[][..])),
     };
     material.map_or(0, |m| xxh3_64_with_seed(m, seed))
+}
+
+/// The key a split sticks a user by, if the request carries it.
+pub fn sticky_key<'a>(
+    key: &StickyKey,
+    headers: &'a HeaderMap,
+    body: Option<&'a Map<String, Value>>,
+) -> Option<&'a [u8]> {
+    match key {
+        StickyKey::ApiKey => api_key(headers),
+        StickyKey::Header(name) => headers.get(name).map(http::HeaderValue::as_bytes),
+        StickyKey::Cookie(name) => cookie(headers, name),
+        StickyKey::BodyUser => body
+            .and_then(|b| b.get("user"))
+            .and_then(Value::as_str)
+            .map(str::as_bytes),
+    }
+    .filter(|k| !k.is_empty())
+}
+
+/// The value of cookie `name` in any `Cookie` header.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookie_is_found_among_several() {
+        let mut h = HeaderMap::new();
+        h.append(http::header::COOKIE, "a=1; uid=u-42".parse().unwrap());
+        h.append(http::header::COOKIE, "b=2".parse().unwrap());
+        let key = StickyKey::Cookie("uid".into());
+        assert_eq!(sticky_key(&key, &h, None), Some(&b"u-42"[..]));
+        assert_eq!(
+            sticky_key(&StickyKey::Cookie("b".into()), &h, None),
+            Some(&b"2"[..])
+        );
+        assert_eq!(sticky_key(&StickyKey::Cookie("u".into()), &h, None), None);
+    }
 }

@@ -14,6 +14,7 @@ mod limits;
 mod phases;
 mod respond;
 mod sink;
+mod split;
 
 use crate::reload::PolicyStore;
 use async_trait::async_trait;
@@ -76,6 +77,9 @@ impl Gateway {
             return Ok(());
         };
         if let Flow::Done = phases::read_body_if_needed(session, ctx, &policy, route).await? {
+            return Ok(());
+        }
+        if let Flow::Done = split::assign(session, ctx, route)? {
             return Ok(());
         }
         if let Flow::Done = limits::admit_requests(self, session, ctx, route).await? {

@@ -1,5 +1,5 @@
 //! The request path, one function per phase (ARCHITECTURE.md section 7):
-//! route → read body (when a phase needs it) → request rates → cache lookup → token budgets
+//! route → read body (when a phase needs it) → split (A/B variant) → request rates → cache lookup → token budgets
 //! and the upstream's concurrency slot (after a miss) → forward → settle. Each phase returns
 //! [`Flow`]; a route without a phase's policy pays nothing for it.
 
@@ -15,6 +15,7 @@ use crate::config::policy::Route;
 use crate::config::Policy;
 use pingora::proxy::Session;
 use sluice_plugins::body::RequestBody as ParsedBody;
+use sluice_plugins::limits::usage::estimate_prompt_tokens;
 use sluice_plugins::openai_error::GatewayError;
 use sluice_plugins::router::HeadMatch;
 
@@ -100,6 +101,9 @@ pub async fn admit_tokens_and_slot(
     if route.limits.is_some() {
         limits::admit_tokens(gw, session, ctx, route).await?;
     }
+    if route.meters_usage {
+        limits::ask_for_usage(ctx)?;
+    }
     admission::admit(session, ctx, route).await?;
     Ok(Flow::Next)
 }
@@ -113,7 +117,7 @@ pub async fn forward(
     route: &Route,
 ) -> Result<Flow, ForwardError> {
     let mut recorder = ctx.recording.take();
-    let mut meter = ctx.reserved.is_some().then(UsageSink::default);
+    let mut meter = (ctx.reserved.is_some() || route.meters_usage).then(UsageSink::default);
     let mut strip = ctx.strip_usage.then(StripUsage::default);
     let mut tee = Tee::new(std::mem::take(&mut ctx.response_headers));
     if let Some(r) = recorder.as_mut() {
@@ -126,15 +130,42 @@ pub async fn forward(
         tee.filter_client(s);
     }
     let body = std::mem::take(&mut ctx.body);
-    let mut attempt = gw.forwarder.forward(session, route, &body, &mut tee).await;
+    let lane = route.lane(ctx.lane_index());
+    let mut attempt = gw
+        .forwarder
+        .forward(session, route, lane, &body, &mut tee)
+        .await;
     drop(tee);
     drop(recorder);
     ctx.permit = None;
     ctx.body = body;
     limits::settle(gw, ctx, route, meter.as_mut()).await;
+    if let Some(meter) = meter.as_mut().filter(|_| route.meters_usage) {
+        count_usage(ctx, route, meter);
+    }
     let outcome = std::mem::replace(&mut attempt.outcome, Ok(()));
     ctx.record_attempt(attempt);
     outcome.map(|()| Flow::Done)
+}
+
+/// Counts the answer's tokens and, for a priced model, its cost in the variant's counters.
+fn count_usage(ctx: &mut RequestCtx, route: &Route, meter: &mut UsageSink) {
+    let Some(policy) = ctx.policy.clone() else {
+        return;
+    };
+    let usage = &route.lane(ctx.lane_index()).usage;
+    let Ok(Some(body)) = ctx.json() else {
+        return;
+    };
+    let Some((prompt, completion)) = meter.tokens(|| estimate_prompt_tokens(body)) else {
+        return;
+    };
+    usage.prompt.inc_by(prompt);
+    usage.completion.inc_by(completion);
+    let model = body.get("model").and_then(serde_json::Value::as_str);
+    if let Some(cost) = model.and_then(|m| policy.pricing.cost(m, prompt, completion)) {
+        usage.cost_usd.inc_by(cost);
+    }
 }
 
 /// Reads the whole body (up to the cap) into the context.

@@ -63,6 +63,8 @@ pub struct KeyContext<'a> {
     pub path: &'a str,
     /// hashed API key, header value, or empty for scope none
     pub scope: &'a [u8],
+    /// The A/B variant (empty without a split), so variants never share entries.
+    pub variant: &'a str,
 }
 
 /// When a route caches at all (`when:` in the route's cache policy). Default: always.
@@ -96,7 +98,12 @@ impl KeyPolicy {
         let mut hasher = Xxh3::new();
         hasher.update(DOMAIN);
         // Length prefixes keep ("ab", "c") and ("a", "bc") apart.
-        for part in [ctx.route.as_bytes(), ctx.path.as_bytes(), ctx.scope] {
+        for part in [
+            ctx.route.as_bytes(),
+            ctx.path.as_bytes(),
+            ctx.scope,
+            ctx.variant.as_bytes(),
+        ] {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
@@ -310,6 +317,7 @@ mod tests {
         route: "chat",
         path: "/v1/chat/completions",
         scope: b"",
+        variant: "",
     };
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -428,7 +436,12 @@ mod tests {
             obj(json!({"model": model, "messages": [{"role": "user", "content": content}]}))
         };
         let base = chat("m", "hi");
-        let with = |route, path, scope| KeyContext { route, path, scope };
+        let with = |route, path, scope| KeyContext {
+            route,
+            path,
+            scope,
+            variant: "",
+        };
         let keys = [
             p.key(&base, &CTX),
             p.key(&chat("m", "ho"), &CTX),
@@ -439,6 +452,13 @@ mod tests {
             p.key(&base, &with(CTX.route, "/v1/completions", b"")),
             p.key(&base, &with(CTX.route, CTX.path, b"team-a")),
             p.key(&base, &with("chat/v1", "/chat/completions", b"")),
+            p.key(
+                &base,
+                &KeyContext {
+                    variant: "candidate",
+                    ..CTX
+                },
+            ),
         ];
         assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len());
     }

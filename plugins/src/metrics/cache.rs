@@ -24,9 +24,9 @@ impl CacheFamilies {
             requests: IntCounterVec::new(
                 Opts::new(
                     "sluice_cache_requests_total",
-                    "Cache lookups by route, result (hit, miss, bypass, coalesced) and the tier that answered",
+                    "Cache lookups by route, variant, result (hit, miss, bypass, coalesced) and the tier that answered",
                 ),
-                &["route", "result", "tier"],
+                &["route", "variant", "result", "tier"],
             )?,
             entries: tier("sluice_cache_entries", "Entries held, by tier")?,
             bytes: tier("sluice_cache_bytes", "Bytes held, by tier")?,
@@ -162,11 +162,14 @@ impl Metrics {
         }
     }
 
-    /// A route's cache handles.
+    /// The cache handles of a route's variant (`""` on a route without a split).
     #[must_use]
-    pub fn route_cache(&self, route: &str) -> RouteCacheMetrics {
+    pub fn route_cache(&self, route: &str, variant: &str) -> RouteCacheMetrics {
         let c = &self.cache;
-        let req = |result: &str, tier: &str| c.requests.with_label_values(&[route, result, tier]);
+        let req = |result: &str, tier: &str| {
+            c.requests
+                .with_label_values(&[route, variant, result, tier])
+        };
         RouteCacheMetrics {
             hits: CacheTier::ALL.map(|t| req("hit", t.name())),
             miss: req("miss", ""),

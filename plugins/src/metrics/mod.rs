@@ -8,16 +8,18 @@ use prometheus::{
 };
 use std::sync::OnceLock;
 
+mod ab;
 mod cache;
 mod limits;
 mod upstream;
 
+pub use ab::UsageMetrics;
 pub use cache::{CacheResult, CacheTier, RouteCacheMetrics, TierMetrics};
 pub use limits::{LimitMetrics, QueueMetrics, Rejection, RouteLimitMetrics};
 pub use upstream::{ConnectionMetrics, EndpointMetrics, TryFailure};
 
 /// Latency buckets in seconds: sub-millisecond gateway overhead up to long generations.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
 ];
@@ -34,6 +36,7 @@ pub struct Metrics {
     cache: cache::CacheFamilies,
     limits: limits::LimitFamilies,
     upstreams: upstream::UpstreamFamilies,
+    ab: ab::AbFamilies,
 }
 
 impl Metrics {
@@ -85,11 +88,13 @@ impl Metrics {
         let cache = cache::CacheFamilies::new()?;
         let limits = limits::LimitFamilies::new()?;
         let upstreams = upstream::UpstreamFamilies::new()?;
+        let ab = ab::AbFamilies::new()?;
         for c in cache
             .collectors()
             .into_iter()
             .chain(limits.collectors())
             .chain(upstreams.collectors())
+            .chain(ab.collectors())
         {
             registry.register(c)?;
         }
@@ -116,6 +121,7 @@ impl Metrics {
             cache,
             limits,
             upstreams,
+            ab,
         })
     }
 
@@ -248,16 +254,16 @@ mod tests {
     fn cache_families_count_by_route_result_and_tier() {
         use super::{CacheResult, CacheTier};
         let m = Metrics::new("0").unwrap();
-        let c = m.route_cache("chat");
+        let c = m.route_cache("chat", "");
         c.record(CacheResult::Hit(CacheTier::Redis));
         c.record(CacheResult::Miss);
         c.saved_tokens.inc_by(7);
         m.cache_tier(CacheTier::Disk).bytes.set(123);
         let text = m.encode();
         assert!(text
-            .contains(r#"sluice_cache_requests_total{result="hit",route="chat",tier="redis"} 1"#));
+            .contains(r#"sluice_cache_requests_total{result="hit",route="chat",tier="redis",variant=""} 1"#));
         assert!(
-            text.contains(r#"sluice_cache_requests_total{result="miss",route="chat",tier=""} 1"#)
+            text.contains(r#"sluice_cache_requests_total{result="miss",route="chat",tier="",variant=""} 1"#)
         );
         assert!(text.contains(r#"sluice_cache_saved_tokens_total{route="chat"} 7"#));
         assert!(text.contains(r#"sluice_cache_bytes{tier="disk"} 123"#));

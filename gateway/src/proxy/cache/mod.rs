@@ -39,6 +39,7 @@ pub async fn lookup(
     let directives = Directives::from_headers(&req.headers, policy);
     let scope = request::scope(&req.headers, &policy.scope);
     let path = req.uri.path().to_string();
+    let variant = &route.lane(ctx.lane_index()).variant;
     let keyed = ctx
         .json()?
         .filter(|j| !directives.no_store && policy.when.admits(j))
@@ -49,6 +50,7 @@ pub async fn lookup(
                     route: &route.name,
                     path: &path,
                     scope: &scope,
+                    variant,
                 },
             );
             (key, Wants::of(json))
@@ -171,9 +173,9 @@ fn answered(ctx: &mut RequestCtx, status: u16, written: usize) {
 fn settle(ctx: &mut RequestCtx, route: &Route, result: CacheResult, entry: Option<&Entry>) {
     ctx.cache = result.name();
     ctx.response_headers.push(cache_header(result));
-    route.cache_metrics.record(result);
+    let metrics = &route.lane(ctx.lane_index()).cache_metrics;
+    metrics.record(result);
     if let Some(entry) = entry {
-        let metrics = &route.cache_metrics;
         metrics
             .saved_seconds
             .inc_by(entry.upstream_ms as f64 / 1000.0);

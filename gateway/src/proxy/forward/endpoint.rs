@@ -2,7 +2,7 @@
 //! response head (first-byte timeout), relay the body into the [`Tee`] (idle timeout).
 
 use super::Attempt;
-use crate::config::policy::{Route, Upstream};
+use crate::config::policy::{Lane, Route, Upstream};
 use crate::proxy::body::{client_body_error, continue_if_expected};
 use crate::proxy::ctx::RequestBody;
 use crate::proxy::headers::{
@@ -27,6 +27,8 @@ use pingora::time::timeout;
 /// What one try needs to know.
 pub(super) struct TryRequest<'a> {
     pub route: &'a Route,
+    /// The variant's lane of the route, whose handles count the try.
+    pub lane: &'a Lane,
     /// The route's upstream or one of its fallbacks.
     pub up: &'a Upstream,
     pub idx: usize,
@@ -147,7 +149,7 @@ async fn try_once(
     if let Some(stats) = up.balancer.stats(req.idx) {
         stats.observe(ttfb, Instant::now());
     }
-    req.route.metrics.ttfb.observe(ttfb.as_secs_f64());
+    req.lane.metrics.ttfb.observe(ttfb.as_secs_f64());
     attempt.ttfb = Some(ttfb);
 
     let Some(upstream_resp) = c.conn.response_header() else {
@@ -185,7 +187,7 @@ async fn try_once(
     let endpoint = &up.endpoints[req.idx];
     let mut resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
         .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
-    if req.up.name != req.route.upstream.name {
+    if req.up.name != req.lane.upstream.name {
         resp.insert_header(X_SLUICE_FALLBACK, up.name.as_str())
             .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
     }

@@ -10,7 +10,7 @@ use super::ctx::RequestBody;
 use super::respond::ForwardError;
 use super::sink::Tee;
 use crate::config::policy::RetryPolicy;
-use crate::config::policy::{Route, Upstream};
+use crate::config::policy::{Lane, Route, Upstream};
 use endpoint::{TryError, TryRequest};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -37,6 +37,7 @@ pub struct Attempt {
 #[derive(Clone, Copy)]
 struct HopRequest<'a> {
     route: &'a Route,
+    lane: &'a Lane,
     up: &'a Upstream,
     has_fallback: bool,
     body: &'a RequestBody,
@@ -77,6 +78,7 @@ impl Forwarder {
         &self,
         session: &mut Session,
         route: &Route,
+        lane: &Lane,
         body: &RequestBody,
         tee: &mut Tee<'_>,
     ) -> Attempt {
@@ -89,11 +91,12 @@ impl Forwarder {
             outcome: Ok(()),
         };
         let mut hop = 0;
-        while let Some(up) = route.hop(hop) {
+        while let Some(up) = lane.hop(hop) {
             attempt.hop = hop;
-            let fallback = route.hop(hop + 1);
+            let fallback = lane.hop(hop + 1);
             let to = HopRequest {
                 route,
+                lane,
                 up,
                 has_fallback: fallback.is_some(),
                 body,
@@ -126,6 +129,7 @@ impl Forwarder {
     ) -> HopEnd {
         let HopRequest {
             route,
+            lane,
             up,
             has_fallback,
             body,
@@ -142,6 +146,7 @@ impl Forwarder {
             attempt.endpoint = Some(idx);
             let try_req = TryRequest {
                 route,
+                lane,
                 up,
                 idx,
                 body,

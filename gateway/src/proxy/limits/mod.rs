@@ -223,7 +223,7 @@ fn key_of(key: &LimitKey, session: &Session, ctx: &mut RequestCtx) -> Result<u64
 
 /// A stream is asked for its usage chunk; when the client did not ask, the chunk is stripped
 /// from what it sees.
-fn ask_for_usage(ctx: &mut RequestCtx) -> Result<(), ForwardError> {
+pub fn ask_for_usage(ctx: &mut RequestCtx) -> Result<(), ForwardError> {
     let Some(body) = ctx.json_mut()? else {
         return Ok(());
     };

@@ -31,6 +31,19 @@ impl UsageSink {
         prompt_estimate + metered.streamed_completion_tokens
     }
 
+    /// Prompt and completion tokens the answer cost: the upstream's `usage`; else, for an
+    /// answer that is not an error, the prompt's estimate and the completion tokens counted.
+    pub fn tokens(&mut self, prompt_estimate: impl FnOnce() -> u64) -> Option<(u64, u64)> {
+        self.finish();
+        let metered = self.metered.as_ref()?;
+        if let Some(usage) = &metered.usage {
+            return Some((usage.prompt, usage.completion));
+        }
+        (200..400)
+            .contains(&self.status)
+            .then(|| (prompt_estimate(), metered.streamed_completion_tokens))
+    }
+
     fn finish(&mut self) {
         if let Some(meter) = self.meter.take() {
             self.metered = Some(meter.finish());

@@ -1,0 +1,64 @@
+//! A route's lanes: where a request goes once its variant is known. A route without a split has
+//! one lane (variant `""`); a split route has one per variant, each with its upstream, its
+//! fallbacks and its own metric handles, so the request path never looks a label up.
+
+use super::upstream::Upstream;
+use sluice_plugins::metrics::{
+    Metrics, RouteCacheMetrics, RouteMetrics, StatusCounters, UsageMetrics,
+};
+use std::sync::Arc;
+
+pub struct Lane {
+    /// The variant's name; empty on a route without a split.
+    pub variant: String,
+    pub upstream: Arc<Upstream>,
+    /// Upstreams tried in order after `upstream`, each with its own response counters.
+    pub fallback: Vec<Fallback>,
+    pub metrics: RouteMetrics,
+    pub cache_metrics: RouteCacheMetrics,
+    pub usage: UsageMetrics,
+}
+
+/// An upstream a lane falls back to, and the lane's counters of its answers.
+pub struct Fallback {
+    pub upstream: Arc<Upstream>,
+    pub served: StatusCounters,
+}
+
+impl Lane {
+    /// Builds a lane of `route` for `variant`, skipping a fallback that is its own upstream.
+    pub(super) fn new(
+        route: &str,
+        variant: &str,
+        upstream: &Arc<Upstream>,
+        fallbacks: &[&Arc<Upstream>],
+        metrics: &Metrics,
+    ) -> Lane {
+        Lane {
+            variant: variant.to_string(),
+            upstream: Arc::clone(upstream),
+            fallback: fallbacks
+                .iter()
+                .filter(|up| up.name != upstream.name)
+                .map(|up| Fallback {
+                    upstream: Arc::clone(up),
+                    served: metrics.route(route, &up.name, variant).served,
+                })
+                .collect(),
+            metrics: metrics.route(route, &upstream.name, variant),
+            cache_metrics: metrics.route_cache(route, variant),
+            usage: metrics.usage(route, variant),
+        }
+    }
+
+    /// Every upstream the lane can send to: its own, then its fallbacks in order.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        std::iter::once(&self.upstream).chain(self.fallback.iter().map(|f| &f.upstream))
+    }
+
+    /// The `hop`th upstream of the lane: 0 is its own, then its fallbacks in order.
+    #[must_use]
+    pub fn hop(&self, hop: usize) -> Option<&Upstream> {
+        self.upstreams().nth(hop).map(Arc::as_ref)
+    }
+}
