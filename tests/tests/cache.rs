@@ -131,7 +131,9 @@ fn assert_complete_stream(a: &Answer, what: &str) {
 }
 
 fn requests_metric(result: &str, tier: &str) -> String {
-    format!("sluice_cache_requests_total{{result=\"{result}\",route=\"chat\",tier=\"{tier}\"}}")
+    format!(
+        "sluice_cache_requests_total{{result=\"{result}\",route=\"chat\",tier=\"{tier}\",variant=\"\"}}"
+    )
 }
 
 /// Sends a RESP command (no arguments) to redis on `port`; the reply line.
