@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sluice::config::load::load_str;
 use sluice::config::{compile, SharedState};
 use sluice_benches::{chat_body, large_config, large_router};
+use sluice_plugins::ab::split::Split;
 use sluice_plugins::balance::{Balancer, EndpointStats, Strategy};
 use sluice_plugins::body::RequestBody;
 use sluice_plugins::cache::key::{KeyContext, KeyPolicy};
@@ -299,9 +300,30 @@ fn balancer_pick(c: &mut Criterion) {
     g.finish();
 }
 
+/// The split phase's decision: a sticky key's variant (two and five variants) or a draw.
+fn split_assign(c: &mut Criterion) {
+    let two = Split::new("chat", "exp-1", &[("control", 80), ("candidate", 20)]).unwrap();
+    let five: Vec<(String, u32)> = (0..5).map(|i| (format!("v{i}"), 20)).collect();
+    let five: Vec<(&str, u32)> = five.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+    let five = Split::new("chat", "exp-1", &five).unwrap();
+    let key = b"user-1234567890";
+    let mut g = c.benchmark_group("split_assign");
+    g.bench_function("sticky_2_variants", |b| {
+        b.iter(|| two.assign(black_box(key)))
+    });
+    g.bench_function("sticky_5_variants", |b| {
+        b.iter(|| five.assign(black_box(key)))
+    });
+    g.bench_function("draw_2_variants", |b| {
+        b.iter(|| two.draw(black_box(0x9e37_79b9_7f4a_7c15)))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     balancer_pick,
+    split_assign,
     route_matching,
     body_parsing,
     metrics_recording,
