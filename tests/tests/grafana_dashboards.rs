@@ -1,0 +1,518 @@
+//! The Grafana dashboards (`grafana/dashboards/*.json`) against a running sluice: every panel
+//! and variable query parses as PromQL once Grafana's variables are filled in, and names only
+//! metrics, and labels of those metrics, that a sluice with a split route, pricing, a cache and
+//! limits exposes. A renamed metric or a typo fails here instead of showing an empty panel.
+
+use promql_parser::parser::{self, Expr, LabelModifier};
+use promql_parser::util::{walk_expr, ExprVisitor};
+use serde_json::{json, Value};
+use sluice_e2e::{metric_sum, workspace, Gateway, Mock};
+use std::collections::{BTreeMap, BTreeSet};
+
+// === The dashboards ===
+
+/// One PromQL query of a dashboard and where it is, for the failure message.
+struct Query {
+    place: String,
+    text: String,
+    /// A query variable, `label_values(selector, label)`, rather than a panel's `expr`.
+    variable: bool,
+}
+
+/// Every `grafana/dashboards/*.json`, by file name, parsed.
+fn dashboards() -> Vec<(String, Value)> {
+    let dir = workspace().join("grafana/dashboards");
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name} is not valid JSON: {e}"));
+            (name, json)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!out.is_empty(), "no dashboards in {}", dir.display());
+    out
+}
+
+/// Every panel of a dashboard, those inside collapsed rows included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
+        for panel in list.as_array().into_iter().flatten() {
+            out.push(panel);
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+/// The dashboard's template variables.
+fn variables(dashboard: &Value) -> impl Iterator<Item = &Value> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+}
+
+/// Every query of a dashboard: panel targets, then query variables.
+fn queries(name: &str, dashboard: &Value) -> Vec<Query> {
+    let mut out = Vec::new();
+    for panel in panels(dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_else(|| {
+                panic!("{name}: panel {} has a target without expr", panel["id"])
+            });
+            out.push(Query {
+                place: format!(
+                    "{name}: panel {} \"{}\" target {}",
+                    panel["id"],
+                    panel["title"].as_str().unwrap_or_default(),
+                    target["refId"].as_str().unwrap_or_default()
+                ),
+                text: expr.to_string(),
+                variable: false,
+            });
+        }
+    }
+    for var in variables(dashboard).filter(|v| v["type"] == "query") {
+        // Grafana 10+ stores {query, refId}; older files a bare string.
+        let query = var["query"]["query"].as_str().or(var["query"].as_str());
+        out.push(Query {
+            place: format!(
+                "{name}: variable {}",
+                var["name"].as_str().unwrap_or_default()
+            ),
+            text: query.unwrap_or_default().to_string(),
+            variable: true,
+        });
+    }
+    out
+}
+
+// === Grafana's variables ===
+
+/// What each variable stands for while checking: plausible values in the form Grafana sends
+/// (a multi-value variable becomes a regex alternation).
+const VARIABLES: &[(&str, &str)] = &[
+    ("datasource", "sluice-prometheus"),
+    ("route", "chat"),
+    ("variant", "(control|candidate)"),
+    ("upstream", "(control-up|cand-up)"),
+    ("__rate_interval", "1m"),
+    ("__interval", "15s"),
+    ("__interval_ms", "15000"),
+    ("__range", "1h"),
+    ("__range_s", "3600"),
+    ("__range_ms", "3600000"),
+];
+
+/// `text` with `$name`, `${name}` and `${name:format}` replaced; an unknown variable is an
+/// error. `$1` and `${1}` are regex groups (label_replace), which Grafana leaves alone.
+fn interpolate(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, token_len) = match after.strip_prefix('{') {
+            Some(braced) => {
+                let end = braced
+                    .find('}')
+                    .ok_or_else(|| format!("unclosed ${{ in {text}"))?;
+                let inner = &braced[..end];
+                (inner.split(':').next().unwrap_or(inner), end + 2)
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        let token = &rest[at..at + 1 + token_len];
+        if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(token);
+        } else {
+            let value = VARIABLES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| format!("unknown variable {token}"))?;
+            out.push_str(value.1);
+        }
+        rest = &rest[at + 1 + token_len..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// === What a query uses ===
+
+/// A metric name a query selects, with the label names it needs that metric to have.
+#[derive(Debug)]
+struct Use {
+    metric: String,
+    labels: BTreeSet<String>,
+}
+
+/// Collects every selector, with the labels it must have: its matchers' and the `by (...)`
+/// labels of the aggregations around it (else the grouping silently collapses), except those
+/// a label_replace or label_join inside the aggregation makes.
+#[derive(Default)]
+struct Uses {
+    found: Vec<Use>,
+    problems: Vec<String>,
+    grouping: Vec<BTreeSet<String>>,
+}
+
+impl ExprVisitor for Uses {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+        let selector = match expr {
+            Expr::VectorSelector(vs) => vs,
+            Expr::MatrixSelector(ms) => &ms.vs,
+            Expr::Aggregate(agg) => {
+                let made = made_labels(&agg.expr);
+                let by = match &agg.modifier {
+                    Some(LabelModifier::Include(by)) => by.labels.iter(),
+                    _ => [].iter(),
+                };
+                self.grouping
+                    .push(by.filter(|l| !made.contains(*l)).cloned().collect());
+                return Ok(true);
+            }
+            _ => return Ok(true),
+        };
+        let Some(metric) = &selector.name else {
+            self.problems
+                .push(format!("selector without a metric name: {expr}"));
+            return Ok(true);
+        };
+        let matchers = &selector.matchers;
+        let labels = (matchers.matchers.iter())
+            .chain(matchers.or_matchers.iter().flatten())
+            .map(|m| &m.name)
+            .chain(self.grouping.iter().flatten())
+            .filter(|name| *name != "__name__")
+            .cloned()
+            .collect();
+        self.found.push(Use {
+            metric: metric.clone(),
+            labels,
+        });
+        Ok(true)
+    }
+
+    fn post_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+        if let Expr::Aggregate(_) = expr {
+            self.grouping.pop();
+        }
+        Ok(true)
+    }
+}
+
+/// Labels that label_replace / label_join calls in `expr` write (their second argument).
+fn made_labels(expr: &Expr) -> BTreeSet<String> {
+    struct Made(BTreeSet<String>);
+    impl ExprVisitor for Made {
+        type Error = String;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, String> {
+            if let Expr::Call(call) = expr {
+                if ["label_replace", "label_join"].contains(&call.func.name) {
+                    if let Some(Expr::StringLiteral(s)) = call.args.args.get(1).map(|a| &**a) {
+                        self.0.insert(s.val.clone());
+                    }
+                }
+            }
+            Ok(true)
+        }
+    }
+    let mut made = Made(BTreeSet::new());
+    let _ = walk_expr(&mut made, expr);
+    made.0
+}
+
+/// What `query` uses once its variables are filled in, or why it cannot be read.
+fn uses(query: &Query) -> Result<Vec<Use>, String> {
+    let text = interpolate(&query.text)?;
+    let (promql, label) = if query.variable {
+        let (selector, label) = text
+            .strip_prefix("label_values(")
+            .and_then(|t| t.strip_suffix(')'))
+            .and_then(|t| t.rsplit_once(','))
+            .ok_or_else(|| format!("not label_values(metric, label): {text}"))?;
+        (selector.trim(), Some(label.trim().to_string()))
+    } else {
+        (text.as_str(), None)
+    };
+    let expr =
+        parser::parse(promql).map_err(|e| format!("PromQL does not parse ({e}): {promql}"))?;
+    let mut found = Uses::default();
+    walk_expr(&mut found, &expr)?;
+    if !found.problems.is_empty() {
+        return Err(found.problems.join("; "));
+    }
+    if let (Some(label), [only]) = (label, found.found.as_mut_slice()) {
+        only.labels.insert(label);
+    }
+    Ok(found.found)
+}
+
+// === What sluice exposes ===
+
+/// Sample names of a Prometheus text exposition, each with the label names it carries.
+fn exposed(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = out.entry(line[..name_end].to_string()).or_default();
+        let Some(mut rest) = line[name_end..].strip_prefix('{') else {
+            continue;
+        };
+        // name="value" pairs; values may hold commas and escaped quotes.
+        while let Some((name, after)) = rest.split_once("=\"") {
+            labels.insert(name.trim_start_matches(',').to_string());
+            let mut escaped = false;
+            let close = after.char_indices().find(|&(_, c)| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            });
+            let Some((close, _)) = close else { break };
+            rest = &after[close + 1..];
+        }
+    }
+    out
+}
+
+/// Everything wrong with `queries` against `exposed`, one line each.
+fn problems(queries: &[Query], exposed: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for query in queries {
+        let mut found = BTreeSet::new();
+        match uses(query) {
+            Err(e) => {
+                found.insert(e);
+            }
+            Ok(uses) => {
+                for u in uses {
+                    let Some(have) = exposed.get(&u.metric) else {
+                        found.insert(format!("metric {} is not exposed by sluice", u.metric));
+                        continue;
+                    };
+                    for missing in u.labels.difference(have) {
+                        found.insert(format!("{} has no label {missing} ({have:?})", u.metric));
+                    }
+                }
+            }
+        }
+        out.extend(found.into_iter().map(|f| format!("{}: {f}", query.place)));
+    }
+    out
+}
+
+// === Tests ===
+
+#[test]
+fn the_checker_reports_misspelled_metrics_labels_variables_and_bad_promql() {
+    let scrape = "# TYPE sluice_requests_total counter\n\
+                  sluice_requests_total{code=\"200\",route=\"chat\",upstream=\"a,b\",variant=\"x\\\"y\"} 3\n\
+                  sluice_request_duration_seconds_bucket{route=\"chat\",variant=\"\",le=\"+Inf\"} 3\n";
+    let exposed = exposed(scrape);
+    assert_eq!(
+        exposed["sluice_requests_total"],
+        BTreeSet::from(["code", "route", "upstream", "variant"].map(String::from))
+    );
+    // (a variable query?, the query, what the checker must say; "" = nothing)
+    let cases = [
+        (false, r#"sum by (variant) (rate(sluice_requests_total{route="$route", variant=~"${variant:regex}"}[$__rate_interval]))"#, ""),
+        (false, "histogram_quantile(0.5, sum by (variant, le) (rate(sluice_request_duration_seconds_bucket[$__range])))", ""),
+        (false, r#"sum by (class) (label_replace(sluice_requests_total, "class", "${1}xx", "code", "(.).."))"#, ""),
+        (true, r#"label_values(sluice_requests_total{route="$route"}, variant)"#, ""),
+        (false, "rate(sluice_request_total[5m])", "metric sluice_request_total is not exposed"),
+        (false, "sum by (varient) (sluice_requests_total)", "has no label varient"),
+        (false, r#"sluice_requests_total{rout="chat"}"#, "has no label rout"),
+        (false, "sluice_request_duration_seconds", "metric sluice_request_duration_seconds is not"),
+        (false, "sum(rate(sluice_requests_total[5m])", "PromQL does not parse"),
+        (false, "rate(sluice_requests_total[$nope])", "unknown variable $nope"),
+        (false, r#"{__name__=~"sluice_.*"}"#, "selector without a metric name"),
+        (true, "label_values(sluice_requests_total, varient)", "has no label varient"),
+    ];
+    for (variable, text, want) in cases {
+        let query = Query {
+            place: "q".into(),
+            text: text.into(),
+            variable,
+        };
+        let found = problems(&[query], &exposed);
+        match want {
+            "" => assert!(found.is_empty(), "{text}: {found:?}"),
+            _ => assert!(
+                found.len() == 1 && found[0].contains(want),
+                "{text}: {found:?}, want {want:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn dashboards_are_well_formed_and_use_the_provisioned_datasource() {
+    let grafana = workspace().join("grafana");
+    let read_yaml = |path: &str| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(grafana.join(path)).unwrap();
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let datasource = read_yaml("provisioning/datasources/sluice.yaml");
+    let uid = datasource["datasources"][0]["uid"].as_str().unwrap();
+    assert_eq!(
+        datasource["datasources"][0]["type"].as_str(),
+        Some("prometheus")
+    );
+    let provider = read_yaml("provisioning/dashboards/sluice.yaml");
+    let path = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    let compose = read_yaml("docker-compose.yml");
+    let mounts = format!("{:?}", compose["services"]["grafana"]["volumes"]);
+    assert!(
+        mounts.contains(&format!("./dashboards:{path}")),
+        "docker-compose.yml mounts the dashboards where the provider reads them ({path}): {mounts}"
+    );
+
+    let mut uids = BTreeSet::new();
+    for (name, dashboard) in dashboards() {
+        let dash_uid = dashboard["uid"].as_str().unwrap_or_default();
+        assert!(
+            !dash_uid.is_empty() && uids.insert(dash_uid.to_string()),
+            "{name}: uid {dash_uid:?}"
+        );
+        let mut ids = BTreeSet::new();
+        for panel in panels(&dashboard) {
+            let id = panel["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: panel without id"));
+            assert!(ids.insert(id), "{name}: panel id {id} is used twice");
+            let targets = panel["targets"].as_array().into_iter().flatten();
+            for ds in targets
+                .map(|t| &t["datasource"])
+                .chain([&panel["datasource"]])
+            {
+                assert!(
+                    ds.is_null() || ds["uid"] == "${datasource}",
+                    "{name}: panel {id} datasource {ds}"
+                );
+            }
+        }
+        let var = variables(&dashboard)
+            .find(|v| v["type"] == "datasource")
+            .unwrap_or_else(|| panic!("{name}: no datasource variable"));
+        assert_eq!(var["name"], "datasource", "{name}");
+        assert_eq!(var["query"], "prometheus", "{name}");
+        assert_eq!(
+            var["current"]["value"],
+            json!(uid),
+            "{name}: defaults to the provisioned datasource"
+        );
+    }
+}
+
+/// Two upstreams behind a split, priced models, a cache and limits: every family the
+/// dashboards read has series.
+fn gateway_config(control: &Mock, candidate: &Mock) -> String {
+    format!(
+        r#"server:
+  listen: ["{{listen}}"]
+  threads: 1
+admin:
+  listen: "{{admin}}"
+pricing:
+  mock-gpt-4o: {{ input: 2.5, output: 10 }}
+  "mock-small*": {{ input: 0.15, output: 0.6 }}
+upstreams:
+  control-up:
+    endpoints: [ {{ url: "{control}" }} ]
+    health: {{ path: /health, interval: 1s, timeout: 500ms }}
+    outlier: {{ consecutive_failures: 5, base_ejection: 10s }}
+  cand-up:
+    endpoints: [ {{ url: "{candidate}" }} ]
+routes:
+  - name: chat
+    match: {{ path_prefix: /v1/chat/completions }}
+    upstream: control-up
+    cache: {{ ttl: 60s }}
+    limits:
+      - {{ name: per-key-rps, key: api_key, requests_per_second: 1000, burst: 1000 }}
+      - {{ name: per-key-tpm, key: api_key, tokens_per_minute: 1000000 }}
+    split:
+      salt: grafana
+      allow_override: true
+      variants:
+        - {{ name: control, weight: 80 }}
+        - name: candidate
+          weight: 20
+          upstream: cand-up
+          set: {{ model: mock-small }}
+"#,
+        control = control.url,
+        candidate = candidate.url,
+    )
+}
+
+#[tokio::test]
+async fn every_dashboard_query_names_metrics_a_running_sluice_exposes() {
+    let control = Mock::start("control", &[]);
+    let candidate = Mock::start("candidate", &[]);
+    let gw = Gateway::start(&gateway_config(&control, &candidate));
+    let client = reqwest::Client::new();
+    // Each variant twice with the same prompt: a miss, then a hit.
+    for (variant, cache) in [
+        ("control", "miss"),
+        ("candidate", "miss"),
+        ("control", "hit"),
+        ("candidate", "hit"),
+    ] {
+        let body = json!({"model": "mock-gpt-4o", "messages": [{"role": "user", "content": format!("hi {variant}")}]});
+        let resp = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .header("authorization", "Bearer grafana-test")
+            .header("x-sluice-variant", variant)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{variant}: {}", gw.log_text());
+        let headers = resp.headers();
+        assert_eq!(headers["x-sluice-variant"], variant, "{headers:?}");
+        assert_eq!(headers["x-sluice-cache"], cache, "{variant}: {headers:?}");
+    }
+
+    let queries: Vec<Query> = dashboards()
+        .iter()
+        .flat_map(|(name, dashboard)| queries(name, dashboard))
+        .collect();
+    assert!(queries.len() >= 40, "only {} queries found", queries.len());
+    // Metrics are recorded just after each response: scrape until every request counts.
+    let scrape = gw
+        .metrics_until(|m| {
+            let requests = |v: &str| metric_sum(m, "sluice_requests_total", &[("variant", v)]);
+            requests("control") + requests("candidate") >= 4.0
+                && problems(&queries, &exposed(m)).is_empty()
+        })
+        .await;
+    let found = problems(&queries, &exposed(&scrape));
+    assert!(
+        found.is_empty(),
+        "{} problems in the dashboards:\n{}\n\nscrape:\n{scrape}",
+        found.len(),
+        found.join("\n")
+    );
+}
