@@ -451,3 +451,22 @@ async fn without_a_sticky_key_each_request_is_drawn_by_weight() {
         "candidate share {got} over 200 anonymous requests, want 0.10..=0.30"
     );
 }
+
+#[tokio::test]
+async fn an_error_sluice_makes_for_a_variant_still_names_it() {
+    let (control, mut cand) = mocks();
+    let gw = Gateway::start(&yaml(
+        &control,
+        &cand,
+        "",
+        &route("chat", CHAT, "", &Split::contract()),
+    ));
+    cand.stop();
+    let client = client();
+    let force = |name| [("x-sluice-variant", name)];
+    let a = ask(&client, &gw, CHAT, None, &force("candidate"), prompt("q")).await;
+    assert_eq!((a.status, a.variant()), (502, "candidate"), "{a:?}");
+    assert!(a.json()["error"]["message"].is_string(), "{a:?}");
+    let a = ask(&client, &gw, CHAT, None, &force("control"), prompt("q")).await;
+    assert_eq!((a.status, a.variant()), (200, "control"), "{a:?}");
+}

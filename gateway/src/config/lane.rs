@@ -3,6 +3,8 @@
 //! fallbacks and its own metric handles, so the request path never looks a label up.
 
 use super::upstream::Upstream;
+use http::header::{HeaderName, HeaderValue};
+use prometheus::Histogram;
 use sluice_plugins::metrics::{
     Metrics, RouteCacheMetrics, RouteMetrics, StatusCounters, UsageMetrics,
 };
@@ -14,15 +16,19 @@ pub struct Lane {
     pub upstream: Arc<Upstream>,
     /// Upstreams tried in order after `upstream`, each with its own response counters.
     pub fallback: Vec<Fallback>,
+    /// Request headers the variant adds to what the upstream gets.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub metrics: RouteMetrics,
     pub cache_metrics: RouteCacheMetrics,
-    pub usage: UsageMetrics,
+    /// Tokens and cost, on a route that meters them.
+    pub usage: Option<UsageMetrics>,
 }
 
-/// An upstream a lane falls back to, and the lane's counters of its answers.
+/// An upstream a lane falls back to, and the lane's handles for its answers.
 pub struct Fallback {
     pub upstream: Arc<Upstream>,
     pub served: StatusCounters,
+    pub ttfb: Histogram,
 }
 
 impl Lane {
@@ -40,14 +46,28 @@ impl Lane {
             fallback: fallbacks
                 .iter()
                 .filter(|up| up.name != upstream.name)
-                .map(|up| Fallback {
-                    upstream: Arc::clone(up),
-                    served: metrics.route(route, &up.name, variant).served,
+                .map(|up| {
+                    let m = metrics.route(route, &up.name, variant);
+                    Fallback {
+                        upstream: Arc::clone(up),
+                        served: m.served,
+                        ttfb: m.ttfb,
+                    }
                 })
                 .collect(),
+            headers: Vec::new(),
             metrics: metrics.route(route, &upstream.name, variant),
             cache_metrics: metrics.route_cache(route, variant),
-            usage: metrics.usage(route, variant),
+            usage: None,
+        }
+    }
+
+    /// The TTFB histogram for answers from the `hop`th upstream (labelled with its name).
+    #[must_use]
+    pub fn ttfb(&self, hop: usize) -> &Histogram {
+        match hop.checked_sub(1).and_then(|k| self.fallback.get(k)) {
+            Some(f) => &f.ttfb,
+            None => &self.metrics.ttfb,
         }
     }
 

@@ -15,7 +15,7 @@ pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, Token
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
 use super::spec::{MatchSpec, RouteSpec, Spec};
-use super::split::{check_split, compile_pricing, CheckedSplit, Pricing, RouteSplit};
+use super::split::{check_split, compile_pricing, CheckedSplit, Pricing, RouteSplit, VariantLane};
 use super::upstream::compile_upstream;
 use http::Method;
 use sluice_plugins::balance::EndpointStats;
@@ -176,19 +176,27 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
             .iter()
             .filter_map(|f| upstreams.get(f.as_str()))
             .collect();
-        let lane = |variant: &str, up: Option<&str>| {
-            let up = up.and_then(|u| upstreams.get(u)).unwrap_or(upstream);
-            Lane::new(name, variant, up, &fallbacks, &shared.metrics)
+        let lane = |variant: &str, v: VariantLane<'_>| Lane {
+            headers: v.headers,
+            ..Lane::new(
+                name,
+                variant,
+                v.upstream
+                    .and_then(|u| upstreams.get(u))
+                    .unwrap_or(upstream),
+                &fallbacks,
+                &shared.metrics,
+            )
         };
         let (lanes, split) = match r.split {
-            None => (vec![lane("", None)], None),
+            None => (vec![lane("", VariantLane::default())], None),
             Some(s) => {
                 let lanes = s
                     .split
                     .variants
                     .iter()
-                    .zip(s.upstreams)
-                    .map(|(v, up)| lane(&v.name, up))
+                    .zip(s.lanes)
+                    .map(|(v, l)| lane(&v.name, l))
                     .collect();
                 (lanes, Some(s.split))
             }
@@ -201,10 +209,19 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
                 .iter()
                 .any(|l: &Lane| l.upstream.admission.as_ref().is_some_and(|a| a.queues))
             // A fallback replays the body, so it is read whole.
-            || !r.spec.fallback.is_empty()
-            || split.as_ref().is_some_and(RouteSplit::reads_body);
-        // A plain passthrough streams its body untouched, so only a read body is metered.
-        let meters_usage = split.is_some() || (reads_body && !pricing.is_empty());
+            || !r.spec.fallback.is_empty();
+        // A plain passthrough streams its body untouched, so only a read body is metered; a
+        // split always is (its variants are compared on tokens and cost), and so it reads it.
+        let meters_usage = split.is_some()
+            || limits.as_ref().is_some_and(|l| !l.tokens.is_empty())
+            || (reads_body && !pricing.is_empty());
+        let lanes = lanes
+            .into_iter()
+            .map(|l: Lane| Lane {
+                usage: meters_usage.then(|| shared.metrics.usage(name, &l.variant)),
+                ..l
+            })
+            .collect();
         routes.push(Route {
             name: name.clone(),
             lanes,

@@ -64,7 +64,6 @@ pub struct Variant {
     /// `x-sluice-variant: NAME` for the response.
     pub header: HeaderValue,
     pub set: Map<String, Value>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A route's compiled split; variant `i` answers through the route's lane `i`.
@@ -76,12 +75,6 @@ pub struct RouteSplit {
 }
 
 impl RouteSplit {
-    /// Whether the phase needs the request body (a sticky `user` or a body rewrite).
-    #[must_use]
-    pub fn reads_body(&self) -> bool {
-        self.sticky == Some(StickyKey::BodyUser) || self.variants.iter().any(|v| !v.set.is_empty())
-    }
-
     /// The variant named `name`, for an override header.
     #[must_use]
     pub fn by_name(&self, name: &[u8]) -> Option<usize> {
@@ -89,10 +82,17 @@ impl RouteSplit {
     }
 }
 
-/// A split that passed its checks, with each variant's upstream name (`None`: the route's).
+/// A split that passed its checks, with what each variant's lane needs.
 pub(super) struct CheckedSplit<'a> {
     pub split: RouteSplit,
-    pub upstreams: Vec<Option<&'a str>>,
+    pub lanes: Vec<VariantLane<'a>>,
+}
+
+/// A variant's upstream name (`None`: the route's) and the request headers it adds upstream.
+#[derive(Default)]
+pub(super) struct VariantLane<'a> {
+    pub upstream: Option<&'a str>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 pub(super) fn check_split<'a>(
@@ -116,6 +116,7 @@ pub(super) fn check_split<'a>(
     }
     let mut seen = HashSet::new();
     let mut variants = Vec::new();
+    let mut lanes = Vec::new();
     for (i, v) in spec.variants.iter().enumerate() {
         let vat = |field: &str| field_path![base; "split", "variants", i, field];
         let valid_name = !v.name.is_empty()
@@ -147,6 +148,9 @@ pub(super) fn check_split<'a>(
             name: v.name.clone(),
             header: HeaderValue::from_str(&v.name).unwrap_or(HeaderValue::from_static("")),
             set: v.set.clone(),
+        });
+        lanes.push(VariantLane {
+            upstream: v.upstream.as_deref(),
             headers,
         });
     }
@@ -166,11 +170,7 @@ pub(super) fn check_split<'a>(
             allow_override: spec.allow_override,
             variants,
         },
-        upstreams: spec
-            .variants
-            .iter()
-            .map(|v| v.upstream.as_deref())
-            .collect(),
+        lanes,
     })
 }
 
@@ -309,7 +309,8 @@ routes:
         assert_eq!(split.sticky, Some(StickyKey::Cookie("uid".into())));
         assert!(split.allow_override && route.reads_body && route.meters_usage);
         assert_eq!(split.by_name(b"small"), Some(1));
-        assert_eq!(split.variants[1].headers.len(), 1);
+        assert_eq!(route.lanes[1].headers.len(), 1);
+        assert!(route.lanes[0].headers.is_empty());
     }
 
     #[test]

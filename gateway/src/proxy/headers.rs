@@ -3,7 +3,7 @@
 //! (API keys) are set.
 
 use crate::config::policy::{Endpoint, Upstream};
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use http::Version;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
@@ -52,6 +52,8 @@ pub struct UpstreamRequest<'a> {
     /// Ask for an unencoded body (a response the cache records must be readable and servable
     /// to any client).
     pub identity: bool,
+    /// The A/B variant's own request headers, set after the upstream's.
+    pub variant_headers: &'a [(HeaderName, HeaderValue)],
 }
 
 /// The request sent to the endpoint.
@@ -84,7 +86,7 @@ pub fn upstream_request(client: &RequestHeader, to: &UpstreamRequest<'_>) -> Res
         };
         req.insert_header("x-forwarded-for", xff)?;
     }
-    for (name, value) in &upstream.set_headers {
+    for (name, value) in upstream.set_headers.iter().chain(to.variant_headers) {
         req.insert_header(name.clone(), value.clone())?;
     }
     if !endpoint.base_path.is_empty() {
@@ -120,5 +122,7 @@ pub fn client_response(
     }
     resp.insert_header(X_SLUICE_ROUTE, route)?;
     resp.insert_header(X_SLUICE_UPSTREAM, endpoint)?;
+    // The variant is this gateway's to name (an upstream may be another sluice).
+    resp.remove_header(X_SLUICE_VARIANT);
     Ok(resp)
 }

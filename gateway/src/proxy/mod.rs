@@ -79,7 +79,7 @@ impl Gateway {
         if let Flow::Done = phases::read_body_if_needed(session, ctx, &policy, route).await? {
             return Ok(());
         }
-        if let Flow::Done = split::assign(session, ctx, route)? {
+        if let Flow::Done = split::choose_variant(session, ctx, route)? {
             return Ok(());
         }
         if let Flow::Done = limits::admit_requests(self, session, ctx, route).await? {
@@ -95,6 +95,15 @@ impl Gateway {
         phases::forward(self, session, ctx, route).await?;
         Ok(())
     }
+}
+
+/// A random number without a crate: std keys each `RandomState` differently (per-thread keys
+/// that advance on every call), so hashing nothing with a fresh one gives a new value.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[async_trait]

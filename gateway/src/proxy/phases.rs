@@ -1,6 +1,6 @@
 //! The request path, one function per phase (ARCHITECTURE.md section 7):
-//! route → read body (when a phase needs it) → split (A/B variant) → request rates → cache lookup → token budgets
-//! and the upstream's concurrency slot (after a miss) → forward → settle. Each phase returns
+//! route → read body (when a phase needs it) → split (A/B variant) → request rates → cache
+//! lookup → token budgets and the upstream's concurrency slot (after a miss) → forward → settle. Each phase returns
 //! [`Flow`]; a route without a phase's policy pays nothing for it.
 
 use super::admission;
@@ -101,7 +101,8 @@ pub async fn admit_tokens_and_slot(
     if route.limits.is_some() {
         limits::admit_tokens(gw, session, ctx, route).await?;
     }
-    if route.meters_usage {
+    // Metering is best effort: a body that is not a JSON object is sent as it came.
+    if route.meters_usage && ctx.json().is_ok() {
         limits::ask_for_usage(ctx)?;
     }
     admission::admit(session, ctx, route).await?;
@@ -135,6 +136,7 @@ pub async fn forward(
         .forwarder
         .forward(session, route, lane, &body, &mut tee)
         .await;
+    ctx.response_headers = tee.take_headers();
     drop(tee);
     drop(recorder);
     ctx.permit = None;
@@ -150,10 +152,10 @@ pub async fn forward(
 
 /// Counts the answer's tokens and, for a priced model, its cost in the variant's counters.
 fn count_usage(ctx: &mut RequestCtx, route: &Route, meter: &mut UsageSink) {
-    let Some(policy) = ctx.policy.clone() else {
+    let (Some(policy), Some(usage)) = (ctx.policy.clone(), &route.lane(ctx.lane_index()).usage)
+    else {
         return;
     };
-    let usage = &route.lane(ctx.lane_index()).usage;
     let Ok(Some(body)) = ctx.json() else {
         return;
     };

@@ -92,6 +92,11 @@ impl<'a> Tee<'a> {
         self.sinks.push(sink);
     }
 
+    /// The headers not sent yet (none once a head went out), for an answer made instead.
+    pub fn take_headers(&mut self) -> Vec<(HeaderName, HeaderValue)> {
+        std::mem::take(&mut self.headers)
+    }
+
     /// Why the client went away, if it did.
     #[must_use]
     pub fn client_gone(&self) -> Option<&str> {

@@ -1,21 +1,23 @@
 //! The split phase (A/B): picks the request's variant (override, sticky key or a draw), rewrites
-//! the body fields the variant sets before the cache key is taken, adds its request headers,
-//! and names it in `x-sluice-variant` on whatever answer the client gets.
+//! the body fields the variant sets before the cache key is taken, and names it in
+//! `x-sluice-variant` on whatever answer the client gets. The variant's request headers are
+//! added only to what the upstream gets (the forwarder reads them from the lane), so cache
+//! scopes and limit keys still see the client's own headers.
 
 use super::ctx::{RequestBody, RequestCtx};
 use super::headers::X_SLUICE_VARIANT;
 use super::identity::sticky_key;
 use super::phases::Flow;
+use super::random_u64;
 use super::respond::ForwardError;
 use crate::config::policy::Route;
-use crate::config::split::RouteSplit;
+use crate::config::split::{RouteSplit, StickyKey};
 use http::header::HeaderName;
 use pingora::proxy::Session;
 use sluice_plugins::openai_error::GatewayError;
-use std::hash::BuildHasher;
 
 /// Sets the request's lane to its variant and applies the variant to the request.
-pub fn assign(
+pub fn choose_variant(
     session: &mut Session,
     ctx: &mut RequestCtx,
     route: &Route,
@@ -31,20 +33,8 @@ pub fn assign(
         HeaderName::from_static(X_SLUICE_VARIANT),
         variant.header.clone(),
     ));
-    let req = session.req_header_mut();
     // The override is for sluice; the upstream never sees it.
-    req.remove_header(X_SLUICE_VARIANT);
-    for (name, value) in &variant.headers {
-        req.insert_header(name.clone(), value.clone())
-            .map_err(|e| {
-                ForwardError::Respond(GatewayError::new(
-                    500,
-                    "server_error",
-                    "variant_header",
-                    e.to_string(),
-                ))
-            })?;
-    }
+    session.req_header_mut().remove_header(X_SLUICE_VARIANT);
     if !variant.set.is_empty() {
         if let Some(body) = ctx.json_mut()? {
             for (field, value) in &variant.set {
@@ -79,19 +69,15 @@ fn choose(
         });
     }
     let Some(key) = &split.sticky else {
-        return Ok(split.assign.draw(random()));
+        return Ok(split.assign.draw(random_u64()));
     };
+    // A body that is not a JSON object has no `user`: the request is drawn like one without.
     let body = match key {
-        crate::config::split::StickyKey::BodyUser => ctx.json()?,
+        StickyKey::BodyUser => ctx.json().ok().flatten(),
         _ => None,
     };
     Ok(match sticky_key(key, headers, body) {
         Some(material) => split.assign.assign(material),
-        None => split.assign.draw(random()),
+        None => split.assign.draw(random_u64()),
     })
-}
-
-/// A fresh random number: each `RandomState` is seeded anew, so no generator state is shared.
-fn random() -> u64 {
-    std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now())
 }

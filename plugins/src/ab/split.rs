@@ -82,9 +82,10 @@ fn seed(route: &str, salt: &str, name: &str) -> u64 {
     xxh3_64(&material)
 }
 
-/// A hash as a uniform number in (0, 1): 53 bits, never 0 (so its logarithm is finite).
+/// A hash as a uniform number strictly inside (0, 1): 52 bits plus a half, exact in an f64, so
+/// its logarithm is finite and never 0.
 fn unit(h: u64) -> f64 {
-    ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    ((h >> 12) as f64 + 0.5) / (1u64 << 52) as f64
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 
 use super::Metrics;
 use prometheus::{Counter, CounterVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Clone)]
 pub(super) struct AbFamilies {
     tokens: IntCounterVec,
     cost: CounterVec,
     weights: IntGaugeVec,
+    /// The weight series exported now, so the next policy removes only the ones it dropped.
+    weight_labels: Arc<Mutex<Vec<[String; 3]>>>,
 }
 
 impl AbFamilies {
@@ -35,6 +38,7 @@ impl AbFamilies {
                 ),
                 &["route", "variant", "position"],
             )?,
+            weight_labels: Arc::default(),
         })
     }
 
@@ -67,20 +71,34 @@ impl Metrics {
         }
     }
 
-    /// Replaces the exported weights with `(route, variant, weight)` in config order, so the
-    /// variants a reload removed disappear.
+    /// Exports `(route, variant, weight)` in config order and removes the variants a reload
+    /// dropped; new series are set first, so a scrape never sees a route without weights.
     pub fn set_split_weights(&self, weights: &[(&str, &str, u32)]) {
-        self.ab.weights.reset();
+        let mut current = Vec::with_capacity(weights.len());
         let mut position = 0;
         let mut route = None;
         for (r, variant, weight) in weights {
             position = if route == Some(*r) { position + 1 } else { 0 };
             route = Some(*r);
+            let labels = [r.to_string(), variant.to_string(), position.to_string()];
             self.ab
                 .weights
-                .with_label_values(&[*r, *variant, position.to_string().as_str()])
+                .with_label_values(&labels.each_ref().map(String::as_str))
                 .set(i64::from(*weight));
+            current.push(labels);
         }
+        let mut exported = self
+            .ab
+            .weight_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for gone in exported.iter().filter(|l| !current.contains(l)) {
+            let _ = self
+                .ab
+                .weights
+                .remove_label_values(&gone.each_ref().map(String::as_str));
+        }
+        *exported = current;
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) struct TryRequest<'a> {
     pub route: &'a Route,
     /// The variant's lane of the route, whose handles count the try.
     pub lane: &'a Lane,
+    /// Which of the lane's upstreams `up` is: 0 its own, then its fallbacks.
+    pub hop: usize,
     /// The route's upstream or one of its fallbacks.
     pub up: &'a Upstream,
     pub idx: usize,
@@ -149,7 +151,7 @@ async fn try_once(
     if let Some(stats) = up.balancer.stats(req.idx) {
         stats.observe(ttfb, Instant::now());
     }
-    req.lane.metrics.ttfb.observe(ttfb.as_secs_f64());
+    req.lane.ttfb(req.hop).observe(ttfb.as_secs_f64());
     attempt.ttfb = Some(ttfb);
 
     let Some(upstream_resp) = c.conn.response_header() else {
@@ -187,7 +189,7 @@ async fn try_once(
     let endpoint = &up.endpoints[req.idx];
     let mut resp = client_response(upstream_resp, &req.route.name, &endpoint.url, head_only)
         .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
-    if req.up.name != req.lane.upstream.name {
+    if req.hop > 0 {
         resp.insert_header(X_SLUICE_FALLBACK, up.name.as_str())
             .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
     }
@@ -268,6 +270,7 @@ async fn send(
         client_ip,
         body_len,
         identity: req.route.cache.is_some(),
+        variant_headers: &req.lane.headers,
     };
     let head = upstream_request(session.req_header(), &to)
         .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;

@@ -17,7 +17,6 @@ use pingora::connectors::ConnectorOptions;
 use pingora::proxy::Session;
 use sluice_plugins::openai_error::GatewayError;
 use std::cell::OnceCell;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 /// What forwarding did: the upstream (`hop`: 0 for the route's own, then its fallbacks) and
@@ -38,6 +37,7 @@ pub struct Attempt {
 struct HopRequest<'a> {
     route: &'a Route,
     lane: &'a Lane,
+    hop: usize,
     up: &'a Upstream,
     has_fallback: bool,
     body: &'a RequestBody,
@@ -97,6 +97,7 @@ impl Forwarder {
             let to = HopRequest {
                 route,
                 lane,
+                hop,
                 up,
                 has_fallback: fallback.is_some(),
                 body,
@@ -130,6 +131,7 @@ impl Forwarder {
         let HopRequest {
             route,
             lane,
+            hop,
             up,
             has_fallback,
             body,
@@ -147,6 +149,7 @@ impl Forwarder {
             let try_req = TryRequest {
                 route,
                 lane,
+                hop,
                 up,
                 idx,
                 body,
@@ -191,11 +194,7 @@ impl Forwarder {
 fn backoff(policy: &RetryPolicy, n: u32) -> Option<Duration> {
     let (base, max) = policy.backoff?;
     let full = base.saturating_mul(1u32 << n.min(16)).min(max);
-    // A fresh `RandomState` is keyed anew each time: a cheap random number without a crate.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let share = 0.5 + (random >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+    let share = 0.5 + (super::random_u64() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
     Some(full.mul_f64(share))
 }
 
