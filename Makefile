@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Debian packages the build, tests and benches need: cmake (zlib-ng in pingora's flate2),
 # redis-server (shared cache and limits), nginx and wrk (the load benchmark's baseline and client).
-APT_PACKAGES := cmake:cmake redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux
+APT_PACKAGES := cmake:cmake redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
 
 .PHONY: deps venv build build-release run test lint bench clean
 

@@ -2,6 +2,7 @@
 //! benches and tests can drive them directly.
 #![forbid(unsafe_code)]
 
+pub mod ab_report;
 pub mod access_log;
 pub mod admin;
 pub mod config;

@@ -1,11 +1,13 @@
 //! `sluice`: the gateway binary.
 
 use clap::{Parser, Subcommand};
+use sluice::ab_report::positive_duration;
 use sluice::access_log::{self, LogFormat};
 use sluice::config::{compile, load_file, SharedState};
 use sluice_plugins::metrics::Metrics;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 // glibc malloc/free were ~10% of a passthrough request's CPU; mimalloc's thread caches are cheaper.
 #[global_allocator]
@@ -37,6 +39,49 @@ enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Compare the variants of a route's split (latency, errors, cache, tokens, cost) with
+    /// significance tests, from a running sluice's metrics or from Prometheus.
+    AbReport {
+        /// The route whose split to report on.
+        #[arg(long)]
+        route: String,
+        /// The variant the others are compared with (default: the first configured).
+        #[arg(long)]
+        baseline: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A running sluice's metrics, e.g. http://127.0.0.1:9090/metrics.
+        #[arg(long, value_name = "URL", required_unless_present = "prometheus")]
+        metrics: Option<String>,
+        /// With --metrics: scrape, wait this long (e.g. 5m), scrape again and report the
+        /// difference. Without it: totals since sluice started.
+        #[arg(
+            long,
+            value_name = "DUR",
+            requires = "metrics",
+            conflicts_with = "prometheus",
+            value_parser = positive_duration
+        )]
+        window: Option<Duration>,
+        /// A Prometheus server that scrapes sluice, e.g. http://127.0.0.1:9091.
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "metrics",
+            requires = "range"
+        )]
+        prometheus: Option<String>,
+        /// With --prometheus: the window to report, ending now (e.g. 1h).
+        #[arg(
+            long,
+            value_name = "DUR",
+            requires = "prometheus",
+            conflicts_with = "metrics",
+            value_parser = positive_duration
+        )]
+        range: Option<Duration>,
     },
     /// Cache commands.
     Cache {
@@ -85,6 +130,47 @@ fn main() -> ExitCode {
                 }
                 Err(errors) => {
                     eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::AbReport {
+            route,
+            baseline,
+            json,
+            metrics,
+            window,
+            prometheus,
+            range,
+        } => {
+            use sluice::ab_report::{Args, Source};
+            let source = match (metrics, prometheus, range) {
+                (Some(url), _, _) => Source::Metrics { url, window },
+                (None, Some(url), Some(range)) => Source::Prometheus { url, range },
+                // clap already requires --metrics, or --prometheus with --range.
+                _ => {
+                    eprintln!(
+                        "sluice ab-report: give --metrics URL, or --prometheus URL --range DUR"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            let args = Args {
+                route,
+                baseline,
+                json,
+                source,
+            };
+            match sluice::ab_report::run(&args) {
+                Ok(output) => {
+                    for note in &output.notes {
+                        eprintln!("sluice ab-report: {note}");
+                    }
+                    print!("{}", output.stdout);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice ab-report: {e}");
                     ExitCode::FAILURE
                 }
             }
