@@ -208,11 +208,20 @@ pub fn totals(route: &str, scrape: &Scrape) -> Result<RouteTotals, ExpositionErr
             known,
         });
     }
-    let names: BTreeSet<&str> = on_route
+    let mut names: BTreeSet<&str> = on_route
         .iter()
         .filter_map(|s| s.label("variant"))
         .filter(|v| !v.is_empty())
         .collect();
+    // A variant a reload removed keeps its counters but loses its weight: not compared.
+    let configured: BTreeSet<&str> = on_route
+        .iter()
+        .filter(|s| s.name == SPLIT_WEIGHT)
+        .filter_map(|s| s.label("variant"))
+        .collect();
+    if !configured.is_empty() {
+        names.retain(|v| configured.contains(v));
+    }
     let Some(first_by_name) = names.first() else {
         return Err(ExpositionError::NoSplit(route.to_string()));
     };

@@ -217,3 +217,13 @@ fn a_counter_that_went_down_or_vanished_means_a_restart() {
     assert!(totals_between("chat", &earlier, &reweighted)
         .is_err_and(|e| e == ExpositionError::NoTraffic("chat".into())));
 }
+
+#[test]
+fn a_variant_without_a_weight_was_removed_and_is_left_out() {
+    let text = format!(
+        "{SCRAPE}sluice_requests_total{{code=\"200\",route=\"chat\",upstream=\"x\",variant=\"old\"}} 9\n"
+    );
+    let t = chat(&text).unwrap();
+    let names: Vec<&str> = t.variants.iter().map(|v| v.variant.as_str()).collect();
+    assert_eq!(names, ["control", "candidate"]);
+}
