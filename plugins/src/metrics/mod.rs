@@ -260,11 +260,12 @@ mod tests {
         c.saved_tokens.inc_by(7);
         m.cache_tier(CacheTier::Disk).bytes.set(123);
         let text = m.encode();
-        assert!(text
-            .contains(r#"sluice_cache_requests_total{result="hit",route="chat",tier="redis",variant=""} 1"#));
-        assert!(
-            text.contains(r#"sluice_cache_requests_total{result="miss",route="chat",tier="",variant=""} 1"#)
-        );
+        assert!(text.contains(
+            r#"sluice_cache_requests_total{result="hit",route="chat",tier="redis",variant=""} 1"#
+        ));
+        assert!(text.contains(
+            r#"sluice_cache_requests_total{result="miss",route="chat",tier="",variant=""} 1"#
+        ));
         assert!(text.contains(r#"sluice_cache_saved_tokens_total{route="chat"} 7"#));
         assert!(text.contains(r#"sluice_cache_bytes{tier="disk"} 123"#));
     }
