@@ -10,6 +10,7 @@ pub mod load;
 pub mod locate;
 pub mod policy;
 pub mod resilience;
+pub mod route;
 pub mod server_limits;
 pub mod spec;
 pub mod split;

@@ -7,21 +7,23 @@
 pub use super::cache::{CacheScope, CacheTiers, DiskSettings, RedisSettings, RouteCache};
 pub use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl};
 pub use super::lane::{Fallback, Lane};
+pub use super::route::Route;
+use super::route::{build_route, CheckedRoute};
 pub use super::upstream::{RetryPolicy, Timeouts, Upstream};
 
 use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name, redact_url};
-use super::limits::{check_limits, CheckedLimit};
+use super::limits::check_limits;
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
-use super::spec::{MatchSpec, RouteSpec, Spec};
-use super::split::{check_split, compile_pricing, CheckedSplit, Pricing, RouteSplit, VariantLane};
+use super::spec::{MatchSpec, Spec};
+use super::split::{check_split, compile_pricing, Pricing};
 use super::upstream::compile_upstream;
 use http::Method;
 use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
 use sluice_plugins::limits::gate::ConcurrencyGate;
-use sluice_plugins::metrics::{Metrics, RouteLimitMetrics, RouteMetrics, StatusCounters};
+use sluice_plugins::metrics::{Metrics, StatusCounters};
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -94,50 +96,6 @@ pub struct Policy {
     pub redacted: serde_json::Value,
 }
 
-pub struct Route {
-    pub name: String,
-    /// One lane per variant of `split`, or one (variant `""`) without a split; never empty.
-    pub lanes: Vec<Lane>,
-    /// The route's A/B variants, if it splits.
-    pub split: Option<RouteSplit>,
-    /// Counts answers made before a variant was assigned (variant `""`).
-    pub unassigned: RouteMetrics,
-    /// The route's cache policy, if it caches.
-    pub cache: Option<RouteCache>,
-    /// The route's request rates and token budgets, if any.
-    pub limits: Option<RouteLimits>,
-    /// Tokens reserved and charged, requests refused (by limits or the upstream's queue).
-    pub limit_metrics: RouteLimitMetrics,
-    /// Some phase needs the request body (a model glob, a cache policy, a token budget, an
-    /// upstream queue, a split), so the proxy reads it.
-    pub reads_body: bool,
-    /// Answers are metered for `sluice_tokens_total` and `sluice_cost_usd_total`.
-    pub meters_usage: bool,
-}
-
-impl Route {
-    /// Lane `i`, or the first for an index out of range.
-    #[must_use]
-    pub fn lane(&self, i: usize) -> &Lane {
-        let last = self.lanes.len().saturating_sub(1);
-        &self.lanes[i.min(last)]
-    }
-
-    /// Every upstream the route can send to (a shared one once per lane that uses it).
-    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.lanes.iter().flat_map(Lane::upstreams)
-    }
-}
-
-/// A route that passed every check, waiting for its upstream and metric handles.
-struct CheckedRoute<'a> {
-    spec: &'a RouteSpec,
-    matcher: RouteMatcher,
-    cache: Option<RouteCache>,
-    limits: Vec<CheckedLimit>,
-    split: Option<CheckedSplit<'a>>,
-}
-
 /// Checks `loaded` and compiles it; every problem is reported, each at its field.
 pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, ConfigErrors> {
     let spec = &loaded.spec;
@@ -165,75 +123,10 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     let mut routes = Vec::new();
     for r in checked_routes {
         // Every route's upstream was checked to exist and to have compiled.
-        let Some(upstream) = upstreams.get(r.spec.upstream.as_str()) else {
-            continue;
-        };
-        let name = &r.spec.name;
-        let limits = super::limits::attach(name, r.limits, &shared.limit_buckets, &shared.metrics);
-        let fallbacks: Vec<&Arc<Upstream>> = r
-            .spec
-            .fallback
-            .iter()
-            .filter_map(|f| upstreams.get(f.as_str()))
-            .collect();
-        let lane = |variant: &str, v: VariantLane<'_>| Lane {
-            headers: v.headers,
-            ..Lane::new(
-                name,
-                variant,
-                v.upstream
-                    .and_then(|u| upstreams.get(u))
-                    .unwrap_or(upstream),
-                &fallbacks,
-                &shared.metrics,
-            )
-        };
-        let (lanes, split) = match r.split {
-            None => (vec![lane("", VariantLane::default())], None),
-            Some(s) => {
-                let lanes = s
-                    .split
-                    .variants
-                    .iter()
-                    .zip(s.lanes)
-                    .map(|(v, l)| lane(&v.name, l))
-                    .collect();
-                (lanes, Some(s.split))
-            }
-        };
-        // A queued request notices its client leaving only once its body is read.
-        let reads_body = r.matcher.model.is_some()
-            || r.cache.is_some()
-            || limits.as_ref().is_some_and(RouteLimits::reads_body)
-            || lanes
-                .iter()
-                .any(|l: &Lane| l.upstream.admission.as_ref().is_some_and(|a| a.queues))
-            // A fallback replays the body, so it is read whole.
-            || !r.spec.fallback.is_empty();
-        // A plain passthrough streams its body untouched, so only a read body is metered; a
-        // split always is (its variants are compared on tokens and cost), and so it reads it.
-        let meters_usage = split.is_some()
-            || limits.as_ref().is_some_and(|l| !l.tokens.is_empty())
-            || (reads_body && !pricing.is_empty());
-        let lanes = lanes
-            .into_iter()
-            .map(|l: Lane| Lane {
-                usage: meters_usage.then(|| shared.metrics.usage(name, &l.variant)),
-                ..l
-            })
-            .collect();
-        routes.push(Route {
-            name: name.clone(),
-            lanes,
-            split,
-            unassigned: shared.metrics.route(name, "", ""),
-            reads_body: reads_body || meters_usage,
-            meters_usage,
-            limits,
-            limit_metrics: shared.metrics.route_limits(name),
-            cache: r.cache,
-        });
-        matchers.push(r.matcher);
+        if let Some((route, matcher)) = build_route(r, &upstreams, !pricing.is_empty(), shared) {
+            routes.push(route);
+            matchers.push(matcher);
+        }
     }
     let weights: Vec<(&str, &str, u32)> = spec
         .routes

@@ -1,0 +1,134 @@
+//! A compiled route: its lanes (one per A/B variant), split, cache, limits and what the
+//! request path needs to know about its body, built from a route that passed every check.
+
+use super::cache::RouteCache;
+use super::lane::Lane;
+use super::limits::{CheckedLimit, RouteLimits};
+use super::policy::SharedState;
+use super::spec::RouteSpec;
+use super::split::{CheckedSplit, RouteSplit, VariantLane};
+use super::upstream::Upstream;
+use sluice_plugins::metrics::{RouteLimitMetrics, RouteMetrics};
+use sluice_plugins::router::RouteMatcher;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Route {
+    pub name: String,
+    /// One lane per variant of `split`, or one (variant `""`) without a split; never empty.
+    pub lanes: Vec<Lane>,
+    /// The route's A/B variants, if it splits.
+    pub split: Option<RouteSplit>,
+    /// Counts answers made before a variant was assigned (variant `""`).
+    pub unassigned: RouteMetrics,
+    /// The route's cache policy, if it caches.
+    pub cache: Option<RouteCache>,
+    /// The route's request rates and token budgets, if any.
+    pub limits: Option<RouteLimits>,
+    /// Tokens reserved and charged, requests refused (by limits or the upstream's queue).
+    pub limit_metrics: RouteLimitMetrics,
+    /// Some phase needs the request body (a model glob, a cache policy, a token budget, an
+    /// upstream queue, a split), so the proxy reads it.
+    pub reads_body: bool,
+    /// Answers are metered for `sluice_tokens_total` and `sluice_cost_usd_total`.
+    pub meters_usage: bool,
+}
+
+impl Route {
+    /// Lane `i`, or the first for an index out of range.
+    #[must_use]
+    pub fn lane(&self, i: usize) -> &Lane {
+        let last = self.lanes.len().saturating_sub(1);
+        &self.lanes[i.min(last)]
+    }
+
+    /// Every upstream the route can send to (a shared one once per lane that uses it).
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.lanes.iter().flat_map(Lane::upstreams)
+    }
+}
+
+/// A route that passed every check, waiting for its upstream and metric handles.
+pub(super) struct CheckedRoute<'a> {
+    pub spec: &'a RouteSpec,
+    pub matcher: RouteMatcher,
+    pub cache: Option<RouteCache>,
+    pub limits: Vec<CheckedLimit>,
+    pub split: Option<CheckedSplit<'a>>,
+}
+
+/// Builds the route on the attached upstreams; `None` if its upstream is missing (checked before).
+pub(super) fn build_route(
+    r: CheckedRoute<'_>,
+    upstreams: &HashMap<&str, Arc<Upstream>>,
+    priced: bool,
+    shared: &SharedState,
+) -> Option<(Route, RouteMatcher)> {
+    let upstream = upstreams.get(r.spec.upstream.as_str())?;
+    let name = &r.spec.name;
+    let limits = super::limits::attach(name, r.limits, &shared.limit_buckets, &shared.metrics);
+    let fallbacks: Vec<&Arc<Upstream>> = r
+        .spec
+        .fallback
+        .iter()
+        .filter_map(|f| upstreams.get(f.as_str()))
+        .collect();
+    let lane = |variant: &str, v: VariantLane<'_>| Lane {
+        headers: v.headers,
+        ..Lane::new(
+            name,
+            variant,
+            v.upstream
+                .and_then(|u| upstreams.get(u))
+                .unwrap_or(upstream),
+            &fallbacks,
+            &shared.metrics,
+        )
+    };
+    let (lanes, split) = match r.split {
+        None => (vec![lane("", VariantLane::default())], None),
+        Some(s) => {
+            let lanes = s
+                .split
+                .variants
+                .iter()
+                .zip(s.lanes)
+                .map(|(v, l)| lane(&v.name, l))
+                .collect();
+            (lanes, Some(s.split))
+        }
+    };
+    // A queued request notices its client leaving only once its body is read.
+    let reads_body = r.matcher.model.is_some()
+        || r.cache.is_some()
+        || limits.as_ref().is_some_and(RouteLimits::reads_body)
+        || lanes
+            .iter()
+            .any(|l: &Lane| l.upstream.admission.as_ref().is_some_and(|a| a.queues))
+        // A fallback replays the body, so it is read whole.
+        || !r.spec.fallback.is_empty();
+    // A plain passthrough streams its body untouched, so only a read body is metered; a
+    // split always is (its variants are compared on tokens and cost), and so it reads it.
+    let meters_usage = split.is_some()
+        || limits.as_ref().is_some_and(|l| !l.tokens.is_empty())
+        || (reads_body && priced);
+    let lanes = lanes
+        .into_iter()
+        .map(|l: Lane| Lane {
+            usage: meters_usage.then(|| shared.metrics.usage(name, &l.variant)),
+            ..l
+        })
+        .collect();
+    let route = Route {
+        name: name.clone(),
+        lanes,
+        split,
+        unassigned: shared.metrics.route(name, "", ""),
+        reads_body: reads_body || meters_usage,
+        meters_usage,
+        limits,
+        limit_metrics: shared.metrics.route_limits(name),
+        cache: r.cache,
+    };
+    Some((route, r.matcher))
+}
