@@ -40,6 +40,8 @@ impl Lane {
         fallbacks: &[&Arc<Upstream>],
         metrics: &Metrics,
     ) -> Lane {
+        let own = metrics.route(route, &upstream.name, variant);
+        own.served.export(200);
         Lane {
             variant: variant.to_string(),
             upstream: Arc::clone(upstream),
@@ -56,7 +58,7 @@ impl Lane {
                 })
                 .collect(),
             headers: Vec::new(),
-            metrics: metrics.route(route, &upstream.name, variant),
+            metrics: own,
             cache_metrics: metrics.route_cache(route, variant),
             usage: None,
         }

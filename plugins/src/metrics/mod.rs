@@ -202,16 +202,25 @@ pub struct StatusCounters {
 impl StatusCounters {
     /// Counts one response with `status`.
     pub fn inc(&self, status: u16) {
-        let Some(slot) = self.by_code.get(usize::from(status)) else {
-            return;
-        };
-        slot.get_or_init(|| {
+        if let Some(counter) = self.counter(status) {
+            counter.inc();
+        }
+    }
+
+    /// Exports `status`'s series at 0 before its first response, so a rate over a window that
+    /// starts before the first request (Prometheus' `increase`) sees all of them.
+    pub fn export(&self, status: u16) {
+        let _ = self.counter(status);
+    }
+
+    fn counter(&self, status: u16) -> Option<&IntCounter> {
+        let slot = self.by_code.get(usize::from(status))?;
+        Some(slot.get_or_init(|| {
             let code = status.to_string();
             let [route, upstream, variant] = &self.labels;
             self.family
                 .with_label_values(&[route.as_str(), upstream, variant, &code])
-        })
-        .inc();
+        }))
     }
 }
 
