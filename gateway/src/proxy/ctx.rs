@@ -153,6 +153,24 @@ impl RequestCtx {
         Ok(self.json.as_mut())
     }
 
+    /// Lets `edit` change the body's JSON object and, when it says it did, writes the bytes the
+    /// upstream gets back from it; `Ok(false)` without a read body.
+    pub(super) fn rewrite_json(
+        &mut self,
+        edit: impl FnOnce(&mut Map<String, Value>) -> bool,
+    ) -> Result<bool, ForwardError> {
+        let Some(body) = self.json_mut()? else {
+            return Ok(false);
+        };
+        if !edit(body) {
+            return Ok(false);
+        }
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
+        self.body = RequestBody::Buffered(bytes.into());
+        Ok(true)
+    }
+
     /// The route this request was matched to, if any.
     pub(super) fn route(&self) -> Option<&Route> {
         self.policy.as_ref()?.routes.get(self.route?)

@@ -1,7 +1,8 @@
 //! The request path, one function per phase (ARCHITECTURE.md section 7):
 //! route → read body (when a phase needs it) → split (A/B variant) → request rates → cache
-//! lookup → token budgets and the upstream's concurrency slot (after a miss) → forward → settle. Each phase returns
-//! [`Flow`]; a route without a phase's policy pays nothing for it.
+//! lookup → token budgets, the usage ask and the upstream's concurrency slot (after a miss) →
+//! forward → settle. Each phase returns [`Flow`]; a route without a phase's policy pays
+//! nothing for it.
 
 use super::admission;
 use super::body::read_body;
@@ -101,7 +102,8 @@ pub async fn admit_tokens_and_slot(
     if route.limits.is_some() {
         limits::admit_tokens(gw, session, ctx, route).await?;
     }
-    // Metering is best effort: a body that is not a JSON object is sent as it came.
+    // Metering (token budgets included) asks a stream for its usage; it is best effort: a body
+    // that is not a JSON object is sent as it came.
     if route.meters_usage && ctx.json().is_ok() {
         limits::ask_for_usage(ctx)?;
     }

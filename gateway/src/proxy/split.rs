@@ -4,7 +4,7 @@
 //! added only to what the upstream gets (the forwarder reads them from the lane), so cache
 //! scopes and limit keys still see the client's own headers.
 
-use super::ctx::{RequestBody, RequestCtx};
+use super::ctx::RequestCtx;
 use super::headers::X_SLUICE_VARIANT;
 use super::identity::sticky_key;
 use super::phases::Flow;
@@ -36,14 +36,12 @@ pub fn choose_variant(
     // The override is for sluice; the upstream never sees it.
     session.req_header_mut().remove_header(X_SLUICE_VARIANT);
     if !variant.set.is_empty() {
-        if let Some(body) = ctx.json_mut()? {
+        ctx.rewrite_json(|body| {
             for (field, value) in &variant.set {
                 body.insert(field.clone(), value.clone());
             }
-            let bytes = serde_json::to_vec(body)
-                .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
-            ctx.body = RequestBody::Buffered(bytes.into());
-        }
+            true
+        })?;
     }
     Ok(Flow::Next)
 }

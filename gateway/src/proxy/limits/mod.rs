@@ -7,7 +7,7 @@ mod buckets;
 mod headers;
 mod usage;
 
-use super::ctx::{RequestBody, RequestCtx};
+use super::ctx::RequestCtx;
 use super::identity::bucket_key;
 use super::phases::Flow;
 use super::respond::ForwardError;
@@ -77,7 +77,7 @@ pub async fn admit_requests(
 }
 
 /// Reserves the request's estimated tokens in every token budget; 429 when one cannot take
-/// them. A stream is asked to report its usage.
+/// them. (A token-limited route meters usage, so the usage phase asks a stream for it.)
 pub async fn admit_tokens(
     gw: &Gateway,
     session: &Session,
@@ -138,7 +138,6 @@ pub async fn admit_tokens(
         buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
         return Err(refuse(limit, Kind::Tokens, retry_after));
     }
-    ask_for_usage(ctx)?;
     ctx.reserved = Some(reserved);
     Ok(Flow::Next)
 }
@@ -224,16 +223,9 @@ fn key_of(key: &LimitKey, session: &Session, ctx: &mut RequestCtx) -> Result<u64
 /// A stream is asked for its usage chunk; when the client did not ask, the chunk is stripped
 /// from what it sees.
 pub fn ask_for_usage(ctx: &mut RequestCtx) -> Result<(), ForwardError> {
-    let Some(body) = ctx.json_mut()? else {
-        return Ok(());
-    };
-    if !ensure_include_usage(body) {
-        return Ok(());
+    if ctx.rewrite_json(ensure_include_usage)? {
+        ctx.strip_usage = true;
     }
-    let bytes = serde_json::to_vec(body)
-        .map_err(|e| ForwardError::Respond(GatewayError::bad_json(&e.to_string())))?;
-    ctx.body = RequestBody::Buffered(bytes.into());
-    ctx.strip_usage = true;
     Ok(())
 }
 
