@@ -35,12 +35,7 @@ pub fn bucket_key(key: &LimitKey, session: &Session, body: Option<&Map<String, V
                 .map(|a| a.ip().to_string());
             (3, ip.as_deref().map(str::as_bytes))
         }
-        LimitKey::BodyUser => (
-            4,
-            body.and_then(|b| b.get("user"))
-                .and_then(Value::as_str)
-                .map(str::as_bytes),
-        ),
+        LimitKey::BodyUser => (4, body_user(body)),
         LimitKey::Route => (5, Some(&[][..])),
     };
     material.map_or(0, |m| xxh3_64_with_seed(m, seed))
@@ -56,12 +51,14 @@ pub fn sticky_key<'a>(
         StickyKey::ApiKey => api_key(headers),
         StickyKey::Header(name) => headers.get(name).map(http::HeaderValue::as_bytes),
         StickyKey::Cookie(name) => cookie(headers, name),
-        StickyKey::BodyUser => body
-            .and_then(|b| b.get("user"))
-            .and_then(Value::as_str)
-            .map(str::as_bytes),
+        StickyKey::BodyUser => body_user(body),
     }
     .filter(|k| !k.is_empty())
+}
+
+/// The JSON body's `user` field, which OpenAI's API defines as the end user's id.
+fn body_user(body: Option<&Map<String, Value>>) -> Option<&[u8]> {
+    body?.get("user")?.as_str().map(str::as_bytes)
 }
 
 /// The value of cookie `name` in any `Cookie` header.
