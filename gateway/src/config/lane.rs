@@ -31,15 +31,28 @@ pub struct Fallback {
     pub ttfb: Histogram,
 }
 
+/// What a lane is built from: the variant (`""` without a split), its upstream and headers.
+pub(super) struct LanePlan<'a> {
+    pub variant: &'a str,
+    pub upstream: &'a Arc<Upstream>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
 impl Lane {
-    /// Builds a lane of `route` for `variant`, skipping a fallback that is its own upstream.
+    /// Builds `plan`'s lane of `route`, skipping a fallback that is its own upstream; `metered`
+    /// gives it token and cost counters.
     pub(super) fn new(
         route: &str,
-        variant: &str,
-        upstream: &Arc<Upstream>,
+        plan: LanePlan<'_>,
         fallbacks: &[&Arc<Upstream>],
+        metered: bool,
         metrics: &Metrics,
     ) -> Lane {
+        let LanePlan {
+            variant,
+            upstream,
+            headers,
+        } = plan;
         let own = metrics.route(route, &upstream.name, variant);
         own.served.export(200);
         Lane {
@@ -57,10 +70,10 @@ impl Lane {
                     }
                 })
                 .collect(),
-            headers: Vec::new(),
+            headers,
             metrics: own,
             cache_metrics: metrics.route_cache(route, variant),
-            usage: None,
+            usage: metered.then(|| metrics.usage(route, variant)),
         }
     }
 

@@ -2,11 +2,11 @@
 //! request path needs to know about its body, built from a route that passed every check.
 
 use super::cache::RouteCache;
-use super::lane::Lane;
+use super::lane::{Lane, LanePlan};
 use super::limits::{CheckedLimit, RouteLimits};
 use super::policy::SharedState;
 use super::spec::RouteSpec;
-use super::split::{CheckedSplit, RouteSplit, VariantLane};
+use super::split::{CheckedSplit, RouteSplit};
 use super::upstream::Upstream;
 use sluice_plugins::metrics::{RouteLimitMetrics, RouteMetrics};
 use sluice_plugins::router::RouteMatcher;
@@ -73,38 +73,37 @@ pub(super) fn build_route(
         .iter()
         .filter_map(|f| upstreams.get(f.as_str()))
         .collect();
-    let lane = |variant: &str, v: VariantLane<'_>| Lane {
-        headers: v.headers,
-        ..Lane::new(
-            name,
-            variant,
-            v.upstream
-                .and_then(|u| upstreams.get(u))
-                .unwrap_or(upstream),
-            &fallbacks,
-            &shared.metrics,
-        )
+    let (split, variant_lanes) = match r.split {
+        Some(CheckedSplit { split, lanes }) => (Some(split), lanes),
+        None => (None, Vec::new()),
     };
-    let (lanes, split) = match r.split {
-        None => (vec![lane("", VariantLane::default())], None),
-        Some(s) => {
-            let lanes = s
-                .split
-                .variants
-                .iter()
-                .zip(s.lanes)
-                .map(|(v, l)| lane(&v.name, l))
-                .collect();
-            (lanes, Some(s.split))
-        }
+    let plans: Vec<LanePlan<'_>> = match &split {
+        None => vec![LanePlan {
+            variant: "",
+            upstream,
+            headers: Vec::new(),
+        }],
+        Some(s) => s
+            .variants
+            .iter()
+            .zip(variant_lanes)
+            .map(|(v, l)| LanePlan {
+                variant: &v.name,
+                upstream: l
+                    .upstream
+                    .and_then(|u| upstreams.get(u))
+                    .unwrap_or(upstream),
+                headers: l.headers,
+            })
+            .collect(),
     };
     // A queued request notices its client leaving only once its body is read.
     let reads_body = r.matcher.model.is_some()
         || r.cache.is_some()
         || limits.as_ref().is_some_and(RouteLimits::reads_body)
-        || lanes
+        || plans
             .iter()
-            .any(|l: &Lane| l.upstream.admission.as_ref().is_some_and(|a| a.queues))
+            .any(|p| p.upstream.admission.as_ref().is_some_and(|a| a.queues))
         // A fallback replays the body, so it is read whole.
         || !r.spec.fallback.is_empty();
     // A plain passthrough streams its body untouched, so only a read body is metered; a
@@ -112,12 +111,9 @@ pub(super) fn build_route(
     let meters_usage = split.is_some()
         || limits.as_ref().is_some_and(|l| !l.tokens.is_empty())
         || (reads_body && priced);
-    let lanes = lanes
+    let lanes = plans
         .into_iter()
-        .map(|l: Lane| Lane {
-            usage: meters_usage.then(|| shared.metrics.usage(name, &l.variant)),
-            ..l
-        })
+        .map(|p| Lane::new(name, p, &fallbacks, meters_usage, &shared.metrics))
         .collect();
     let route = Route {
         name: name.clone(),

@@ -89,7 +89,6 @@ pub(super) struct CheckedSplit<'a> {
 }
 
 /// A variant's upstream name (`None`: the route's) and the request headers it adds upstream.
-#[derive(Default)]
 pub(super) struct VariantLane<'a> {
     pub upstream: Option<&'a str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
