@@ -55,7 +55,7 @@ async fn until_refused(
 ) -> (Vec<Answer>, Answer) {
     let mut admitted = Vec::new();
     for _ in 0..max {
-        let a = answer(request(client, &gw.url, key, body, headers)).await;
+        let a = Answer::read(request(client, &gw.url, key, body, headers)).await;
         if a.status != 200 {
             return (admitted, a);
         }
@@ -198,7 +198,7 @@ async fn streams_are_charged_with_or_without_usage_and_the_usage_chunk_shows_onl
     // A client that asks for usage gets the chunk.
     let (asked, asked_completion) = costly(true, true);
     let headers = [("x-mock-tokens", asked_completion.as_str())];
-    let a = answer(request(&c, &gw.url, "asks", &asked, &headers)).await;
+    let a = Answer::read(request(&c, &gw.url, "asks", &asked, &headers)).await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_stream(&a, asked_completion.parse().unwrap(), true);
     let total = a
@@ -264,7 +264,8 @@ async fn concurrent_requests_reserve_before_they_spend() {
         ("x-mock-tokens", completion.as_str()),
         ("x-mock-latency-ms", "1000"),
     ];
-    let all = join_all((0..20).map(|_| answer(request(&c, &gw.url, "k", &body, &headers)))).await;
+    let all =
+        join_all((0..20).map(|_| Answer::read(request(&c, &gw.url, "k", &body, &headers)))).await;
     let ok: Vec<&Answer> = all.iter().filter(|a| a.status == 200).collect();
     println!(
         "20 concurrent against 600 tokens at {COST} each: {} admitted",

@@ -105,7 +105,7 @@ fn rss(pid: u32) -> u64 {
 async fn one_each(c: &reqwest::Client, gw: &Gateway, prefix: &str, keys: usize) -> usize {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
     stream::iter(0..keys)
-        .map(|i| answer(request(c, &gw.url, &format!("{prefix}-{i}"), &body, &[])))
+        .map(|i| Answer::read(request(c, &gw.url, &format!("{prefix}-{i}"), &body, &[])))
         .buffer_unordered(32)
         .filter(|a| std::future::ready(a.status == 200))
         .count()

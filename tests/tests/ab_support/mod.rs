@@ -1,9 +1,10 @@
 //! Helpers for the A/B split end-to-end tests (`ab_split.rs`): configs with a control and a
-//! candidate upstream, one answer read whole, bounded-concurrency sweeps over many users, and
+//! candidate upstream, what an answer says about its variant, bounded-concurrency sweeps over many users, and
 //! finding a user on each side of a split.
 
 use futures_util::stream::{self, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
+pub use sluice_e2e::Answer;
 use sluice_e2e::{metric_value, Gateway, Mock, PATIENCE};
 use std::time::{Duration, Instant};
 
@@ -81,42 +82,35 @@ pub fn prompt(content: &str) -> String {
     json!({"model": "mock-gpt-4o", "messages": [{"role": "user", "content": content}]}).to_string()
 }
 
-/// One answer, read whole.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("<none>")
+/// What the A/B tests read from an answer; a missing header reads as `<none>`.
+pub trait Seen {
+    fn seen(&self, header: &str) -> &str;
+    fn variant(&self) -> &str {
+        self.seen("x-sluice-variant")
     }
-    pub fn variant(&self) -> &str {
-        self.header("x-sluice-variant")
+    fn instance(&self) -> &str {
+        self.seen("x-mock-instance")
     }
-    pub fn instance(&self) -> &str {
-        self.header("x-mock-instance")
-    }
-    pub fn cache(&self) -> &str {
-        self.header("x-sluice-cache")
-    }
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    fn cache(&self) -> &str {
+        self.seen("x-sluice-cache")
     }
     /// The answer's `model` (mock-llm echoes the model it was asked for).
-    pub fn model(&self) -> String {
+    fn model(&self) -> String;
+    /// `usage.prompt_tokens` and `usage.completion_tokens`.
+    fn usage(&self) -> (u64, u64);
+}
+
+impl Seen for Answer {
+    fn seen(&self, header: &str) -> &str {
+        self.header(header).unwrap_or("<none>")
+    }
+    fn model(&self) -> String {
         self.json()["model"]
             .as_str()
             .unwrap_or("<none>")
             .to_string()
     }
-    /// `usage.prompt_tokens` and `usage.completion_tokens`.
-    pub fn usage(&self) -> (u64, u64) {
+    fn usage(&self) -> (u64, u64) {
         let v = self.json();
         let n = |k: &str| v["usage"][k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
         (n("prompt_tokens"), n("completion_tokens"))
@@ -142,15 +136,7 @@ pub async fn ask(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.text().await.expect("body");
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    Answer::read(req).await
 }
 
 /// `n` user ids, the same on every call.

@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use futures_util::future::join_all;
-use serde_json::{json, Value};
+use serde_json::json;
+pub use sluice_e2e::Answer;
 use sluice_e2e::{config, Gateway, Mock};
 use std::time::{Duration, Instant};
 
@@ -23,39 +24,6 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// One answer, read whole.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// A header that must be a whole number.
-    pub fn number(&self, name: &str) -> u64 {
-        self.header(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} must be a whole number: {self:?}"))
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// The `data:` payloads of an SSE body, in order.
-    pub fn events(&self) -> Vec<&str> {
-        self.body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect()
-    }
-}
-
 /// POSTs `body` to the chat endpoint with the API key `key` and `headers`.
 pub fn request(
     client: &reqwest::Client,
@@ -73,18 +41,6 @@ pub fn request(
         req = req.header(*k, *v);
     }
     req
-}
-
-pub async fn answer(req: reqwest::RequestBuilder) -> Answer {
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.text().await.expect("the whole body");
-    Answer {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// Checks a 429 from limit `param` of `kind` (`requests` or `tokens`); its `retry-after-ms`.
@@ -142,7 +98,13 @@ pub async fn paced(
         tick.tick().await;
         last = Instant::now();
         first.get_or_insert(last);
-        tasks.push(tokio::spawn(answer(request(client, base, key, &body, &[]))));
+        tasks.push(tokio::spawn(Answer::read(request(
+            client,
+            base,
+            key,
+            &body,
+            &[],
+        ))));
     }
     let answers = join_all(tasks).await.into_iter().map(|t| t.expect("task"));
     (answers.collect(), last - first.unwrap_or(last))
