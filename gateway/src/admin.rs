@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and `/admin/*` (behind the bearer
 //! token when `admin.token_env` is set).
 
+use crate::bind::Readiness;
 use crate::reload::PolicyStore;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -9,7 +10,6 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use sluice_plugins::cache::PromptCache;
 use sluice_plugins::openai_error::GatewayError;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use std::time::Instant;
 pub struct AdminApp {
     store: Arc<PolicyStore>,
     token: Option<String>,
-    draining: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     cache: Option<Arc<PromptCache>>,
 }
 
@@ -26,13 +26,13 @@ impl AdminApp {
     pub fn new(
         store: Arc<PolicyStore>,
         token: Option<String>,
-        draining: Arc<AtomicBool>,
+        readiness: Arc<Readiness>,
         cache: Option<Arc<PromptCache>>,
     ) -> Self {
         AdminApp {
             store,
             token,
-            draining,
+            readiness,
             cache,
         }
     }
@@ -57,6 +57,17 @@ impl AdminApp {
                 _ => return bad("body must be a JSON object: {} or {\"route\": \"NAME\"}"),
             }
         };
+        if let Some(name) = &route {
+            let policy = self.store.load();
+            if !policy.routes.iter().any(|r| &r.name == name) {
+                let known: Vec<&str> = policy.routes.iter().map(|r| r.name.as_str()).collect();
+                let message = format!("no route named `{name}`; routes: {}", known.join(", "));
+                return (
+                    StatusCode::NOT_FOUND,
+                    admin_error(404, "route_not_found", &message).body(),
+                );
+            }
+        }
         let Some(cache) = &self.cache else {
             return (
                 StatusCode::OK,
@@ -82,15 +93,7 @@ impl AdminApp {
         let Some(token) = &self.token else {
             return true;
         };
-        let given = session.get_header_bytes(http::header::AUTHORIZATION);
-        let expected = format!("Bearer {token}");
-        // Length-independent comparison so timing does not reveal the token.
-        given.len() == expected.len()
-            && given
-                .iter()
-                .zip(expected.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        bearer_matches(session.get_header_bytes(http::header::AUTHORIZATION), token)
     }
 
     fn route(
@@ -101,6 +104,28 @@ impl AdminApp {
     ) -> (StatusCode, &'static str, Vec<u8>) {
         let text = "text/plain; charset=utf-8";
         let json_type = "application/json";
+        let Some(allowed) = allowed_method(path) else {
+            return (
+                StatusCode::NOT_FOUND,
+                json_type,
+                admin_error(404, "not_found", "no such admin endpoint").body(),
+            );
+        };
+        if path.starts_with("/admin/") && !self.authorized(session) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                json_type,
+                admin_error(401, "unauthorized", "admin token missing or wrong").body(),
+            );
+        }
+        if *method != allowed {
+            let message = format!("{path} takes {allowed}");
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json_type,
+                admin_error(405, "method_not_allowed", &message).body(),
+            );
+        }
         match (method, path) {
             (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", {
                 crate::observe::refresh_endpoint_gauges(&self.store.load(), Instant::now());
@@ -108,21 +133,22 @@ impl AdminApp {
             }),
             (&Method::GET, "/healthz") => (StatusCode::OK, text, b"ok\n".to_vec()),
             (&Method::GET, "/readyz") => {
-                if self.draining.load(Ordering::Acquire) {
+                if self.readiness.is_draining() {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         text,
                         b"draining\n".to_vec(),
                     )
-                } else {
+                } else if self.readiness.is_ready() {
                     (StatusCode::OK, text, b"ready\n".to_vec())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        text,
+                        b"starting\n".to_vec(),
+                    )
                 }
             }
-            (_, p) if p.starts_with("/admin/") && !self.authorized(session) => (
-                StatusCode::UNAUTHORIZED,
-                json_type,
-                admin_error(401, "unauthorized", "admin token missing or wrong").body(),
-            ),
             (&Method::GET, "/admin/config") => {
                 let body =
                     serde_json::to_vec_pretty(&self.store.load().redacted).unwrap_or_default();
@@ -158,6 +184,32 @@ impl AdminApp {
     }
 }
 
+/// The one method each admin path takes; `None` for an unknown path.
+fn allowed_method(path: &str) -> Option<Method> {
+    match path {
+        "/metrics" | "/healthz" | "/readyz" | "/admin/config" => Some(Method::GET),
+        "/admin/reload" | "/admin/cache/purge" => Some(Method::POST),
+        _ => None,
+    }
+}
+
+/// Whether an `Authorization` value carries `token` as a bearer credential. The scheme is
+/// case-insensitive (RFC 9110); the token is compared in time independent of where it differs.
+fn bearer_matches(header: &[u8], token: &str) -> bool {
+    let Some(space) = header.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (scheme, rest) = header.split_at(space);
+    let given = rest.trim_ascii_start();
+    scheme.eq_ignore_ascii_case(b"bearer")
+        && given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 fn admin_error(status: u16, code: &'static str, message: &str) -> GatewayError {
     GatewayError::new(status, "admin_error", code, message)
 }
@@ -190,11 +242,40 @@ impl ServeHttp for AdminApp {
             } else {
                 self.route(&method, &path, session)
             };
-        Response::builder()
-            .status(status)
+        let mut builder = Response::builder().status(status);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(allowed) = allowed_method(&path) {
+                builder = builder.header(http::header::ALLOW, allowed.as_str());
+            }
+        }
+        builder
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(body)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_token_exact() {
+        assert!(bearer_matches(b"Bearer s3cret", "s3cret"));
+        assert!(bearer_matches(b"bearer s3cret", "s3cret"));
+        assert!(bearer_matches(b"BEARER  s3cret", "s3cret"));
+        assert!(!bearer_matches(b"Bearer s3cre", "s3cret"));
+        assert!(!bearer_matches(b"Bearer s3cretX", "s3cret"));
+        assert!(!bearer_matches(b"Basic s3cret", "s3cret"));
+        assert!(!bearer_matches(b"s3cret", "s3cret"));
+        assert!(!bearer_matches(b"", "s3cret"));
+    }
+
+    #[test]
+    fn each_admin_path_takes_one_method() {
+        assert_eq!(allowed_method("/metrics"), Some(Method::GET));
+        assert_eq!(allowed_method("/admin/cache/purge"), Some(Method::POST));
+        assert_eq!(allowed_method("/admin/nope"), None);
     }
 }

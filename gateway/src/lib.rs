@@ -5,6 +5,7 @@
 pub mod ab_report;
 pub mod access_log;
 pub mod admin;
+pub mod bind;
 pub mod config;
 pub mod health;
 pub mod listener;

@@ -3,6 +3,7 @@
 //! requests up to `server.grace_period`, SIGINT exits).
 
 use crate::admin::AdminApp;
+use crate::bind::{bind, BoundSocket, Lifetime, OnBound, Readiness};
 use crate::config::server_limits::ServerLimits;
 use crate::config::{compile, load_file, Policy, SharedState};
 use crate::listener::Listener;
@@ -20,7 +21,6 @@ use sluice_plugins::cache::PromptCache;
 use sluice_plugins::limits::shared::SharedBuckets;
 use sluice_plugins::metrics::Metrics;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -33,6 +33,18 @@ pub fn run(config: &Path) -> Result<(), String> {
     let policy = compile(&loaded, &shared).map_err(|e| e.to_string())?;
     let limits = ServerLimits::compile(&loaded).map_err(|e| e.to_string())?;
     let spec = loaded.spec;
+    // Every listener is bound before anything else starts: a taken port is one error, now.
+    let proxy_sockets = spec
+        .server
+        .listen
+        .iter()
+        .map(|addr| bind(addr, "server.listen"))
+        .collect::<Result<Vec<BoundSocket>, String>>()?;
+    let admin_socket = spec
+        .admin
+        .as_ref()
+        .map(|a| bind(&a.listen, "admin.listen"))
+        .transpose()?;
     let admin_token = match spec.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
         Some(var) => match std::env::var(var) {
             Ok(token) if !token.is_empty() => Some(token),
@@ -83,21 +95,33 @@ pub fn run(config: &Path) -> Result<(), String> {
     for addr in &spec.server.listen {
         service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
-    server.add_service(service);
+    let readiness = Arc::new(Readiness::new(1 + usize::from(spec.admin.is_some())));
+    server.add_service(OnBound::new(
+        "sluice",
+        service,
+        proxy_sockets,
+        Arc::clone(&readiness),
+        Lifetime::Server,
+    ));
 
-    let draining = Arc::new(AtomicBool::new(false));
-    if let Some(admin) = &spec.admin {
+    if let (Some(admin), Some(socket)) = (&spec.admin, admin_socket) {
         let mut service = Service::new(
             "sluice-admin".to_string(),
             AdminApp::new(
                 Arc::clone(&store),
                 admin_token,
-                Arc::clone(&draining),
+                Arc::clone(&readiness),
                 cache,
             ),
         );
         service.add_tcp(&admin.listen);
-        server.add_service(service);
+        server.add_service(OnBound::new(
+            "sluice-admin",
+            service,
+            vec![socket],
+            Arc::clone(&readiness),
+            Lifetime::Process,
+        ));
     }
 
     crate::health::start(Arc::clone(&store))
@@ -106,11 +130,15 @@ pub fn run(config: &Path) -> Result<(), String> {
         .map_err(|e| format!("starting the limit sweeper: {e}"))?;
     watch_file(Arc::clone(&store)).map_err(|e| format!("watching {}: {e}", config.display()))?;
     watch_sighup(Arc::clone(&store)).map_err(|e| format!("SIGHUP handler: {e}"))?;
-    tracing::info!(listen = ?spec.server.listen, admin = ?spec.admin.as_ref().map(|a| &a.listen), "sluice started");
+    tracing::info!(
+        listen = %spec.server.listen.join(","),
+        admin = %spec.admin.as_ref().map_or("off", |a| a.listen.as_str()),
+        "sluice started"
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnTerm {
             active,
-            draining,
+            readiness,
             grace,
         }),
     });
@@ -179,7 +207,7 @@ const LIMIT_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// end of the grace period). SIGINT: exit now.
 struct DrainOnTerm {
     active: Arc<ActiveRequests>,
-    draining: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     grace: Duration,
 }
 
@@ -198,7 +226,7 @@ impl ShutdownSignalWatch for DrainOnTerm {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!(in_flight = self.active.count(), grace = ?self.grace, "SIGTERM: draining");
-                self.draining.store(true, Ordering::Release);
+                self.readiness.start_draining();
                 let (active, grace) = (Arc::clone(&self.active), self.grace);
                 // Pingora waits out the whole grace period; exit as soon as the last request is done.
                 let _ = std::thread::Builder::new().name("drain".into()).spawn(move || {

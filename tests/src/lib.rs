@@ -181,13 +181,8 @@ enum StartFailure {
     Stuck(String),
 }
 
-/// What sluice logs when a listen address is taken. Pingora retries the bind for a while and
-/// then panics the service's task, while the process and its other listeners stay up.
-const BIND_FAILED: [&str; 3] = [
-    "is in use, will try again",
-    "still in use",
-    "Failed to build listeners",
-];
+/// What sluice prints when a listen address is taken (it then exits 1).
+const BIND_FAILED: [&str; 1] = ["cannot listen on"];
 
 /// A running mock-llm.
 pub struct Mock {

@@ -256,3 +256,78 @@ async fn pooled_connections_are_reused_with_several_worker_threads() {
         "each worker thread should open one connection and reuse it, opened {new}"
     );
 }
+
+/// What an operator's scripts rely on: a lower-case `bearer` works (the scheme is
+/// case-insensitive), a wrong method is a 405 naming the allowed one, and a purge of a route
+/// that does not exist is a 404 listing the routes rather than a silent 200.
+#[tokio::test]
+async fn admin_answers_wrong_methods_unknown_routes_and_any_bearer_case() {
+    let a = Mock::start("a", &[]);
+    let yaml = config_with_secrets(&[&a.url], "  - name: all\n    upstream: up\n");
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            ("UPSTREAM_KEY", "sk-upstream-SECRET1"),
+            ("ADMIN_TOKEN", "admin-SECRET2"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let resp = client
+            .get(format!("{}/admin/config", gw.admin))
+            .header("authorization", format!("{scheme} admin-SECRET2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "scheme {scheme}");
+    }
+    for (method, path, allow) in [
+        (reqwest::Method::POST, "/metrics", "GET"),
+        (reqwest::Method::DELETE, "/readyz", "GET"),
+        (reqwest::Method::GET, "/admin/reload", "POST"),
+        (reqwest::Method::GET, "/admin/cache/purge", "POST"),
+        (reqwest::Method::PUT, "/admin/config", "GET"),
+    ] {
+        let resp = client
+            .request(method.clone(), format!("{}{path}", gw.admin))
+            .bearer_auth("admin-SECRET2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed");
+    }
+    // Without the token an admin path says 401 whatever the method, revealing nothing.
+    assert_eq!(
+        status(client.get(format!("{}/admin/reload", gw.admin))).await,
+        401
+    );
+    assert_eq!(status(client.get(format!("{}/nope", gw.admin))).await, 404);
+    let purge = client
+        .post(format!("{}/admin/cache/purge", gw.admin))
+        .bearer_auth("admin-SECRET2")
+        .body(r#"{"route": "chta"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 404);
+    let v: Value = purge.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "route_not_found");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("routes: all"),
+        "{v}"
+    );
+    let known = client
+        .post(format!("{}/admin/cache/purge", gw.admin))
+        .bearer_auth("admin-SECRET2")
+        .body(r#"{"route": "all"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(known.status(), 200);
+}

@@ -65,3 +65,42 @@ async fn sigint_exits_at_once() {
     );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// A load balancer keeps polling `/readyz` while sluice drains: it must answer 503 (not a
+/// refused connection) until the last stream is done, so new traffic goes elsewhere.
+#[tokio::test]
+async fn readyz_answers_503_while_draining() {
+    let a = Mock::start("a", &["--token-delay-ms", "100", "--tokens", "20"]);
+    let mut gw = Gateway::start(&config(&[&a.url], "", "  - name: all\n    upstream: up\n"));
+    let client = reqwest::Client::new();
+    let mut resp = gw.chat(&client, chat_body("m", 100, true)).await;
+    assert_eq!(resp.status(), 200);
+    resp.chunk().await.unwrap().unwrap();
+    gw.signal("TERM");
+    assert!(gw
+        .log_until(|l| l.contains("SIGTERM: draining"))
+        .contains("SIGTERM: draining"));
+    // A fresh connection each time, as a load balancer's probe makes.
+    let probe = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let ready = probe
+        .get(format!("{}/readyz", gw.admin))
+        .send()
+        .await
+        .expect("admin must stay up while draining");
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.text().await.unwrap(), "draining\n");
+    let health = probe.get(format!("{}/healthz", gw.admin)).send().await;
+    assert_eq!(health.expect("healthz while draining").status(), 200);
+    let metrics = probe.get(format!("{}/metrics", gw.admin)).send().await;
+    assert_eq!(metrics.expect("metrics while draining").status(), 200);
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.expect("stream must finish") {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let status = wait_exit(&mut gw, Duration::from_secs(7)).expect("exits once drained");
+    assert!(status.success(), "{status:?}");
+}
