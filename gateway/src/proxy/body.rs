@@ -14,12 +14,7 @@ const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Reads the whole body; more than `limit` bytes is a 413 (checked early from Content-Length).
 pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ForwardError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(session);
     if declared.is_some_and(|len| len > limit) {
         return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
     }
@@ -57,11 +52,24 @@ impl Outgoing<'_> {
     }
 }
 
+/// The body's `content-length`, when the client sent one.
+fn declared_length(session: &Session) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
 /// A client body streamed to the upstream as it arrives. Its first `keep` bytes are kept: a
 /// body that is still within them when a try fails (or its answer asks for a retry) is sent
 /// again, kept part first, then the rest as it arrives; a larger one can be sent only once.
+/// More than `limit` bytes is a 413, before anything is sent when `content-length` says so.
 pub struct StreamedBody {
     keep: usize,
+    limit: usize,
+    read: usize,
     kept: Vec<Bytes>,
     kept_len: usize,
     /// How many kept chunks the current try has sent.
@@ -73,17 +81,21 @@ pub struct StreamedBody {
 }
 
 impl StreamedBody {
-    #[must_use]
-    pub fn new(keep: usize) -> Self {
-        StreamedBody {
+    pub fn new(session: &Session, keep: usize, limit: usize) -> Result<Self, ForwardError> {
+        if declared_length(session).is_some_and(|len| len > limit) {
+            return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
+        }
+        Ok(StreamedBody {
             keep,
+            limit,
+            read: 0,
             kept: Vec::new(),
             kept_len: 0,
             sent: 0,
             dropped: false,
             ended: false,
             continued: false,
-        }
+        })
     }
 
     /// Starts a try: the kept chunks are sent first.
@@ -115,6 +127,13 @@ impl StreamedBody {
             self.ended = true;
             return Ok(None);
         };
+        self.read += chunk.len();
+        if self.read > self.limit {
+            // The upstream request is dropped unfinished; nothing was answered yet.
+            return Err(ForwardError::Respond(GatewayError::body_too_large(
+                self.limit,
+            )));
+        }
         if !self.dropped && self.kept_len + chunk.len() <= self.keep {
             self.kept_len += chunk.len();
             self.kept.push(chunk.clone());

@@ -74,13 +74,15 @@ impl Forwarder {
         })
     }
 
-    /// Tries the route's upstream, then its fallbacks in order, until one answers.
+    /// Tries the route's upstream, then its fallbacks in order, until one answers; a streamed
+    /// body may be at most `max_body` bytes.
     pub async fn forward(
         &self,
         session: &mut Session,
         route: &Route,
         lane: &Lane,
         body: &RequestBody,
+        max_body: usize,
         tee: &mut Tee<'_>,
     ) -> Attempt {
         let mut attempt = Attempt {
@@ -96,7 +98,13 @@ impl Forwarder {
             RequestBody::Buffered(b) => Outgoing::Whole(b),
             // A route with fallbacks reads the body, so a streamed one meets only this upstream.
             RequestBody::Stream => {
-                Outgoing::Streamed(StreamedBody::new(lane.upstream.retry.buffer))
+                match StreamedBody::new(session, lane.upstream.retry.buffer, max_body) {
+                    Ok(s) => Outgoing::Streamed(s),
+                    Err(e) => {
+                        attempt.outcome = Err(e);
+                        return attempt;
+                    }
+                }
             }
         };
         let mut hop = 0;
