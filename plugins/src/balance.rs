@@ -88,6 +88,12 @@ impl Balancer {
         }
     }
 
+    /// Whether an available endpoint not in `tried` is left at `now` (cooling down or not).
+    #[must_use]
+    pub fn offers_untried(&self, tried: &[usize], now: Instant) -> bool {
+        (0..self.stats.len()).any(|i| !tried.contains(&i) && self.stats[i].is_available(now))
+    }
+
     fn pick_among(&self, eligible: impl Fn(&usize) -> bool, now: Instant) -> Option<usize> {
         match self.strategy {
             Strategy::RoundRobin | Strategy::Weighted => {
@@ -193,6 +199,8 @@ mod tests {
             assert_eq!(i, 2);
         }
         assert!(b.pick(&[0, 1, 2], t0).is_some(), "all tried: start over");
+        assert!(b.offers_untried(&[0, 1], t0));
+        assert!(!b.offers_untried(&[0, 1, 2], t0), "none left untried");
     }
 
     #[test]

@@ -77,3 +77,37 @@ async fn body_over_the_cap_is_413_and_never_reaches_upstream() {
         "only this stats request reached the mock"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_body_over_the_cap_is_413_too() {
+    let a = Mock::start("a", &[]);
+    let passthrough = "  - name: pass\n    match: { path_prefix: /v1 }\n    upstream: up\n";
+    let gw = Gateway::start(&config(&[&a.url], "", passthrough));
+    let client = reqwest::Client::new();
+    // The config caps bodies at 8 MiB; this route streams them and reads nothing.
+    let body = chat_body("any", 9 * 1024 * 1024, false);
+    let resp = gw.chat(&client, body).await;
+    assert_eq!(resp.status(), 413, "declared too large");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "body_too_large");
+    let stats: Value = get_json(&client, format!("{}/mock/stats", a.url)).await;
+    assert_eq!(stats["requests"], 1, "nothing was sent upstream");
+
+    // Chunked: the cap is crossed mid-stream, after the upstream request began.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..9).map(|_| Ok(vec![b' '; 1024 * 1024])).collect();
+    let resp = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    // The gateway may answer 413 before the client finished sending; either way no 2xx.
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 413);
+    }
+    // Under the cap, a streamed body still goes through.
+    let small = chat_body("any", 1024 * 1024, false);
+    assert_eq!(gw.chat(&client, small).await.status(), 200);
+}

@@ -331,7 +331,7 @@ fn redact(spec: &Spec) -> serde_json::Value {
 
 /// Loads and compiles `text` as `g.yaml`, errors as strings.
 #[cfg(test)]
-pub(super) fn compile_text(text: &str) -> Result<Policy, Vec<String>> {
+pub(crate) fn compile_text(text: &str) -> Result<Policy, Vec<String>> {
     compile_text_with(text, &SharedState::new(Metrics::new("t").expect("metrics")))
 }
 

@@ -210,7 +210,7 @@ fn default_idle() -> HumanDuration {
 }
 
 /// Retries after the first try; `on` lists `connect`, `timeout` and status codes.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     #[serde(default)]
@@ -222,6 +222,25 @@ pub struct RetrySpec {
     /// Retries at most `ratio` of the requests over `window`, plus `min_per_second`.
     #[serde(default)]
     pub budget: RetryBudgetSpec,
+    /// How much of a streamed request body is kept so that it can be sent again.
+    #[serde(default = "default_retry_buffer")]
+    pub buffer: ByteSize,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            attempts: 0,
+            on: Vec::new(),
+            backoff: None,
+            budget: RetryBudgetSpec::default(),
+            buffer: default_retry_buffer(),
+        }
+    }
+}
+
+fn default_retry_buffer() -> ByteSize {
+    ByteSize(64 * 1024)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -10,6 +10,7 @@ use super::resilience::{compile_health, compile_outlier};
 use super::spec::{BalanceSpec, RetryOnSpec, UpstreamSpec};
 use http::header::{HeaderName, HeaderValue};
 use pingora::utils::tls::WrappedX509;
+use prometheus::IntCounter;
 use sluice_plugins::balance::{Balancer, Strategy};
 use sluice_plugins::health::HealthPolicy;
 use sluice_plugins::limits::gate::ConcurrencyGate;
@@ -27,6 +28,8 @@ pub struct Upstream {
     pub retry: RetryPolicy,
     /// How many retries the upstream may take, whatever `attempts` says.
     pub retry_budget: RetryBudget,
+    /// Retries the budget refused (`sluice_upstream_retry_budget_exhausted_total`).
+    pub budget_exhausted: IntCounter,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub idle_timeout: Duration,
     /// Admission control, when `max_concurrency` is set.
@@ -70,12 +73,25 @@ pub struct RetryPolicy {
     pub statuses: Vec<u16>,
     /// Wait before retry n: `base` × 2ⁿ up to `max`, jittered down to half.
     pub backoff: Option<(Duration, Duration)>,
+    /// The first bytes of a streamed request body kept for a retry (`retry.buffer`).
+    pub buffer: usize,
 }
 
 impl RetryPolicy {
     #[must_use]
     pub fn on_status(&self, status: u16) -> bool {
         self.statuses.contains(&status)
+    }
+}
+
+impl Upstream {
+    /// Spends one retry from the budget; a refusal is counted.
+    pub fn spend_retry(&self, now: Instant) -> bool {
+        let granted = self.retry_budget.try_retry(now);
+        if !granted {
+            self.budget_exhausted.inc();
+        }
+        granted
     }
 }
 
@@ -132,8 +148,10 @@ impl CheckedUpstream {
                 )
             })
             .collect();
+        let budget_exhausted = shared.metrics.retry_budget_exhausted(&self.name);
         Upstream {
             admission,
+            budget_exhausted,
             balancer: Balancer::new(self.strategy, &self.weights, stats),
             name: self.name,
             endpoints,
@@ -252,6 +270,7 @@ pub(super) fn compile_upstream(
 fn compile_retry(errors: &mut Errors, base: &[Seg], up: &UpstreamSpec) -> RetryPolicy {
     let mut retry = RetryPolicy {
         attempts: up.retry.attempts,
+        buffer: usize::try_from(up.retry.buffer.0).unwrap_or(usize::MAX),
         ..RetryPolicy::default()
     };
     for (i, on) in up.retry.on.iter().enumerate() {

@@ -134,9 +134,10 @@ pub async fn forward(
     }
     let body = std::mem::take(&mut ctx.body);
     let lane = route.lane(ctx.lane_index());
+    let max_body = ctx.policy.as_ref().map_or(usize::MAX, |p| p.max_body_bytes);
     let mut attempt = gw
         .forwarder
-        .forward(session, route, lane, &body, &mut tee)
+        .forward(session, route, lane, &body, max_body, &mut tee)
         .await;
     ctx.response_headers = tee.take_headers();
     drop(tee);

@@ -149,6 +149,12 @@ impl Metrics {
         self.upstreams.endpoint(upstream, endpoint)
     }
 
+    /// The count of retries `upstream`'s retry budget refused.
+    #[must_use]
+    pub fn retry_budget_exhausted(&self, upstream: &str) -> IntCounter {
+        self.upstreams.budget_exhausted(upstream)
+    }
+
     /// Counts one reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads

@@ -1,6 +1,7 @@
 //! Per-endpoint families (`sluice_upstream_*{upstream,endpoint}`): requests, errors by kind,
-//! retries, ejections, health, in-flight, latency estimate and connection reuse. The endpoint
-//! label is the URL from the config, never anything a client sent.
+//! retries, ejections, health, in-flight, latency estimate and connection reuse; and per
+//! upstream, the retries its retry budget refused. The endpoint label is the URL from the
+//! config, never anything a client sent.
 
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
@@ -14,6 +15,7 @@ pub(super) struct UpstreamFamilies {
     inflight: IntGaugeVec,
     ewma: GaugeVec,
     connections: IntCounterVec,
+    budget_exhausted: IntCounterVec,
 }
 
 const LABELS: [&str; 2] = ["upstream", "endpoint"];
@@ -65,6 +67,11 @@ impl UpstreamFamilies {
                 "Upstream connections used, new or reused from the pool",
                 &["upstream", "endpoint", "reused"],
             )?,
+            budget_exhausted: counter(
+                "sluice_upstream_retry_budget_exhausted_total",
+                "Retries the upstream's retry budget refused (the failed try was answered as it was)",
+                &["upstream"],
+            )?,
         })
     }
 
@@ -78,7 +85,12 @@ impl UpstreamFamilies {
             Box::new(self.inflight.clone()),
             Box::new(self.ewma.clone()),
             Box::new(self.connections.clone()),
+            Box::new(self.budget_exhausted.clone()),
         ]
+    }
+
+    pub(super) fn budget_exhausted(&self, upstream: &str) -> IntCounter {
+        self.budget_exhausted.with_label_values(&[upstream])
     }
 
     pub(super) fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {

@@ -3,8 +3,7 @@
 
 use super::Attempt;
 use crate::config::policy::{Lane, Route, Upstream};
-use crate::proxy::body::{client_body_error, continue_if_expected};
-use crate::proxy::ctx::RequestBody;
+use crate::proxy::body::{Outgoing, StreamedBody};
 use crate::proxy::headers::{
     client_response, upstream_request, UpstreamRequest, X_SLUICE_FALLBACK,
 };
@@ -34,7 +33,6 @@ pub(super) struct TryRequest<'a> {
     /// The route's upstream or one of its fallbacks.
     pub up: &'a Upstream,
     pub idx: usize,
-    pub body: &'a RequestBody,
     /// Whether a retryable status may be turned into another try (instead of relayed).
     pub can_retry_status: bool,
 }
@@ -52,8 +50,6 @@ pub(super) struct Retryable {
     pub allowed: bool,
     /// A pooled connection the upstream had closed, which is always worth one more try.
     pub stale: bool,
-    /// A streamed client body was (partly) sent and cannot be sent again.
-    pub body_used: bool,
     /// The retry budget was already spent on it.
     pub budgeted: bool,
     /// How the endpoint failed; `None` when it is not at fault (a 429).
@@ -79,7 +75,6 @@ impl TryError {
             error,
             allowed,
             stale: false,
-            body_used: false,
             budgeted: false,
             kind: Some(kind),
         }
@@ -98,11 +93,12 @@ pub(super) async fn try_endpoint(
     connector: &Connector,
     session: &mut Session,
     req: &TryRequest<'_>,
+    body: &mut Outgoing<'_>,
     tee: &mut Tee<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), TryError> {
     attempt.status = None;
-    let result = try_once(connector, session, req, tee, attempt).await;
+    let result = try_once(connector, session, req, body, tee, attempt).await;
     let failure = match &result {
         Ok(()) => attempt
             .status
@@ -138,6 +134,7 @@ async fn try_once(
     connector: &Connector,
     session: &mut Session,
     req: &TryRequest<'_>,
+    body: &mut Outgoing<'_>,
     tee: &mut Tee<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), TryError> {
@@ -145,8 +142,8 @@ async fn try_once(
     let _inflight = up.balancer.stats(req.idx).map(|s| s.start());
     let mut c = connect(connector, up, req.idx).await?;
     let sent = Instant::now();
-    send(session, &mut c, req).await?;
-    await_head(&mut c.conn, up, req.body, c.reused).await?;
+    send(session, &mut c, req, body).await?;
+    await_head(&mut c.conn, up, c.reused).await?;
     let ttfb = sent.elapsed();
     if let Some(stats) = up.balancer.stats(req.idx) {
         stats.observe(ttfb, Instant::now());
@@ -171,19 +168,19 @@ async fn try_once(
         }
     }
     // The budget is spent here, while the answer can still be relayed if it says no.
-    if req.can_retry_status
-        && up.retry.on_status(status)
-        && up.retry_budget.try_retry(Instant::now())
-    {
-        return Err(TryError::Retry(Retryable {
-            budgeted: true,
-            kind: (status >= 500).then_some(TryFailure::Status5xx),
-            ..TryError::retry(
-                GatewayError::upstream_failed(&up.name, &format!("status {status}")),
-                true,
-                TryFailure::Status5xx,
-            )
-        }));
+    if req.can_retry_status && up.retry.on_status(status) && body.replayable() {
+        if up.spend_retry(Instant::now()) {
+            return Err(TryError::Retry(Retryable {
+                budgeted: true,
+                kind: (status >= 500).then_some(TryFailure::Status5xx),
+                ..TryError::retry(
+                    GatewayError::upstream_failed(&up.name, &format!("status {status}")),
+                    true,
+                    TryFailure::Status5xx,
+                )
+            }));
+        }
+        tracing::info!(upstream = %up.name, status, "status relayed, not retried: the retry budget is exhausted");
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     let endpoint = &up.endpoints[req.idx];
@@ -243,12 +240,14 @@ async fn send(
     session: &mut Session,
     c: &mut Connected,
     req: &TryRequest<'_>,
+    body: &mut Outgoing<'_>,
 ) -> Result<(), TryError> {
     let up = req.up;
+    let reused = c.reused;
     // A reused connection the upstream already closed fails on first use: try once more.
     let broken = |what: &str, e: pingora::BError| {
         TryError::Retry(Retryable {
-            stale: c.reused,
+            stale: reused,
             ..TryError::retry(
                 GatewayError::upstream_failed(&up.name, &format!("{what}: {}", e.etype().as_str())),
                 up.retry.on_status(502),
@@ -260,8 +259,8 @@ async fn send(
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let body_len = match req.body {
-        RequestBody::Buffered(b) => Some(b.len()),
+    let body_len = match body {
+        Outgoing::Whole(b) => Some(b.len()),
         _ => None,
     };
     let to = UpstreamRequest {
@@ -278,68 +277,59 @@ async fn send(
         .write_request_header(Box::new(head))
         .await
         .map_err(|e| broken("writing request", e))?;
-    match req.body {
-        RequestBody::Empty => c
+    match body {
+        Outgoing::Empty => c
             .conn
             .finish_request_body()
             .await
             .map_err(|e| broken("writing request", e)),
-        RequestBody::Buffered(b) => c
+        Outgoing::Whole(b) => c
             .conn
-            .write_request_body(b.clone(), true)
+            .write_request_body((*b).clone(), true)
             .await
             .map_err(|e| broken("writing body", e)),
-        RequestBody::Stream => stream_request_body(session, &mut c.conn, &up.name).await,
+        Outgoing::Streamed(s) => stream_request_body(session, &mut c.conn, s)
+            .await?
+            .map_err(|e| broken("writing body", e)),
     }
 }
 
-/// Copies the client's body to the upstream as it arrives.
+/// Copies the client's body to the upstream (what was kept of it first): a client failure is
+/// final, an upstream write error is handed back.
 async fn stream_request_body(
     session: &mut Session,
     conn: &mut HttpSession,
-    upstream: &str,
-) -> Result<(), TryError> {
-    continue_if_expected(session)
-        .await
-        .map_err(|e| TryError::Final(e, None))?;
+    body: &mut StreamedBody,
+) -> Result<pingora::Result<()>, TryError> {
+    body.rewind();
     loop {
-        let chunk = session
-            .read_request_body()
+        let chunk = body
+            .next_chunk(session)
             .await
-            .map_err(|e| TryError::Final(client_body_error(&e), None))?;
+            .map_err(|e| TryError::Final(e, None))?;
         let end = chunk.is_none();
         let data = chunk.unwrap_or_default();
         if !data.is_empty() || end {
-            conn.write_request_body(data, end).await.map_err(|e| {
-                TryError::failed(upstream, &format!("writing body: {}", e.etype().as_str()))
-            })?;
+            if let Err(e) = conn.write_request_body(data, end).await {
+                return Ok(Err(e));
+            }
         }
         if end {
-            return Ok(());
+            return Ok(Ok(()));
         }
     }
 }
 
 /// Waits for the final response head within the first-byte timeout.
-async fn await_head(
-    conn: &mut HttpSession,
-    up: &Upstream,
-    body: &RequestBody,
-    reused: bool,
-) -> Result<(), TryError> {
-    let body_used = matches!(body, RequestBody::Stream);
+async fn await_head(conn: &mut HttpSession, up: &Upstream, reused: bool) -> Result<(), TryError> {
     match timeout(up.timeouts.first_byte, read_final_header(conn)).await {
-        Err(_) => Err(TryError::Retry(Retryable {
-            body_used,
-            ..TryError::retry(
-                GatewayError::upstream_timeout(&up.name, "the first byte"),
-                up.retry.on_timeout,
-                TryFailure::Timeout,
-            )
-        })),
+        Err(_) => Err(TryError::Retry(TryError::retry(
+            GatewayError::upstream_timeout(&up.name, "the first byte"),
+            up.retry.on_timeout,
+            TryFailure::Timeout,
+        ))),
         Ok(Err(e)) => Err(TryError::Retry(Retryable {
             stale: reused,
-            body_used,
             ..TryError::retry(
                 GatewayError::upstream_failed(
                     &up.name,

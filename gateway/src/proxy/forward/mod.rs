@@ -6,6 +6,7 @@
 
 mod endpoint;
 
+use super::body::{Outgoing, StreamedBody};
 use super::ctx::RequestBody;
 use super::respond::ForwardError;
 use super::sink::Tee;
@@ -15,6 +16,7 @@ use endpoint::{TryError, TryRequest};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::proxy::Session;
+use sluice_plugins::metrics::TryFailure;
 use sluice_plugins::openai_error::GatewayError;
 use std::cell::OnceCell;
 use std::time::{Duration, Instant};
@@ -40,7 +42,6 @@ struct HopRequest<'a> {
     hop: usize,
     up: &'a Upstream,
     has_fallback: bool,
-    body: &'a RequestBody,
 }
 
 /// How the tries at one upstream ended: with an answer (or a failure no other upstream can
@@ -73,13 +74,15 @@ impl Forwarder {
         })
     }
 
-    /// Tries the route's upstream, then its fallbacks in order, until one answers.
+    /// Tries the route's upstream, then its fallbacks in order, until one answers; a streamed
+    /// body may be at most `max_body` bytes.
     pub async fn forward(
         &self,
         session: &mut Session,
         route: &Route,
         lane: &Lane,
         body: &RequestBody,
+        max_body: usize,
         tee: &mut Tee<'_>,
     ) -> Attempt {
         let mut attempt = Attempt {
@@ -89,6 +92,20 @@ impl Forwarder {
             status: None,
             bytes_out: 0,
             outcome: Ok(()),
+        };
+        let mut body = match body {
+            RequestBody::Empty => Outgoing::Empty,
+            RequestBody::Buffered(b) => Outgoing::Whole(b),
+            // A route with fallbacks reads the body, so a streamed one meets only this upstream.
+            RequestBody::Stream => {
+                match StreamedBody::new(session, lane.upstream.retry.buffer, max_body) {
+                    Ok(s) => Outgoing::Streamed(s),
+                    Err(e) => {
+                        attempt.outcome = Err(e);
+                        return attempt;
+                    }
+                }
+            }
         };
         let mut hop = 0;
         while let Some(up) = lane.hop(hop) {
@@ -100,9 +117,11 @@ impl Forwarder {
                 hop,
                 up,
                 has_fallback: fallback.is_some(),
-                body,
             };
-            match self.forward_to(session, &to, tee, &mut attempt).await {
+            match self
+                .forward_to(session, &to, &mut body, tee, &mut attempt)
+                .await
+            {
                 HopEnd::Done(outcome) => {
                     attempt.outcome = outcome;
                     break;
@@ -125,6 +144,7 @@ impl Forwarder {
         &self,
         session: &mut Session,
         to: &HopRequest<'_>,
+        body: &mut Outgoing<'_>,
         tee: &mut Tee<'_>,
         attempt: &mut Attempt,
     ) -> HopEnd {
@@ -134,13 +154,11 @@ impl Forwarder {
             hop,
             up,
             has_fallback,
-            body,
         } = *to;
         let mut tried = Vec::new();
         let mut retries_left = up.retry.attempts;
         up.retry_budget.record_request(Instant::now());
         let mut stale_retry_left = true;
-        let streams_body = matches!(body, RequestBody::Stream);
         loop {
             let Some(idx) = up.balancer.pick(&tried, Instant::now()) else {
                 return HopEnd::Failed(GatewayError::no_endpoint(&up.name));
@@ -152,32 +170,42 @@ impl Forwarder {
                 hop,
                 up,
                 idx,
-                body,
-                // A status is retried only with a body still in hand; a streamed one is gone.
-                can_retry_status: (retries_left > 0 || has_fallback) && !streams_body,
+                can_retry_status: retries_left > 0 || has_fallback,
             };
-            let error =
-                match endpoint::try_endpoint(self.connector(), session, &try_req, tee, attempt)
-                    .await
-                {
-                    Ok(()) => return HopEnd::Done(Ok(())),
-                    Err(TryError::Final(e, _)) => return HopEnd::Done(Err(e)),
-                    Err(TryError::Retry(retry)) => retry,
-                };
-            // A streamed body can be sent only once; a read one is replayed.
-            let replayable = !(streams_body && error.body_used);
+            let mut error = match endpoint::try_endpoint(
+                self.connector(),
+                session,
+                &try_req,
+                body,
+                tee,
+                attempt,
+            )
+            .await
+            {
+                Ok(()) => return HopEnd::Done(Ok(())),
+                Err(TryError::Final(e, _)) => return HopEnd::Done(Err(e)),
+                Err(TryError::Retry(retry)) => retry,
+            };
+            let replayable = body.replayable();
             if error.stale && stale_retry_left && replayable {
                 stale_retry_left = false;
-            } else if error.allowed
-                && retries_left > 0
-                && replayable
-                && (error.budgeted || up.retry_budget.try_retry(Instant::now()))
-            {
+            } else if error.allowed && retries_left > 0 && replayable {
+                tried.push(idx);
+                if !(error.budgeted || retry_granted(up, error.kind, &tried, Instant::now())) {
+                    error.error.message.push_str(&format!(
+                        " (not retried: the retry budget of upstream {} is exhausted)",
+                        up.name
+                    ));
+                    return if has_fallback {
+                        HopEnd::Failed(error.error)
+                    } else {
+                        HopEnd::Done(Err(ForwardError::Respond(error.error)))
+                    };
+                }
                 if let Some(wait) = backoff(&up.retry, up.retry.attempts - retries_left) {
                     tokio::time::sleep(wait).await;
                 }
                 retries_left -= 1;
-                tried.push(idx);
             } else if has_fallback && replayable {
                 return HopEnd::Failed(error.error);
             } else {
@@ -187,6 +215,14 @@ impl Forwarder {
             tracing::debug!(upstream = %up.name, endpoint = %up.endpoints[idx].url, reason = %error.error.message, "retrying");
         }
     }
+}
+
+/// Whether a try that failed with `kind` may be retried: after a failed connect while an
+/// endpoint not in `tried` is left (nothing was sent, so moving on costs the upstream
+/// nothing), else when the retry budget allows it (a refusal is counted).
+fn retry_granted(up: &Upstream, kind: Option<TryFailure>, tried: &[usize], now: Instant) -> bool {
+    (kind == Some(TryFailure::Connect) && up.balancer.offers_untried(tried, now))
+        || up.spend_retry(now)
 }
 
 /// The wait before retry `n` (0-based): `base` × 2ⁿ up to `max`, then a random part of its
@@ -220,5 +256,26 @@ mod tests {
         let waits: std::collections::HashSet<_> = (0..20).map(|_| backoff(&policy, 0)).collect();
         assert!(waits.len() > 10, "jittered: {waits:?}");
         assert_eq!(backoff(&RetryPolicy::default(), 0), None);
+    }
+
+    #[test]
+    fn a_failed_connect_is_retried_outside_the_budget_while_an_endpoint_is_left() {
+        let p = crate::config::policy::compile_text(
+            "upstreams:\n  u:\n    endpoints: [ { url: \"http://127.0.0.1:1\" }, { url: \"http://127.0.0.1:2\" } ]\n    retry: { attempts: 1, on: [connect, 503], budget: { ratio: 0, min_per_second: 0 } }\nroutes:\n  - { name: r, upstream: u }\n",
+        )
+        .unwrap();
+        let up = &p.routes[0].lanes[0].upstream;
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert!(retry_granted(up, Some(TryFailure::Connect), &[0], now));
+        }
+        assert_eq!(up.budget_exhausted.get(), 0, "the budget was not asked");
+        assert!(
+            !retry_granted(up, Some(TryFailure::Connect), &[0, 1], now),
+            "no endpoint left: the budget decides, and it is empty"
+        );
+        assert!(!retry_granted(up, Some(TryFailure::Reset), &[0], now));
+        assert!(!retry_granted(up, None, &[0], now));
+        assert_eq!(up.budget_exhausted.get(), 3, "each refusal counted");
     }
 }
