@@ -1,6 +1,7 @@
 //! Per-endpoint families (`sluice_upstream_*{upstream,endpoint}`): requests, errors by kind,
 //! retries, ejections, health, in-flight, latency estimate and connection reuse. The endpoint
-//! label is the URL from the config, never anything a client sent.
+//! label is the URL from the config without its userinfo (the caller strips the password),
+//! never anything a client sent.
 
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
