@@ -107,6 +107,10 @@ async fn status_of(
         .map_err(|e| e.to_string())?;
     req.insert_header(http::header::HOST, ep.authority.clone())
         .map_err(|e| e.to_string())?;
+    if let Some(auth) = &ep.basic_auth {
+        req.insert_header(http::header::AUTHORIZATION, auth.clone())
+            .map_err(|e| e.to_string())?;
+    }
     req.insert_header("user-agent", "sluice-health")
         .map_err(|e| e.to_string())?;
     conn.write_request_header(Box::new(req))

@@ -5,6 +5,7 @@
 
 mod prometheus;
 
+use crate::config::secret::redact_url;
 use sluice_plugins::ab::exposition::{self, ExpositionError, RouteTotals, Scrape};
 use sluice_plugins::ab::report::{analyze, ReportError};
 use std::time::Duration;
@@ -55,17 +56,22 @@ pub enum AbReportError {
 }
 
 impl Source {
-    /// Where the numbers come from, for the report's first line and for errors.
+    /// Where the numbers come from, for the report's first line and for errors (a password
+    /// in the URL, which reqwest sends as basic auth, is redacted).
     fn describe(&self) -> String {
         match self {
-            Source::Metrics { url, window: None } => format!("{url}, totals since start"),
+            Source::Metrics { url, window: None } => {
+                format!("{}, totals since start", redact_url(url))
+            }
             Source::Metrics {
                 url,
                 window: Some(w),
-            } => format!("{url}, over {}", human(*w)),
-            Source::Prometheus { url, range } => {
-                format!("Prometheus {url}, increase over {}", human(*range))
-            }
+            } => format!("{}, over {}", redact_url(url), human(*w)),
+            Source::Prometheus { url, range } => format!(
+                "Prometheus {}, increase over {}",
+                redact_url(url),
+                human(*range)
+            ),
         }
     }
 }
@@ -139,7 +145,7 @@ async fn fetch_totals(route: &str, source: &Source) -> Result<RouteTotals, AbRep
 async fn scrape(client: &reqwest::Client, url: &str) -> Result<Scrape, AbReportError> {
     let body = get(client, url, &[]).await?;
     exposition::parse(&body).map_err(|source| AbReportError::Data {
-        from: format!("{url} is not a Prometheus exposition"),
+        from: format!("{} is not a Prometheus exposition", redact_url(url)),
         source,
     })
 }
@@ -151,7 +157,7 @@ async fn get(
     query: &[(&str, &str)],
 ) -> Result<String, AbReportError> {
     let fail = |reason: String| AbReportError::Fetch {
-        url: url.to_string(),
+        url: redact_url(url),
         reason,
     };
     let answer = client
@@ -236,5 +242,17 @@ mod tests {
         }
         assert!(positive_duration("0s").unwrap_err().contains("too short"));
         assert!(positive_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn a_password_in_a_source_url_is_not_printed() {
+        let source = Source::Prometheus {
+            url: "http://me:pw9@prom:9090".into(),
+            range: Duration::from_secs(60),
+        };
+        assert_eq!(
+            source.describe(),
+            "Prometheus http://me:<redacted>@prom:9090, increase over 1m"
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use super::load::{Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
+use super::secret::redact_url;
 use super::spec::{CacheSpec, RedisSpec, RouteCacheSpec, WhitespaceSpec};
 use http::header::HeaderName;
 use sluice_plugins::cache::key::{CacheCondition, KeyPolicy};
@@ -80,16 +81,17 @@ pub(super) fn compile_redis(errors: &mut Errors, spec: &RedisSpec) -> Option<Red
 }
 
 fn check_redis_url(url: &str) -> Result<(), String> {
+    let shown = redact_url(url);
     let Some(rest) = url
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))
     else {
-        return Err(format!("`{url}` must start with redis:// or rediss://"));
+        return Err(format!("`{shown}` must start with redis:// or rediss://"));
     };
     let authority = rest.split('/').next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or("");
     if host.is_empty() {
-        return Err(format!("`{url}` has no host"));
+        return Err(format!("`{shown}` has no host"));
     }
     Ok(())
 }
@@ -253,22 +255,6 @@ fn parse_scope(scope: &str) -> Result<CacheScope, String> {
 pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))
-}
-
-/// `url` with its password, if any, replaced.
-pub(super) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
-        None => url.to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -481,20 +467,11 @@ upstreams:
         assert!(check_redis_url("http://127.0.0.1:6379").is_err());
         assert!(check_redis_url("redis://").is_err());
         assert!(check_redis_url("redis://:pw@/0").is_err());
-    }
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("redis://:pw@host:6379/0"),
-            "redis://:<redacted>@host:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://user:p@ss@host"),
-            "rediss://user:<redacted>@host"
-        );
-        assert_eq!(redact_url("redis://user@host"), "redis://user@host");
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        for bad in ["http://:pw@127.0.0.1:6379", "redis://:pw@/0"] {
+            let message = check_redis_url(bad).unwrap_err();
+            assert!(message.contains(":<redacted>@"), "{message}");
+            assert!(!message.contains("pw"), "{message}");
+        }
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! One endpoint of an upstream: its URL parts, its metric handles and the Pingora peer to
 //! connect to. A host name is resolved on first use and again once `dns_ttl` has passed, so a
 //! replica replaced behind DNS is found without a reload; an address needs no lookup.
+//! Userinfo in the URL (`http://user:password@host`) is the endpoint's basic auth; it is
+//! kept apart from the URL the endpoint is known by, so no label, log or header shows it.
 
+use super::secret::redact_url;
 use super::upstream::Timeouts;
 use arc_swap::ArcSwapOption;
+use base64::Engine;
 use http::header::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
@@ -14,8 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Endpoint {
+    /// The URL without its userinfo: the endpoint's name in labels, logs and headers.
     pub url: String,
     pub authority: HeaderValue,
+    /// `authorization: Basic ...` from the URL's userinfo, marked sensitive.
+    pub basic_auth: Option<HeaderValue>,
     pub base_path: String,
     pub metrics: EndpointMetrics,
     address: Address,
@@ -66,7 +73,6 @@ pub(super) struct PeerTemplate {
 
 impl Endpoint {
     pub(super) fn new(
-        url: String,
         parsed: EndpointUrl,
         authority: HeaderValue,
         template: PeerTemplate,
@@ -85,8 +91,9 @@ impl Endpoint {
             }),
         };
         Endpoint {
-            url,
+            url: parsed.url,
             authority,
+            basic_auth: parsed.basic_auth,
             base_path: parsed.base_path,
             metrics,
             address,
@@ -177,44 +184,91 @@ impl PeerTemplate {
 /// The parts of an endpoint URL sluice needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointUrl {
+    /// The URL as configured, without its userinfo.
+    pub url: String,
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// `host[:port]`, for the `Host` header.
     pub authority: String,
     pub base_path: String,
+    pub basic_auth: Option<HeaderValue>,
 }
 
-/// Parses `http(s)://host[:port][/base]`.
+/// Parses `http(s)://[user[:password]@]host[:port][/base]`. Errors show the URL with its
+/// userinfo redacted.
 pub fn parse_endpoint_url(url: &str) -> Result<EndpointUrl, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let quoted = redact_url(url);
+    let uri: http::Uri = url.parse().map_err(|e| {
+        let hint = if url.contains('@') {
+            " (a user name or password must be percent-encoded)"
+        } else {
+            ""
+        };
+        format!("`{quoted}` is not a URL: {e}{hint}")
+    })?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("`{url}` must start with http:// or https://")),
+        _ => return Err(format!("`{quoted}` must start with http:// or https://")),
     };
     let authority = uri
         .authority()
-        .ok_or_else(|| format!("`{url}` has no host"))?;
+        .ok_or_else(|| format!("`{quoted}` has no host"))?;
+    let (userinfo, host_port) = match authority.as_str().rsplit_once('@') {
+        Some((userinfo, host_port)) => (Some(userinfo), host_port),
+        None => (None, authority.as_str()),
+    };
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
     if host.is_empty() {
-        return Err(format!("`{url}` has no host"));
+        return Err(format!("`{quoted}` has no host"));
     }
     if uri.query().is_some() {
-        return Err(format!("`{url}` must not have a query"));
+        return Err(format!("`{quoted}` must not have a query"));
     }
+    // `http` reads a port that is not a number as no port at all (then 80 or 443).
+    let port_text = match host_port.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => host_port.split_once(':').map(|(_, port)| port),
+    };
+    let port = match port_text.filter(|p| !p.is_empty()) {
+        Some(text) => text
+            .parse::<u16>()
+            .map_err(|_| format!("`{quoted}` has an invalid port"))?,
+        None if tls => 443,
+        None => 80,
+    };
     Ok(EndpointUrl {
+        url: match userinfo {
+            // The userinfo follows the scheme's `://`, before any other `@`.
+            Some(userinfo) => url.replacen(&format!("{userinfo}@"), "", 1),
+            None => url.to_string(),
+        },
         tls,
-        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        port,
         host,
-        authority: authority.as_str().to_string(),
+        authority: host_port.to_string(),
         base_path: uri.path().trim_end_matches('/').to_string(),
+        basic_auth: userinfo.filter(|u| !u.is_empty()).map(basic_auth),
     })
+}
+
+/// `Basic base64(user:password)` of percent-encoded userinfo (no password: an empty one).
+fn basic_auth(userinfo: &str) -> HeaderValue {
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut credentials: Vec<u8> = percent_encoding::percent_decode_str(user).collect();
+    credentials.push(b':');
+    credentials.extend(percent_encoding::percent_decode_str(password));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    // Base64 is always a valid header value.
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -240,7 +294,7 @@ mod tests {
         };
         let authority = HeaderValue::from_str(&parsed.authority).unwrap();
         let metrics = Metrics::new("t").unwrap().endpoint("u", url);
-        Endpoint::new(url.into(), parsed, authority, template, ttl, metrics)
+        Endpoint::new(parsed, authority, template, ttl, metrics)
     }
 
     #[tokio::test]
@@ -317,5 +371,50 @@ mod tests {
         assert!(parse_endpoint_url("ftp://x").is_err());
         assert!(parse_endpoint_url("127.0.0.1:8001").is_err());
         assert!(parse_endpoint_url("http://x/?a=1").is_err());
+        assert!(parse_endpoint_url("http://x:port").is_err());
+        assert!(parse_endpoint_url("http://x:99999").is_err());
+        let u = parse_endpoint_url("http://[::1]:8001").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8001));
+        assert_eq!(parse_endpoint_url("https://[::1]").unwrap().port, 443);
+    }
+
+    #[test]
+    fn userinfo_is_basic_auth_and_left_out_of_the_url() {
+        let u = parse_endpoint_url("http://user:s3cret@127.0.0.1:8001/base").unwrap();
+        assert_eq!(u.url, "http://127.0.0.1:8001/base");
+        assert_eq!(u.authority, "127.0.0.1:8001");
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 8001));
+        let auth = u.basic_auth.unwrap();
+        // base64("user:s3cret")
+        assert_eq!(auth, "Basic dXNlcjpzM2NyZXQ=");
+        assert!(auth.is_sensitive());
+        assert!(!format!("{auth:?}").contains("dXNl"), "Debug hides it");
+        // Percent-encoded characters are decoded; a user alone has an empty password.
+        let u = parse_endpoint_url("https://a%40b:p%3Aw@h").unwrap();
+        assert_eq!(u.basic_auth.unwrap(), "Basic YUBiOnA6dw==");
+        assert_eq!((u.url.as_str(), u.port), ("https://h", 443));
+        let u = parse_endpoint_url("http://token@h:1").unwrap();
+        assert_eq!(u.basic_auth.unwrap(), "Basic dG9rZW46");
+        assert!(parse_endpoint_url("http://h:1")
+            .unwrap()
+            .basic_auth
+            .is_none());
+    }
+
+    #[test]
+    fn errors_never_quote_a_password() {
+        for url in [
+            "ftp://user:s3cret@h",
+            "http://user:s3cret@h/?q=1",
+            "http://user:s3cret@h:port",
+            "http://user:s3 cret@h:1",
+            "http://user:s3/cret@h:1",
+            "user:s3cret@h:1",
+            "http://user:s3cret@",
+        ] {
+            let e = parse_endpoint_url(url).unwrap_err();
+            assert!(!e.contains("s3"), "{url}: {e}");
+            assert!(e.contains("<redacted>"), "{url}: {e}");
+        }
     }
 }

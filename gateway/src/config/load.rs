@@ -4,6 +4,7 @@
 //! `file:line:column: field.path: message`.
 
 use super::locate::{locate, locate_value, render, Seg};
+use super::secret::redact_urls_in;
 use super::spec::Spec;
 use super::units;
 use std::fmt;
@@ -97,7 +98,8 @@ fn error_at(file: &str, text: &str, path: &[Seg], message: impl Into<String>) ->
         line,
         column,
         path: render(path),
-        message: message.into(),
+        // Whoever worded the message, a URL it quotes shows no password.
+        message: redact_urls_in(&message.into()),
     }
 }
 
@@ -203,7 +205,8 @@ fn parse(file: &str, text: &str) -> Result<Spec, ConfigErrors> {
             line,
             column,
             path,
-            message,
+            // serde quotes the value it could not take, which may be a URL with a password.
+            message: redact_urls_in(&message),
         }])
     })
 }

@@ -11,6 +11,7 @@ pub mod locate;
 pub mod policy;
 pub mod resilience;
 pub mod route;
+pub mod secret;
 pub mod server_limits;
 pub mod spec;
 pub mod split;

@@ -11,11 +11,12 @@ pub use super::route::Route;
 use super::route::{build_route, CheckedRoute};
 pub use super::upstream::{RetryPolicy, Timeouts, Upstream};
 
-use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name, redact_url};
+use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name};
 use super::limits::check_limits;
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::{ConfigErrors, Errors, LoadedSpec};
 use super::locate::{field_path, Seg};
+use super::secret::redacted_view;
 use super::spec::{MatchSpec, Spec};
 use super::split::{check_split, compile_pricing, Pricing};
 use super::upstream::compile_upstream;
@@ -151,7 +152,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         cache_tiers: any_cache.then_some(tiers),
         limits_redis: redis.filter(|_| any_shared),
         pricing,
-        redacted: redact(spec),
+        redacted: redacted_view(spec),
     })
 }
 
@@ -307,26 +308,6 @@ fn compile_matcher(errors: &mut Errors, base: &[Seg], m: &MatchSpec) -> RouteMat
         headers,
         model: m.model.as_deref().map(Glob::new),
     }
-}
-
-/// The spec as JSON with secrets replaced: header values (API keys) and Redis passwords.
-fn redact(spec: &Spec) -> serde_json::Value {
-    let mut v = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
-    if let Some(ups) = v.get_mut("upstreams").and_then(|u| u.as_object_mut()) {
-        for up in ups.values_mut() {
-            if let Some(h) = up.get_mut("set_headers").and_then(|h| h.as_object_mut()) {
-                for value in h.values_mut() {
-                    *value = serde_json::Value::String("<redacted>".into());
-                }
-            }
-        }
-    }
-    if let Some(url) = v.pointer_mut("/redis/url") {
-        if let Some(text) = url.as_str() {
-            *url = serde_json::Value::String(redact_url(text));
-        }
-    }
-    v
 }
 
 /// Loads and compiles `text` as `g.yaml`, errors as strings.
@@ -488,15 +469,33 @@ routes:
 
     #[test]
     fn secrets_are_redacted() {
-        let text = format!("redis:\n  url: redis://:hunter2@127.0.0.1:6379/0\n{GOOD}");
+        let text = format!("redis:\n  url: redis://:hunter2@127.0.0.1:6379/0\n{GOOD}")
+            .replace("http://127.0.0.1:8001", "http://me:pa55@127.0.0.1:8001")
+            + "    split: { variants: [ { name: v, weight: 1, headers: { x-key: vkey } } ] }\n";
         let p = compile_text(&text).unwrap();
         let view = p.redacted.to_string();
-        assert!(!view.contains("sekrit"), "{view}");
-        assert!(!view.contains("hunter2"), "{view}");
-        assert!(view.contains("<redacted>"), "{view}");
+        for secret in ["sekrit", "hunter2", "pa55", "vkey"] {
+            assert!(!view.contains(secret), "{secret} in {view}");
+        }
         assert_eq!(
             p.redacted["redis"]["url"],
             "redis://:<redacted>@127.0.0.1:6379/0"
         );
+        assert_eq!(
+            p.redacted["upstreams"]["local"]["endpoints"][0]["url"],
+            "http://me:<redacted>@127.0.0.1:8001"
+        );
+        assert_eq!(
+            p.redacted["upstreams"]["local"]["set_headers"]["authorization"],
+            "<redacted>"
+        );
+        assert_eq!(
+            p.redacted["routes"][0]["split"]["variants"][0]["headers"]["x-key"],
+            "<redacted>"
+        );
+        // Everywhere else the endpoint is its URL without the userinfo.
+        let ep = &p.routes[0].lanes[0].upstream.endpoints[0];
+        assert_eq!(ep.url, "http://127.0.0.1:8001");
+        assert_eq!(ep.authority, "127.0.0.1:8001");
     }
 }

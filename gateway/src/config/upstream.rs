@@ -114,7 +114,6 @@ pub(super) struct CheckedUpstream {
 }
 
 struct CheckedEndpoint {
-    url: String,
     parsed: EndpointUrl,
     authority: HeaderValue,
     template: PeerTemplate,
@@ -125,7 +124,7 @@ impl CheckedUpstream {
         let stats = self
             .endpoints
             .iter()
-            .map(|ep| shared.stats_for(&self.name, &ep.url))
+            .map(|ep| shared.stats_for(&self.name, &ep.parsed.url))
             .collect();
         let admission = self.admission.map(|a| Admission {
             gate: shared.gate_for(&self.name, a.max, a.queue_max),
@@ -137,15 +136,8 @@ impl CheckedUpstream {
             .endpoints
             .into_iter()
             .map(|ep| {
-                let metrics = shared.metrics.endpoint(&self.name, &ep.url);
-                Endpoint::new(
-                    ep.url,
-                    ep.parsed,
-                    ep.authority,
-                    ep.template,
-                    self.dns_ttl,
-                    metrics,
-                )
+                let metrics = shared.metrics.endpoint(&self.name, &ep.parsed.url);
+                Endpoint::new(ep.parsed, ep.authority, ep.template, self.dns_ttl, metrics)
             })
             .collect();
         let budget_exhausted = shared.metrics.retry_budget_exhausted(&self.name);
@@ -206,7 +198,7 @@ pub(super) fn compile_upstream(
             }
         };
         let Ok(authority) = HeaderValue::from_str(&parsed.authority) else {
-            errors.at(&at("url"), format!("`{}` has an invalid host", ep.url));
+            errors.at(&at("url"), format!("`{}` has an invalid host", parsed.url));
             continue;
         };
         let template = PeerTemplate {
@@ -221,7 +213,6 @@ pub(super) fn compile_upstream(
         };
         // A host name is resolved on first use, never at load.
         endpoints.push(CheckedEndpoint {
-            url: ep.url.clone(),
             parsed,
             authority,
             template,

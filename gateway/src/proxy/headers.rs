@@ -1,6 +1,6 @@
 //! Header rewriting between client and upstream: hop-by-hop headers stop at the gateway,
-//! `Host` names the upstream, `x-forwarded-for` gains the client, and configured headers
-//! (API keys) are set.
+//! `Host` names the upstream, `x-forwarded-for` gains the client, and credentials are set:
+//! the endpoint URL's basic auth, then configured headers (API keys).
 
 use crate::config::policy::{Endpoint, Upstream};
 use http::header::{self, HeaderName, HeaderValue};
@@ -75,6 +75,10 @@ pub fn upstream_request(client: &RequestHeader, to: &UpstreamRequest<'_>) -> Res
         req.insert_header(header::CONTENT_LENGTH, len)?;
     }
     req.insert_header(header::HOST, endpoint.authority.clone())?;
+    // Before the configured headers, so an `authorization` in set_headers wins.
+    if let Some(auth) = &endpoint.basic_auth {
+        req.insert_header(header::AUTHORIZATION, auth.clone())?;
+    }
     if let Some(ip) = client_ip {
         let xff = match client
             .headers

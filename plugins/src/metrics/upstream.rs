@@ -1,7 +1,7 @@
 //! Per-endpoint families (`sluice_upstream_*{upstream,endpoint}`): requests, errors by kind,
 //! retries, ejections, health, in-flight, latency estimate and connection reuse; and per
 //! upstream, the retries its retry budget refused. The endpoint label is the URL from the
-//! config, never anything a client sent.
+//! config without its userinfo (the caller strips the password), never anything a client sent.
 
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
