@@ -11,6 +11,11 @@
 //! as the session's pipelined prefix (the buffer Pingora would have allocated), with the body
 //! read timeout and the requests left on the connection set on the session.
 //!
+//! Pipelining (RFC 9112 §9.3.2) is on: whatever a client sent past the end of a request (the
+//! next requests, whole or in part) comes back from Pingora with the reused stream and is the
+//! start of the next head, checked against the same limits, so requests sent back to back are
+//! answered one after the other, in order.
+//!
 //! HTTP/2 (ALPN h2, or h2c when the proxy enables it) and custom protocols are handed to the
 //! proxy's own connection loop unchanged.
 
@@ -67,11 +72,11 @@ where
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         let limits = &self.limits;
-        let mut wait = Wait::Fresh(Instant::now() + limits.header_timeout);
+        let mut next = Next::Fresh(Instant::now() + limits.header_timeout);
         let mut served: u32 = 0;
         let mut user_context = None;
         loop {
-            let head = match read_head(&mut stream, limits, wait, shutdown).await {
+            let head = match read_head(&mut stream, limits, next, shutdown).await {
                 Ok(head) => head,
                 Err(Stop::Close) => return None,
                 Err(Stop::Refuse(refusal)) => {
@@ -92,16 +97,22 @@ where
             };
             session.set_keepalive_reuses_remaining(Some(reuses));
             session.set_connection_user_context(user_context.take());
+            session.set_pipelining_enabled(true);
             let reused = self.inner.process_new_http(session, shutdown).await?;
-            // Pipelining stays off (Pingora's default), so a reused stream carries no bytes of
-            // the next request: only the user context is carried over.
-            let (next, settings) = reused.consume();
-            user_context = settings.and_then(|mut s| s.take_user_context());
+            let (reused, settings) = reused.consume();
+            let mut pipelined = None;
+            if let Some(mut settings) = settings {
+                user_context = settings.take_user_context();
+                pipelined = settings.take_pipelined_prefix();
+            }
             if *shutdown.borrow() {
                 return None;
             }
-            stream = next;
-            wait = Wait::Idle(limits.keepalive_timeout);
+            stream = reused;
+            next = match pipelined.filter(|bytes| !bytes.is_empty()) {
+                Some(bytes) => Next::Pipelined(bytes),
+                None => Next::Idle(limits.keepalive_timeout),
+            };
         }
     }
 
@@ -126,14 +137,16 @@ impl<A: HttpServerApp> Listener<A> {
 
 // === reading a head ===
 
-/// How long to wait for a request's first bytes.
-#[derive(Debug, Clone, Copy)]
-enum Wait {
+/// Where the next request's head stands before it is read.
+#[derive(Debug)]
+enum Next {
     /// A new connection: the whole head by this instant.
     Fresh(Instant),
     /// A kept-alive connection: the first bytes within this long, the rest within
     /// `header_timeout` of them.
     Idle(Duration),
+    /// Its first bytes came with the previous request: the rest within `header_timeout`.
+    Pipelined(BytesMut),
 }
 
 /// Why no head is handed on.
@@ -157,16 +170,17 @@ enum Refusal {
 async fn read_head(
     stream: &mut Stream,
     limits: &ServerLimits,
-    wait: Wait,
+    next: Next,
     shutdown: &ShutdownWatch,
 ) -> Result<BytesMut, Stop> {
-    let mut buf = BytesMut::with_capacity(HEAD_BUF);
-    let deadline = match wait {
-        Wait::Fresh(deadline) => deadline,
-        Wait::Idle(idle) => {
+    let (mut buf, deadline) = match next {
+        Next::Fresh(deadline) => (BytesMut::with_capacity(HEAD_BUF), deadline),
+        Next::Pipelined(bytes) => (bytes, Instant::now() + limits.header_timeout),
+        Next::Idle(idle) => {
             if idle.is_zero() || *shutdown.borrow() {
                 return Err(Stop::Close);
             }
+            let mut buf = BytesMut::with_capacity(HEAD_BUF);
             // An idle connection is closed when the server starts shutting down.
             let mut watch = shutdown.clone();
             let first = tokio::select! {
@@ -178,7 +192,7 @@ async fn read_head(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Err(Stop::Close),
             }
-            Instant::now() + limits.header_timeout
+            (buf, Instant::now() + limits.header_timeout)
         }
     };
     let mut scan = HeadScan::default();
@@ -382,111 +396,4 @@ async fn refuse(mut stream: Stream, refusal: Refusal, limits: &ServerLimits) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> ServerLimits {
-        ServerLimits {
-            max_header_bytes: 1024,
-            max_uri_bytes: 100,
-            max_headers: 5,
-            ..ServerLimits::default()
-        }
-    }
-
-    /// Scans `head` fed in pieces of `step` bytes; the result of the last scan.
-    fn scan_in_steps(head: &[u8], step: usize) -> Scanned {
-        let mut scan = HeadScan::default();
-        let mut result = Scanned::Partial;
-        for end in (step..head.len() + step).step_by(step) {
-            result = scan.advance(&head[..end.min(head.len())], &limits());
-            if result != Scanned::Partial {
-                break;
-            }
-        }
-        result
-    }
-
-    #[test]
-    fn complete_heads_in_any_split() {
-        let crlf = b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}";
-        let lf = b"\r\nGET / HTTP/1.1\nhost: a\n\n";
-        for step in [1, 2, 7, 1000] {
-            assert_eq!(scan_in_steps(crlf, step), Scanned::Complete, "step {step}");
-            assert_eq!(scan_in_steps(lf, step), Scanned::Complete, "step {step}");
-        }
-        assert_eq!(
-            scan_in_steps(b"GET / HTTP/1.1\r\nhost: a\r\n", 3),
-            Scanned::Partial
-        );
-    }
-
-    #[test]
-    fn long_target_is_refused_before_the_line_ends() {
-        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
-        assert_eq!(
-            scan_in_steps(long.as_bytes(), 5),
-            Scanned::Refused(Refusal::UriTooLong)
-        );
-        let partial = format!("GET /{}", "a".repeat(100));
-        assert_eq!(
-            scan_in_steps(partial.as_bytes(), 5),
-            Scanned::Refused(Refusal::UriTooLong)
-        );
-        let fits = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(99));
-        assert_eq!(scan_in_steps(fits.as_bytes(), 5), Scanned::Complete);
-    }
-
-    #[test]
-    fn header_count_and_size() {
-        let five = "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n";
-        assert_eq!(scan_in_steps(five.as_bytes(), 4), Scanned::Complete);
-        let six = five.replace("\r\n\r\n", "\r\nf: 6\r\n\r\n");
-        assert_eq!(
-            scan_in_steps(six.as_bytes(), 4),
-            Scanned::Refused(Refusal::TooManyHeaders)
-        );
-        let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "b".repeat(1100));
-        assert_eq!(
-            scan_in_steps(big.as_bytes(), 64),
-            Scanned::Refused(Refusal::HeadTooLarge)
-        );
-        // Exactly at the limit passes; the body after the head does not count.
-        let exact = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "b".repeat(1024 - 23));
-        assert_eq!(exact.len(), 1024);
-        let with_body = format!("{exact}{}", "z".repeat(5000));
-        assert_eq!(
-            scan_in_steps(with_body.as_bytes(), 1 << 20),
-            Scanned::Complete
-        );
-    }
-
-    #[test]
-    fn target_length() {
-        assert_eq!(target_len(b"GET /abc HTTP/1.1"), 4);
-        assert_eq!(target_len(b"GET /abc"), 4);
-        assert_eq!(target_len(b"GET"), 0);
-    }
-
-    #[test]
-    fn refusals_are_json_with_connection_close() {
-        let l = limits();
-        for (r, status, code) in [
-            (Refusal::Timeout, 408, "request_timeout"),
-            (Refusal::UriTooLong, 414, "uri_too_long"),
-            (Refusal::HeadTooLarge, 431, "headers_too_large"),
-            (Refusal::TooManyHeaders, 431, "too_many_headers"),
-        ] {
-            let text = String::from_utf8(refusal_response(&r.error(&l)).to_vec()).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
-            assert!(head.contains("\r\nconnection: close"), "{head}");
-            assert!(
-                head.contains(&format!("\r\ncontent-length: {}", body.len())),
-                "{head}"
-            );
-            let v: serde_json::Value = serde_json::from_str(body).unwrap();
-            assert_eq!(v["error"]["code"], code);
-        }
-    }
-}
+mod tests;

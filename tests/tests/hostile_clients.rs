@@ -299,13 +299,36 @@ async fn stalled_body_is_cut_at_body_idle_timeout() {
     let took = stalled.elapsed();
     let text = String::from_utf8_lossy(&answer);
     assert!(
-        text.starts_with("HTTP/1.1 408") && text.contains("request_timeout"),
+        text.starts_with("HTTP/1.1 408")
+            && text.contains("request_timeout")
+            && text.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
         "a stalled body gets a 408: {text}"
     );
     assert!(
         took >= Duration::from_millis(950) && took < Duration::from_millis(3000),
         "cut after {took:?}"
     );
+}
+
+#[tokio::test]
+async fn a_broken_chunked_body_is_answered_400_and_closed() {
+    let mock = Mock::start("m", &[]);
+    // One route reads the body (it matches on the model), the other streams it upstream.
+    let routes = "  - name: read\n    match: { path_prefix: /v1/chat/completions, model: \"m-*\" }\n    upstream: up\n  - name: stream\n    upstream: up\n";
+    let gw = Gateway::start(&config(&[&mock.url], "", routes));
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        // A size that is no hex number; a chunk not ended by CRLF.
+        for broken in ["zz\r\n{}\r\n0\r\n\r\n", "2\r\n{}XX0\r\n\r\n"] {
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 transfer-encoding: chunked\r\n\r\n{broken}"
+            );
+            let a = refused(&gw, request.as_bytes()).await;
+            assert_eq!(a.status, 400, "{path} {broken:?}");
+            assert_eq!(a.json()["error"]["code"], "invalid_chunked_body");
+            assert_eq!(a.json()["error"]["type"], "invalid_request_error");
+        }
+    }
 }
 
 #[tokio::test]

@@ -184,8 +184,28 @@ fn expects_continue(session: &Session) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
+/// The `error.code` of a chunked request body whose framing is broken.
+const INVALID_CHUNKED_BODY: &str = "invalid_chunked_body";
+
+/// Pingora's error types for a broken chunk size, chunk end or trailer section.
+const CHUNK_ERRORS: [&str; 2] = ["InvalidChunk", "InvalidTrailerEnd"];
+
+/// Whether an answer leaves the request body's framing lost (a stall or a broken chunk), so the
+/// connection cannot carry another request.
+pub fn ends_connection(err: &GatewayError) -> bool {
+    err.status == 408 || err.code == INVALID_CHUNKED_BODY
+}
+
 /// Reading the client's body failed: it went away or broke the framing.
 pub fn client_body_error(e: &pingora::Error) -> ForwardError {
+    if CHUNK_ERRORS.contains(&e.etype().as_str()) {
+        return ForwardError::Respond(GatewayError::new(
+            400,
+            "invalid_request_error",
+            INVALID_CHUNKED_BODY,
+            "the request body's chunked encoding is malformed",
+        ));
+    }
     if *e.etype() == pingora::ErrorType::ReadTimedout {
         // A body that stalls past server.limits.body_idle_timeout is answered, as nginx does.
         return ForwardError::Respond(GatewayError::new(
@@ -196,4 +216,39 @@ pub fn client_body_error(e: &pingora::Error) -> ForwardError {
         ));
     }
     ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::{Error, ErrorType};
+
+    fn answer(etype: ErrorType) -> Option<GatewayError> {
+        match client_body_error(&Error::explain(etype, "test")) {
+            ForwardError::Respond(err) => Some(err),
+            ForwardError::Aborted(_) => None,
+        }
+    }
+
+    #[test]
+    fn broken_framing_and_stalls_are_answered_and_end_the_connection() {
+        for etype in [
+            ErrorType::new("InvalidChunk"),
+            ErrorType::new("InvalidTrailerEnd"),
+        ] {
+            let err = answer(etype).expect("answered");
+            assert_eq!((err.status, err.code), (400, INVALID_CHUNKED_BODY));
+            assert!(ends_connection(&err));
+        }
+        let stall = answer(ErrorType::ReadTimedout).expect("answered");
+        assert_eq!(stall.status, 408);
+        assert!(ends_connection(&stall));
+        assert!(!ends_connection(&GatewayError::bad_json("x")));
+    }
+
+    #[test]
+    fn a_client_that_left_is_not_answered() {
+        assert!(answer(ErrorType::ConnectionClosed).is_none());
+        assert!(answer(ErrorType::new("PrematureBodyEnd")).is_none());
+    }
 }

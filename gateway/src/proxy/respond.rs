@@ -24,6 +24,10 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
     ctx.status = Some(err.status);
     ctx.served = false;
     ctx.error = Some(err.message.clone());
+    if body::ends_connection(err) {
+        // The rest of the body is not waited for: the answer says close, and the connection ends.
+        session.set_keepalive(None);
+    }
     let json = Bytes::from(err.body());
     let route = ctx.route().map(|r| r.name.clone());
     if let Ok(mut resp) = ResponseHeader::build(err.status, Some(4)) {
@@ -52,8 +56,5 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &GatewayErr
     }
     if err.status == 413 {
         body::linger(session).await;
-    } else if err.status == 408 {
-        // The rest of a stalled body is not waited for: the connection ends with the answer.
-        session.set_keepalive(None);
     }
 }
