@@ -90,12 +90,12 @@ impl Readiness {
 }
 
 /// How a service learns that the server shuts down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Lifetime {
     /// Stops accepting when Pingora's shutdown starts (the proxy).
     Server,
-    /// Keeps serving until the process exits, so `/readyz` can answer 503 while draining.
-    Process,
+    /// Stops on its own watch, so the admin can answer `/readyz` 503 while the proxy drains.
+    Own(watch::Receiver<bool>),
 }
 
 /// A listening service that runs on sockets bound in advance.
@@ -147,18 +147,15 @@ impl<S: Service + 'static> Service for OnBound<S> {
                 }
             }
         }
-        // The admin keeps its own watch, which never fires: the process exit ends it.
-        let (keep_open, own_watch) = watch::channel(false);
-        let shutdown = match self.lifetime {
+        let shutdown = match &self.lifetime {
             Lifetime::Server => shutdown,
-            Lifetime::Process => own_watch,
+            Lifetime::Own(watch) => watch.clone(),
         };
         self.readiness.started();
         let task = tokio::spawn(async move {
             inner.start_service(fds, shutdown, listeners_per_fd).await;
         });
         let result = task.await;
-        drop(keep_open);
         self.readiness.stopped();
         if let Err(e) = result {
             if e.is_panic() {

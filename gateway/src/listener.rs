@@ -20,6 +20,7 @@
 //! proxy's own connection loop unchanged.
 
 use crate::config::server_limits::ServerLimits;
+use crate::proxy::ActiveRequests;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use http::StatusCode;
@@ -32,6 +33,9 @@ use sluice_plugins::openai_error::GatewayError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long an idle kept-alive connection may still send a request once shutdown starts.
+const LAST_CALL: Duration = Duration::from_secs(1);
 
 /// What Pingora allocates for a request head; most heads fit, larger ones grow it.
 const HEAD_BUF: usize = 4096;
@@ -46,14 +50,17 @@ const LINGER_BYTES: usize = 1024 * 1024;
 pub struct Listener<A> {
     inner: Arc<A>,
     limits: ServerLimits,
+    /// HTTP/1 connections open now: a drain waits for them to be closed by us.
+    connections: Arc<ActiveRequests>,
 }
 
 impl<A> Listener<A> {
     #[must_use]
-    pub fn new(inner: A, limits: ServerLimits) -> Self {
+    pub fn new(inner: A, limits: ServerLimits, connections: Arc<ActiveRequests>) -> Self {
         Listener {
             inner: Arc::new(inner),
             limits,
+            connections,
         }
     }
 }
@@ -71,6 +78,7 @@ where
         if !self.reads_http1(&stream) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
+        let _open = self.connections.enter();
         let limits = &self.limits;
         let mut next = Next::Fresh(Instant::now() + limits.header_timeout);
         let mut served: u32 = 0;
@@ -104,9 +112,6 @@ where
             if let Some(mut settings) = settings {
                 user_context = settings.take_user_context();
                 pipelined = settings.take_pipelined_prefix();
-            }
-            if *shutdown.borrow() {
-                return None;
             }
             stream = reused;
             next = match pipelined.filter(|bytes| !bytes.is_empty()) {
@@ -177,16 +182,25 @@ async fn read_head(
         Next::Fresh(deadline) => (BytesMut::with_capacity(HEAD_BUF), deadline),
         Next::Pipelined(bytes) => (bytes, Instant::now() + limits.header_timeout),
         Next::Idle(idle) => {
-            if idle.is_zero() || *shutdown.borrow() {
+            if idle.is_zero() {
                 return Err(Stop::Close);
             }
             let mut buf = BytesMut::with_capacity(HEAD_BUF);
-            // An idle connection is closed when the server starts shutting down.
+            // When shutdown starts, a client may already be sending its next request on this
+            // connection: it gets a last call (answered with `connection: close`) instead of a
+            // reset under its feet.
+            let wait = if *shutdown.borrow() {
+                idle.min(LAST_CALL)
+            } else {
+                idle
+            };
             let mut watch = shutdown.clone();
             let first = tokio::select! {
                 biased;
-                read = pingora::time::timeout(idle, stream.read_buf(&mut buf)) => read,
-                _ = watch.changed() => return Err(Stop::Close),
+                read = pingora::time::timeout(wait, stream.read_buf(&mut buf)) => read,
+                _ = watch.changed() => {
+                    pingora::time::timeout(idle.min(LAST_CALL), stream.read_buf(&mut buf)).await
+                }
             };
             match first {
                 Ok(Ok(n)) if n > 0 => {}

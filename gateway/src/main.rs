@@ -34,6 +34,10 @@ enum Command {
         /// The YAML config file (see config/gateway.yaml).
         #[arg(long)]
         config: PathBuf,
+        /// Take the listening sockets over from the sluice running on this config: start this,
+        /// then send the old process SIGQUIT (within 5 s); it hands them over and drains.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: exit 0, or print every error as file:line:column: field: message.
     Check {
@@ -210,9 +214,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             access_log::init(cli.log_format);
-            let result = sluice::server::run(&config);
+            let result = sluice::server::run(&config, upgrade);
             access_log::flush(std::time::Duration::from_millis(500));
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 use crate::admin::AdminApp;
 use crate::bind::{bind, BoundSocket, Lifetime, OnBound, Readiness};
 use crate::config::server_limits::ServerLimits;
+use crate::config::spec::ServerSpec;
 use crate::config::{compile, load_file, Policy, SharedState};
 use crate::listener::Listener;
 use crate::proxy::{ActiveRequests, Forwarder, Gateway};
@@ -12,8 +13,9 @@ use crate::reload::{watch_file, watch_sighup, PolicyStore};
 use async_trait::async_trait;
 use pingora::connectors::ConnectorOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use sluice_plugins::cache::flight::Flights;
 use sluice_plugins::cache::store::{CacheStore, DiskConfig, RedisConfig, StoreConfig};
@@ -24,9 +26,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, watch};
 
-/// Loads `config` and serves until a shutdown signal.
-pub fn run(config: &Path) -> Result<(), String> {
+/// Loads `config` and serves until a shutdown signal. With `upgrade`, the listening sockets are
+/// taken over from the running sluice (sent SIGQUIT) instead of bound.
+pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     let loaded = load_file(config).map_err(|e| e.to_string())?;
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION")).map_err(|e| format!("metrics: {e}"))?;
     let shared = Arc::new(SharedState::new(metrics));
@@ -34,17 +38,22 @@ pub fn run(config: &Path) -> Result<(), String> {
     let limits = ServerLimits::compile(&loaded).map_err(|e| e.to_string())?;
     let spec = loaded.spec;
     // Every listener is bound before anything else starts: a taken port is one error, now.
-    let proxy_sockets = spec
-        .server
-        .listen
-        .iter()
-        .map(|addr| bind(addr, "server.listen"))
-        .collect::<Result<Vec<BoundSocket>, String>>()?;
-    let admin_socket = spec
-        .admin
-        .as_ref()
-        .map(|a| bind(&a.listen, "admin.listen"))
-        .transpose()?;
+    // An upgrade inherits them from the old process instead.
+    let bind_unless_upgrade = |addr: &str, field: &str| {
+        if upgrade {
+            Ok(Vec::new())
+        } else {
+            bind(addr, field).map(|s| vec![s])
+        }
+    };
+    let mut proxy_sockets: Vec<BoundSocket> = Vec::new();
+    for addr in &spec.server.listen {
+        proxy_sockets.extend(bind_unless_upgrade(addr, "server.listen")?);
+    }
+    let admin_sockets = match &spec.admin {
+        Some(a) => bind_unless_upgrade(&a.listen, "admin.listen")?,
+        None => Vec::new(),
+    };
     let admin_token = match spec.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
         Some(var) => match std::env::var(var) {
             Ok(token) if !token.is_empty() => Some(token),
@@ -75,12 +84,25 @@ pub fn run(config: &Path) -> Result<(), String> {
             .map(|u| u.pool.max_idle)
             .max()
             .unwrap_or(128),
+        upgrade_sock: upgrade_socket(&spec.server),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    if upgrade {
+        tracing::info!(
+            socket = %conf.upgrade_sock,
+            "upgrade: waiting for the running sluice to hand over its sockets (send it SIGQUIT)"
+        );
+    }
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    let phases = server.watch_execution_phase();
 
     let active = Arc::new(ActiveRequests::default());
+    let connections = Arc::new(ActiveRequests::default());
     let gateway = Gateway::new(
         Arc::clone(&store),
         Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration)),
@@ -91,7 +113,10 @@ pub fn run(config: &Path) -> Result<(), String> {
     // Our listener reads each request head within server.limits, then hands it to the proxy.
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let buffers = L4BufferSettings::new(limits.read_buffer, limits.write_buffer);
-    let mut service = Service::new("sluice".to_string(), Listener::new(proxy, limits));
+    let mut service = Service::new(
+        "sluice".to_string(),
+        Listener::new(proxy, limits, Arc::clone(&connections)),
+    );
     for addr in &spec.server.listen {
         service.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
@@ -104,7 +129,10 @@ pub fn run(config: &Path) -> Result<(), String> {
         Lifetime::Server,
     ));
 
-    if let (Some(admin), Some(socket)) = (&spec.admin, admin_socket) {
+    let (admin_stop, admin_watch) = watch::channel(false);
+    // Held here for the process: a dropped sender would read as "stop" to the admin.
+    let admin_stop = Arc::new(admin_stop);
+    if let Some(admin) = &spec.admin {
         let mut service = Service::new(
             "sluice-admin".to_string(),
             AdminApp::new(
@@ -118,9 +146,9 @@ pub fn run(config: &Path) -> Result<(), String> {
         server.add_service(OnBound::new(
             "sluice-admin",
             service,
-            vec![socket],
+            admin_sockets,
             Arc::clone(&readiness),
-            Lifetime::Process,
+            Lifetime::Own(admin_watch),
         ));
     }
 
@@ -138,10 +166,14 @@ pub fn run(config: &Path) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnTerm {
             active,
+            connections,
             readiness,
+            admin_stop: Arc::clone(&admin_stop),
+            phases: std::sync::Mutex::new(Some(phases)),
             grace,
         }),
     });
+    drop(admin_stop);
     Ok(())
 }
 
@@ -203,42 +235,102 @@ fn sweep_limits(shared: Arc<SharedState>) -> std::io::Result<()> {
 
 const LIMIT_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// The default upgrade socket: one per set of listen addresses, so the new process of one
+/// instance never takes another instance's sockets.
+fn upgrade_socket(server: &ServerSpec) -> String {
+    if let Some(path) = &server.upgrade_socket {
+        return path.clone();
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(server.listen.join(",").as_bytes());
+    format!("/tmp/sluice-upgrade-{hash:016x}.sock")
+}
+
 /// SIGTERM: stop accepting, let in-flight requests finish, exit when none is left (or at the
-/// end of the grace period). SIGINT: exit now.
+/// end of the grace period). SIGQUIT: the same, after handing the listening sockets to a
+/// `run --upgrade` process. SIGINT: exit now.
 struct DrainOnTerm {
     active: Arc<ActiveRequests>,
+    /// Client connections still open: each is closed after its last answer (or a short
+    /// last call), so exiting after them resets no client.
+    connections: Arc<ActiveRequests>,
     readiness: Arc<Readiness>,
+    /// Stops the admin listener, which otherwise serves until the process exits.
+    admin_stop: Arc<watch::Sender<bool>>,
+    phases: std::sync::Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
     grace: Duration,
+}
+
+impl DrainOnTerm {
+    /// Exits once the requests in flight are done (at most `grace`), after `ready_to_drain`.
+    fn exit_when_drained(&self, ready_to_drain: impl FnOnce() + Send + 'static) {
+        let (active, connections, grace) = (
+            Arc::clone(&self.active),
+            Arc::clone(&self.connections),
+            self.grace,
+        );
+        // Pingora waits out the whole grace period; exit as soon as the last request is done.
+        let _ = std::thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || {
+                ready_to_drain();
+                let deadline = Instant::now() + grace;
+                while (active.count() > 0 || connections.count() > 0) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                tracing::info!(
+                    requests = active.count(),
+                    connections = connections.count(),
+                    "drained, exiting"
+                );
+                crate::access_log::flush(Duration::from_millis(500));
+                std::process::exit(0);
+            });
+    }
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for DrainOnTerm {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
         ) else {
             tracing::error!(
-                "cannot install signal handlers; SIGTERM/SIGINT will not shut down gracefully"
+                "cannot install signal handlers; SIGTERM/SIGINT/SIGQUIT will not shut down gracefully"
             );
             return std::future::pending().await;
         };
         tokio::select! {
             _ = term.recv() => {
-                tracing::info!(in_flight = self.active.count(), grace = ?self.grace, "SIGTERM: draining");
+                tracing::info!(in_flight = self.active.count(), grace_ms = self.grace.as_millis(), "SIGTERM: draining");
                 self.readiness.start_draining();
-                let (active, grace) = (Arc::clone(&self.active), self.grace);
-                // Pingora waits out the whole grace period; exit as soon as the last request is done.
-                let _ = std::thread::Builder::new().name("drain".into()).spawn(move || {
-                    let deadline = Instant::now() + grace;
-                    while active.count() > 0 && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    tracing::info!(left = active.count(), "drained, exiting");
-                    crate::access_log::flush(Duration::from_millis(500));
-                    std::process::exit(0);
-                });
+                self.exit_when_drained(|| {});
                 ShutdownSignal::GracefulTerminate
+            }
+            _ = quit.recv() => {
+                tracing::info!(in_flight = self.active.count(), "SIGQUIT: handing the listening sockets to the new process, then draining");
+                self.readiness.start_draining();
+                let phases = self.phases.lock().ok().and_then(|mut p| p.take());
+                let admin_stop = Arc::clone(&self.admin_stop);
+                // Both processes accept for a few seconds after the hand-over; drain after that.
+                self.exit_when_drained(move || {
+                    let Some(mut phases) = phases else {
+                        return;
+                    };
+                    while let Ok(phase) = phases.blocking_recv() {
+                        match phase {
+                            // Closing the admin listener before its socket is sent would send
+                            // a closed descriptor; after, the new process answers there.
+                            ExecutionPhase::GracefulUpgradeCloseTimeout => {
+                                let _ = admin_stop.send(true);
+                            }
+                            ExecutionPhase::ShutdownStarted => break,
+                            _ => {}
+                        }
+                    }
+                });
+                ShutdownSignal::GracefulUpgrade
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting now");

@@ -37,6 +37,9 @@ pub struct ServerSpec {
     /// What one client connection may cost: head size and time, keep-alive, buffers.
     #[serde(default)]
     pub limits: super::server_limits::ServerLimitsSpec,
+    /// Where a `run --upgrade` process receives the running one's listening sockets.
+    #[serde(default)]
+    pub upgrade_socket: Option<String>,
 }
 
 impl Default for ServerSpec {
@@ -47,6 +50,7 @@ impl Default for ServerSpec {
             max_body_bytes: default_max_body(),
             grace_period: default_grace(),
             limits: super::server_limits::ServerLimitsSpec::default(),
+            upgrade_socket: None,
         }
     }
 }
