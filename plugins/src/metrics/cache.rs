@@ -11,6 +11,7 @@ pub(super) struct CacheFamilies {
     bytes: IntGaugeVec,
     evictions: IntCounterVec,
     errors: IntCounterVec,
+    disk_resets: IntCounter,
     saved_seconds: prometheus::CounterVec,
     saved_tokens: IntCounterVec,
 }
@@ -38,6 +39,10 @@ impl CacheFamilies {
                 "sluice_cache_tier_errors_total",
                 "Failed tier operations (the request went on without that tier)",
             )?,
+            disk_resets: IntCounter::new(
+                "sluice_cache_disk_resets_total",
+                "Damaged disk cache files set aside and replaced by empty ones",
+            )?,
             saved_seconds: prometheus::CounterVec::new(
                 Opts::new(
                     "sluice_cache_saved_seconds_total",
@@ -62,6 +67,7 @@ impl CacheFamilies {
             Box::new(self.bytes.clone()),
             Box::new(self.evictions.clone()),
             Box::new(self.errors.clone()),
+            Box::new(self.disk_resets.clone()),
             Box::new(self.saved_seconds.clone()),
             Box::new(self.saved_tokens.clone()),
         ]
@@ -160,6 +166,12 @@ impl Metrics {
             evictions: c.evictions.with_label_values(&name),
             errors: c.errors.with_label_values(&name),
         }
+    }
+
+    /// Counts damaged disk cache files replaced by empty ones.
+    #[must_use]
+    pub fn cache_disk_resets(&self) -> IntCounter {
+        self.cache.disk_resets.clone()
     }
 
     /// The cache handles of a route's variant (`""` on a route without a split).

@@ -1,9 +1,12 @@
 //! L3: entries in a local file that survives restarts, bounded by the bytes of the encoded
 //! entries it holds (oldest written are evicted first). redb is a well-kept, pure-Rust,
 //! crash-safe embedded store (copy-on-write B-trees, ACID transactions): a crash costs at most
-//! the last batch, never the file. Every call here blocks; the store runs them on its
-//! runtime's blocking threads, never on a request's thread.
+//! the last batch, never the file. A file damaged otherwise (disk faults, outside writes) is
+//! set aside and replaced by an empty one, at open or when met, never a reason to stop. Every
+//! call here blocks; the store runs them on its runtime's blocking threads, never on a
+//! request's thread.
 
+use super::damage::{quietly, set_aside};
 use super::queue::{Change, Queue};
 use super::{DiskConfig, Lookup};
 use crate::cache::{CacheKey, Entry};
@@ -11,7 +14,8 @@ use crate::metrics::TierMetrics;
 use crate::outage::Outage;
 use prometheus::IntCounter;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use tokio::runtime::Handle;
 
 /// Entry key → (write sequence, encoded entry).
@@ -27,14 +31,33 @@ const NEXT_SEQUENCE: &str = "next_sequence";
 const FILE_NAME: &str = "cache.redb";
 
 pub(super) struct DiskTier {
-    db: Database,
+    current: RwLock<Current>,
+    file: PathBuf,
     max_bytes: u64,
     metrics: TierMetrics,
+    /// Damaged files replaced by empty ones.
+    resets: IntCounter,
     outage: Outage,
 }
 
+/// The open file; operations share it, replacing it takes it whole.
+struct Current {
+    /// `None` once a damaged file could not be replaced: the tier is off until restart.
+    db: Option<Database>,
+    /// Bumped by each replacement, so damage met by several operations at once replaces once.
+    generation: u64,
+}
+
+/// Why the file in place cannot be used.
+enum Unusable {
+    /// Its content: set it aside and start over.
+    Damaged(String),
+    /// Anything else (permissions, another process holds it): an error naming the path.
+    Failed(redb::Error),
+}
+
 /// What the meta table keeps.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Totals {
     bytes: u64,
     count: u64,
@@ -56,20 +79,34 @@ struct Tables<'t> {
 }
 
 impl DiskTier {
-    /// Opens (or creates) `<path>/cache.redb`; an error names the path.
-    pub(super) fn open(config: &DiskConfig, metrics: TierMetrics) -> Result<DiskTier, String> {
+    /// Opens (or creates) `<path>/cache.redb`; a damaged file is set aside for an empty one
+    /// (counted in `resets`); any other failure is an error naming the path.
+    pub(super) fn open(
+        config: &DiskConfig,
+        metrics: TierMetrics,
+        resets: IntCounter,
+    ) -> Result<DiskTier, String> {
         let dir = &config.path;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cache: disk path {}: {e}", dir.display()))?;
         let file = dir.join(FILE_NAME);
-        let named = |e: redb::Error| format!("cache: disk file {}: {e}", file.display());
-        let db = Database::create(&file).map_err(|e| named(e.into()))?;
-        let totals = create_tables(&db).map_err(named)?;
+        let (db, totals) = match open_file(&file) {
+            Ok(opened) => opened,
+            Err(Unusable::Damaged(reason)) => start_over(&file, &reason, &resets)?,
+            Err(Unusable::Failed(e)) => {
+                return Err(format!("cache: disk file {}: {e}", file.display()))
+            }
+        };
         let tier = DiskTier {
-            db,
+            current: RwLock::new(Current {
+                db: Some(db),
+                generation: 0,
+            }),
+            file,
             max_bytes: config.max_bytes,
             outage: Outage::new("cache", "disk", metrics.errors.clone(), false),
             metrics,
+            resets,
         };
         tier.show(totals);
         Ok(tier)
@@ -107,26 +144,16 @@ impl DiskTier {
 
     /// Looks a key up; an expired or undecodable value is `Discard`.
     pub(super) fn read(&self, key: CacheKey, now_ms: u64) -> Lookup {
-        let found = || -> Result<Option<Option<Entry>>, redb::Error> {
-            let txn = self.db.begin_read()?;
+        let found = self.run("read", 1, |db| {
+            let txn = db.begin_read()?;
             let entries = txn.open_table(ENTRIES)?;
             let value = entries.get(key.0)?;
             Ok(value.map(|v| Entry::decode(v.value().1)))
-        };
-        match found() {
-            Ok(None) => {
-                self.outage.recovered();
-                Lookup::Miss
-            }
-            Ok(Some(Some(entry))) if entry.is_fresh(now_ms) => {
-                self.outage.recovered();
-                Lookup::Hit(entry)
-            }
-            Ok(Some(_)) => Lookup::Discard,
-            Err(e) => {
-                self.outage.failed(1, "read", &e);
-                Lookup::Miss
-            }
+        });
+        match found {
+            Some(Some(Some(entry))) if entry.is_fresh(now_ms) => Lookup::Hit(entry),
+            Some(Some(_)) => Lookup::Discard,
+            Some(None) | None => Lookup::Miss,
         }
     }
 
@@ -201,8 +228,8 @@ impl DiskTier {
         ops: u64,
         body: impl FnOnce(&mut Tables<'_>, &mut Totals) -> Result<T, redb::Error>,
     ) -> Option<T> {
-        let run = || -> Result<(Totals, T), redb::Error> {
-            let txn = self.db.begin_write()?;
+        let (totals, out) = self.run(what, ops, |db| {
+            let txn = db.begin_write()?;
             let done = {
                 let mut tables = Tables {
                     entries: txn.open_table(ENTRIES)?,
@@ -216,17 +243,65 @@ impl DiskTier {
             };
             txn.commit()?;
             Ok(done)
+        })?;
+        self.show(totals);
+        Some(out)
+    }
+
+    /// Runs `op` on the open file. A failure is counted as `ops` failed operations of kind
+    /// `what` and gives `None`; damage (a corruption error, or a panic inside redb) also
+    /// replaces the file with an empty one.
+    fn run<T>(
+        &self,
+        what: &str,
+        ops: u64,
+        op: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Option<T> {
+        let (outcome, generation) = {
+            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(db) = &current.db else {
+                self.metrics.errors.inc_by(ops);
+                return None;
+            };
+            (quietly(|| op(db)), current.generation)
         };
-        match run() {
-            Ok((totals, out)) => {
+        let damage = match outcome {
+            Ok(Ok(out)) => {
                 self.outage.recovered();
+                return Some(out);
+            }
+            Ok(Err(e)) => match classify(e) {
+                Unusable::Damaged(reason) => reason,
+                Unusable::Failed(e) => {
+                    self.outage.failed(ops, what, &e);
+                    return None;
+                }
+            },
+            Err(panic) => panic,
+        };
+        self.metrics.errors.inc_by(ops);
+        self.replace(generation, &format!("{what}: {damage}"));
+        None
+    }
+
+    /// Sets the damaged file aside for an empty one, unless that was done since `generation`.
+    fn replace(&self, generation: u64, reason: &str) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.generation != generation {
+            return;
+        }
+        current.generation += 1;
+        if let Some(old) = current.db.take() {
+            // Closing what a panic left behind may panic again; it is gone either way.
+            let _ = quietly(move || drop(old));
+        }
+        match start_over(&self.file, reason, &self.resets) {
+            Ok((db, totals)) => {
+                current.db = Some(db);
+                self.outage.clear();
                 self.show(totals);
-                Some(out)
             }
-            Err(e) => {
-                self.outage.failed(ops, what, &e);
-                None
-            }
+            Err(e) => tracing::warn!(tier = "disk", "{e}; the disk tier is off until restart"),
         }
     }
 
@@ -235,6 +310,72 @@ impl DiskTier {
         self.metrics.entries.set(clamp(totals.count));
         self.metrics.bytes.set(clamp(totals.bytes));
     }
+}
+
+/// Opens (or creates) `file` and its tables; returns the totals it holds.
+fn open_file(file: &Path) -> Result<(Database, Totals), Unusable> {
+    let opened = quietly(|| -> Result<_, redb::Error> {
+        let db = Database::create(file)?;
+        let totals = create_tables(&db)?;
+        Ok((db, totals))
+    });
+    match opened {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(panic) => Err(Unusable::Damaged(panic)),
+    }
+}
+
+/// Sets the damaged `file` aside and creates an empty one in its place; counts and logs it.
+fn start_over(
+    file: &Path,
+    reason: &str,
+    resets: &IntCounter,
+) -> Result<(Database, Totals), String> {
+    let failed = |e: &dyn std::fmt::Display| {
+        format!(
+            "cache: disk file {} is damaged ({reason}) and cannot be replaced: {e}",
+            file.display()
+        )
+    };
+    let aside = set_aside(file).map_err(|e| failed(&e))?;
+    resets.inc();
+    tracing::warn!(
+        tier = "disk",
+        "cache: disk file {} is damaged ({reason}); set aside as {}, starting empty",
+        file.display(),
+        aside.display()
+    );
+    match open_file(file) {
+        Ok(opened) => Ok(opened),
+        Err(Unusable::Damaged(e)) => Err(failed(&e)),
+        Err(Unusable::Failed(e)) => Err(failed(&e)),
+    }
+}
+
+/// Whether an error says the file's content is unusable, rather than its access.
+fn classify(e: redb::Error) -> Unusable {
+    use redb::Error;
+    match e {
+        Error::Corrupted(_)
+        | Error::UpgradeRequired(_)
+        | Error::RepairAborted
+        | Error::TransactionPoisoned
+        | Error::TableTypeMismatch { .. }
+        | Error::TableIsMultimap(_)
+        | Error::TypeDefinitionChanged { .. }
+        | Error::LockPoisoned(_) => Unusable::Damaged(e.to_string()),
+        Error::Io(ref io) if damaged_io(io) => Unusable::Damaged(e.to_string()),
+        e => Unusable::Failed(e),
+    }
+}
+
+/// redb reports a file that is not a database, or shorter than its header says, as I/O.
+fn damaged_io(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Creates the tables of a new file and returns the totals of an existing one.

@@ -4,6 +4,7 @@
 //! small runtime so the Redis connection and the writers belong to no Pingora worker runtime,
 //! and a slow or dead tier costs the request path nothing but a skipped lookup.
 
+mod damage;
 mod disk;
 mod memory;
 mod queue;
@@ -90,8 +91,9 @@ pub struct CacheStore {
 impl CacheStore {
     /// Opens the tiers. Redis connects in the background (a dead Redis at start is not an
     /// error: the tier is skipped until it answers), though `open` waits up to one Redis
-    /// timeout for the first answer so a healthy Redis serves the first request. A disk path
-    /// that cannot be opened is an error naming the path.
+    /// timeout for the first answer so a healthy Redis serves the first request. A damaged
+    /// disk file is set aside and the tier starts empty; a disk path that cannot be opened
+    /// otherwise is an error naming the path.
     pub fn open(config: &StoreConfig, metrics: &Metrics) -> Result<CacheStore, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -125,7 +127,11 @@ impl CacheStore {
         );
         let disk = match &config.disk {
             Some(disk) => {
-                let tier = Arc::new(DiskTier::open(disk, metrics.cache_tier(CacheTier::Disk))?);
+                let tier = Arc::new(DiskTier::open(
+                    disk,
+                    metrics.cache_tier(CacheTier::Disk),
+                    metrics.cache_disk_resets(),
+                )?);
                 let errors = metrics.cache_tier(CacheTier::Disk).errors;
                 let writes = tier.writer(handle, QUEUE_CAPACITY, errors);
                 Some(Backed { tier, writes })

@@ -1,6 +1,7 @@
 //! The store against real tiers: `redis-server` processes each test starts on its own port,
 //! and redb files in temporary directories.
 
+mod damage;
 mod local;
 mod with_redis;
 
