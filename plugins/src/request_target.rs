@@ -102,41 +102,44 @@ fn stays_encoded(v: u8) -> bool {
 
 // === the fast path: scan, no allocation ===
 
-/// Whether `target` is an origin-form that [`rewrite`] would return unchanged.
+/// Whether `target` is an origin-form that [`rewrite`] would return unchanged: one pass that
+/// checks each segment when it ends.
 fn is_normal(target: &[u8]) -> bool {
-    let (path, query) = match target.iter().position(|&b| b == b'?') {
-        Some(q) => (&target[..q], Some(&target[q + 1..])),
-        None => (target, None),
-    };
-    let Some((b'/', rest)) = path.split_first() else {
+    if target.first() != Some(&b'/') {
         return false;
-    };
-    let mut segments = rest.split(|&b| b == b'/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        if (seg.is_empty() && !last) || seg == b"." || seg == b".." || !is_normal_segment(seg) {
-            return false;
-        }
     }
-    query.map_or(true, |q| q.iter().all(|&b| keeps_in_query(b)))
-}
-
-fn is_normal_segment(seg: &[u8]) -> bool {
-    let mut i = 0;
-    while i < seg.len() {
-        let b = seg[i];
-        if b == b'%' {
-            match (seg.get(i + 1).copied().and_then(upper_hex), seg.get(i + 2).copied().and_then(upper_hex)) {
+    let mut seg_start = 1;
+    let mut i = 1;
+    while i < target.len() {
+        let b = target[i];
+        if is(b, UNRESERVED | PCHAR_OTHER) {
+            i += 1;
+        } else if b == b'%' {
+            match (
+                target.get(i + 1).copied().and_then(upper_hex),
+                target.get(i + 2).copied().and_then(upper_hex),
+            ) {
                 (Some(h), Some(l)) if stays_encoded(h << 4 | l) => i += 3,
                 _ => return false,
             }
-        } else if is(b, UNRESERVED | PCHAR_OTHER) {
+        } else if b == b'/' {
+            if i == seg_start || is_dot_segment(&target[seg_start..i]) {
+                return false;
+            }
             i += 1;
+            seg_start = i;
+        } else if b == b'?' {
+            return !is_dot_segment(&target[seg_start..i])
+                && target[i + 1..].iter().all(|&b| keeps_in_query(b));
         } else {
             return false;
         }
     }
-    true
+    !is_dot_segment(&target[seg_start..])
+}
+
+fn is_dot_segment(seg: &[u8]) -> bool {
+    matches!(seg, b"." | b"..")
 }
 
 /// A query byte kept as sent: anything a URI may hold there (escapes are not checked).
