@@ -65,7 +65,18 @@ const CLASS: [u8; 256] = {
             UNRESERVED
         } else if matches!(
             c,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         ) {
             PCHAR_OTHER
         } else if c < 0x20 || c == 0x7f || c == b'#' {

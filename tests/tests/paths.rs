@@ -104,8 +104,16 @@ fn the_upstream_receives_the_normalized_origin_form() {
     let mock = Mock::start("a", &[]);
     let gw = Gateway::start(&config(&[&mock.url], "", ROUTES));
     for (target, path, query) in [
-        ("/mock/./echo//a/%2e%2e/%62?q=%zz/../", "/mock/echo/b", "q=%zz/../"),
-        ("http://example.com/mock/echo/%7e%c3%a9?x=1", "/mock/echo/~%C3%A9", "x=1"),
+        (
+            "/mock/./echo//a/%2e%2e/%62?q=%zz/../",
+            "/mock/echo/b",
+            "q=%zz/../",
+        ),
+        (
+            "http://example.com/mock/echo/%7e%c3%a9?x=1",
+            "/mock/echo/~%C3%A9",
+            "x=1",
+        ),
     ] {
         let answer = send(&gw, "POST", target, "sk-echo");
         assert_eq!(answer.status, 200, "{target}: {}", answer.body);
@@ -150,8 +158,14 @@ async fn a_path_without_a_single_meaning_is_refused_with_400() {
     };
     let log = gw.log_until(|log| access(log).len() == refused.len());
     let lines = access(&log);
-    assert_eq!(lines.len(), refused.len(), "an access line per refusal:\n{log}");
-    assert!(lines.iter().all(|l| l["route"] == "" && l["served_by"] == "gateway"));
+    assert_eq!(
+        lines.len(),
+        refused.len(),
+        "an access line per refusal:\n{log}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["route"] == "" && l["served_by"] == "gateway"));
     assert_eq!(
         UpstreamCalls::of(&mock).calls().await,
         0,

@@ -15,12 +15,12 @@ use super::Gateway;
 use crate::config::policy::Route;
 use crate::config::Policy;
 use pingora::proxy::Session;
-use std::borrow::Cow;
 use sluice_plugins::body::RequestBody as ParsedBody;
 use sluice_plugins::limits::usage::estimate_prompt_tokens;
 use sluice_plugins::openai_error::GatewayError;
 use sluice_plugins::request_target;
 use sluice_plugins::router::HeadMatch;
+use std::borrow::Cow;
 
 /// Whether the request goes on to the next phase or was answered.
 pub enum Flow {

@@ -95,7 +95,10 @@ fn other_escapes_get_uppercase_hex_and_illegal_bytes_are_encoded() {
 #[test]
 fn absolute_form_becomes_origin_form() {
     let cases = [
-        ("http://example.com/v1/chat/completions", "/v1/chat/completions"),
+        (
+            "http://example.com/v1/chat/completions",
+            "/v1/chat/completions",
+        ),
         ("HTTPS://example.com:8443/v1/../v1/x?q=1", "/v1/x?q=1"),
         ("http://user@host/a", "/a"),
         ("http://host", "/"),
