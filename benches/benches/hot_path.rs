@@ -1,4 +1,4 @@
-//! Micro-benchmarks of what runs on every request: route matching, body parsing, metrics
+//! Micro-benchmarks of what runs on every request: path normalization, route matching, body parsing, metrics
 //! recording, the prompt cache's key, L1 lookup and SSE conversions, rate and token limits,
 //! the balancer's pick; and config compile time for a large policy. `cargo bench -p sluice-benches`.
 
@@ -19,6 +19,7 @@ use sluice_plugins::limits::rate::RequestRate;
 use sluice_plugins::limits::tokens::TokenBucket;
 use sluice_plugins::limits::Rate;
 use sluice_plugins::metrics::Metrics;
+use sluice_plugins::request_target;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -320,8 +321,25 @@ fn split_assign(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every request's target is normalized before routing: the usual normal path is one scan.
+fn request_target(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_target");
+    for (name, target) in [
+        ("normal", &b"/v1/chat/completions"[..]),
+        ("normal_with_query", b"/v1/models?limit=20&order=desc"),
+        ("dot_segments", b"/public/../v1/./chat//completions"),
+        ("absolute_form", b"http://example.com/v1/chat/completions"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| request_target::normalize(black_box(target)).map(|t| t.len()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    request_target,
     balancer_pick,
     split_assign,
     route_matching,

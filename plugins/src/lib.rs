@@ -16,6 +16,7 @@ pub mod openai_error;
 mod outage;
 pub mod outlier;
 pub mod redis_link;
+pub mod request_target;
 pub mod retry_budget;
 pub mod router;
 #[cfg(test)]

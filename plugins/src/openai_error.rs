@@ -104,6 +104,17 @@ impl GatewayError {
         )
     }
 
+    /// 400: the request target cannot be normalized (an encoded slash, `..` above the root...).
+    #[must_use]
+    pub fn invalid_path(reason: &str) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            "invalid_path",
+            format!("request path refused: {reason}"),
+        )
+    }
+
     #[must_use]
     pub fn no_route(method: &str, path: &str) -> Self {
         Self::new(

@@ -70,6 +70,7 @@ impl Gateway {
     ) -> Result<(), ForwardError> {
         let policy = self.store.load();
         ctx.policy = Some(Arc::clone(&policy));
+        phases::normalize_target(session)?;
         if let Flow::Done = phases::route(session, ctx, &policy).await? {
             return Ok(());
         }

@@ -1,5 +1,5 @@
 //! The request path, one function per phase (ARCHITECTURE.md section 7):
-//! route → read body (when a phase needs it) → split (A/B variant) → request rates → cache
+//! normalize the target → route → read body (when a phase needs it) → split (A/B variant) → request rates → cache
 //! lookup → token budgets, the usage ask and the upstream's concurrency slot (after a miss) →
 //! forward → settle. Each phase returns [`Flow`]; a route without a phase's policy pays
 //! nothing for it.
@@ -18,12 +18,29 @@ use pingora::proxy::Session;
 use sluice_plugins::body::RequestBody as ParsedBody;
 use sluice_plugins::limits::usage::estimate_prompt_tokens;
 use sluice_plugins::openai_error::GatewayError;
+use sluice_plugins::request_target;
 use sluice_plugins::router::HeadMatch;
+use std::borrow::Cow;
 
 /// Whether the request goes on to the next phase or was answered.
 pub enum Flow {
     Next,
     Done,
+}
+
+/// Puts the normalized origin-form on the request, so routing, limits, the cache key and
+/// the upstream all see one spelling of the path; a target without one is refused with 400.
+pub fn normalize_target(session: &mut Session) -> Result<(), ForwardError> {
+    let req = session.req_header();
+    let normal = request_target::normalize(req.raw_path())
+        .map_err(|e| ForwardError::Respond(GatewayError::invalid_path(&e.to_string())))?;
+    // Borrowed: the target was already normal and in origin-form, so the URI holds it.
+    if let Cow::Owned(normal) = normal {
+        let uri = http::Uri::try_from(normal)
+            .map_err(|e| ForwardError::Respond(GatewayError::invalid_path(&e.to_string())))?;
+        session.req_header_mut().set_uri(uri);
+    }
+    Ok(())
 }
 
 /// Route match; reads the body when a route's model glob needs it.
