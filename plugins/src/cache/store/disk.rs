@@ -15,7 +15,9 @@ use crate::outage::Outage;
 use prometheus::IntCounter;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 use tokio::runtime::Handle;
 
 /// Entry key → (write sequence, encoded entry).
@@ -27,6 +29,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const STORED_BYTES: &str = "stored_bytes";
 const ENTRY_COUNT: &str = "entry_count";
 const NEXT_SEQUENCE: &str = "next_sequence";
+/// How often, and how long, a file another process holds is tried again.
+const HELD_RETRY: Duration = Duration::from_millis(250);
+const HELD_PATIENCE: Duration = Duration::from_secs(600);
 /// The database file inside the configured directory.
 const FILE_NAME: &str = "cache.redb";
 
@@ -38,6 +43,9 @@ pub(super) struct DiskTier {
     /// Damaged files replaced by empty ones.
     resets: IntCounter,
     outage: Outage,
+    /// The file is held by another process (the old one during a binary upgrade): the tier
+    /// is off, without counting errors, until [`DiskTier::wait_for_file`] opens it.
+    held_elsewhere: AtomicBool,
 }
 
 /// The open file; operations share it, replacing it takes it whole.
@@ -91,17 +99,26 @@ impl DiskTier {
             .map_err(|e| format!("cache: disk path {}: {e}", dir.display()))?;
         let file = dir.join(FILE_NAME);
         let (db, totals) = match open_file(&file) {
-            Ok(opened) => opened,
-            Err(Unusable::Damaged(reason)) => start_over(&file, &reason, &resets)?,
+            Ok((db, totals)) => (Some(db), totals),
+            Err(Unusable::Damaged(reason)) => {
+                let (db, totals) = start_over(&file, &reason, &resets)?;
+                (Some(db), totals)
+            }
+            Err(Unusable::Failed(redb::Error::DatabaseAlreadyOpen)) => {
+                tracing::info!(
+                    tier = "disk",
+                    "cache: disk file {} is held by another process (an upgrade under way?); the disk tier starts when it is free",
+                    file.display()
+                );
+                (None, Totals::default())
+            }
             Err(Unusable::Failed(e)) => {
                 return Err(format!("cache: disk file {}: {e}", file.display()))
             }
         };
         let tier = DiskTier {
-            current: RwLock::new(Current {
-                db: Some(db),
-                generation: 0,
-            }),
+            held_elsewhere: AtomicBool::new(db.is_none()),
+            current: RwLock::new(Current { db, generation: 0 }),
             file,
             max_bytes: config.max_bytes,
             outage: Outage::new("cache", "disk", metrics.errors.clone(), false),
@@ -260,7 +277,9 @@ impl DiskTier {
         let (outcome, generation) = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             let Some(db) = &current.db else {
-                self.metrics.errors.inc_by(ops);
+                if !self.held_elsewhere.load(Ordering::Acquire) {
+                    self.metrics.errors.inc_by(ops);
+                }
                 return None;
             };
             (quietly(|| op(db)), current.generation)
@@ -303,6 +322,60 @@ impl DiskTier {
             }
             Err(e) => tracing::warn!(tier = "disk", "{e}; the disk tier is off until restart"),
         }
+    }
+
+    /// When another process holds the file, opens it once that process lets go (it exits at
+    /// the end of its drain), trying every [`HELD_RETRY`] for at most [`HELD_PATIENCE`].
+    pub(super) fn wait_for_file(self: &Arc<Self>, handle: &Handle) {
+        if !self.held_elsewhere.load(Ordering::Acquire) {
+            return;
+        }
+        let tier = Arc::clone(self);
+        handle.spawn(async move {
+            let deadline = tokio::time::Instant::now() + HELD_PATIENCE;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(HELD_RETRY).await;
+                let file = tier.file.clone();
+                let Ok(opened) = tokio::task::spawn_blocking(move || open_file(&file)).await else {
+                    break;
+                };
+                match opened {
+                    Err(Unusable::Failed(redb::Error::DatabaseAlreadyOpen)) => continue,
+                    Ok((db, totals)) => {
+                        let mut current =
+                            tier.current.write().unwrap_or_else(PoisonError::into_inner);
+                        current.db = Some(db);
+                        tier.show(totals);
+                        tier.held_elsewhere.store(false, Ordering::Release);
+                        tracing::info!(
+                            tier = "disk",
+                            "cache: disk file {} opened",
+                            tier.file.display()
+                        );
+                        return;
+                    }
+                    Err(Unusable::Damaged(reason)) => {
+                        let generation = tier
+                            .current
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .generation;
+                        tier.held_elsewhere.store(false, Ordering::Release);
+                        tier.replace(generation, &reason);
+                        return;
+                    }
+                    Err(Unusable::Failed(e)) => {
+                        tracing::warn!(
+                            tier = "disk",
+                            "cache: disk file {}: {e}; the disk tier is off until restart",
+                            tier.file.display()
+                        );
+                        break;
+                    }
+                }
+            }
+            tier.held_elsewhere.store(false, Ordering::Release);
+        });
     }
 
     fn show(&self, totals: Totals) {

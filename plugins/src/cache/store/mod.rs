@@ -132,6 +132,7 @@ impl CacheStore {
                     metrics.cache_tier(CacheTier::Disk),
                     metrics.cache_disk_resets(),
                 )?);
+                tier.wait_for_file(handle);
                 let errors = metrics.cache_tier(CacheTier::Disk).errors;
                 let writes = tier.writer(handle, QUEUE_CAPACITY, errors);
                 Some(Backed { tier, writes })

@@ -195,3 +195,28 @@ async fn repeated_damage_keeps_few_files_aside() {
     let kept = std::fs::read(&aside[0]).expect("kept");
     assert!(kept == noise(100, 4), "the newest is kept");
 }
+
+/// During a binary upgrade the old process still holds the file: the new one starts without
+/// the disk tier (no errors counted, nothing set aside) and opens the file, entries and all,
+/// once the old one lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_held_by_another_process_is_opened_when_it_lets_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    filled(dir.path()).await;
+    let holder = redb::Database::create(file(dir.path())).expect("the old process holds it");
+    let (store, metrics) = open(&config(None, Some(dir.path())));
+    assert_eq!(tier_of(&store, key(1), "chat", now()).await, None);
+    assert_eq!(tier(&metrics, CacheTier::Disk).errors.get(), 0);
+    assert!(set_aside(dir.path()).is_empty());
+    drop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tier_of(&store, key(1), "chat", now()).await != Some(CacheTier::Disk) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disk tier never opened the released file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tier(&metrics, CacheTier::Disk).entries.get(), STORED as i64);
+    assert_eq!(resets(&metrics), 0.0);
+}
