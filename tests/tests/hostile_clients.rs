@@ -301,7 +301,9 @@ async fn stalled_body_is_cut_at_body_idle_timeout() {
     assert!(
         text.starts_with("HTTP/1.1 408")
             && text.contains("request_timeout")
-            && text.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+            && text
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
         "a stalled body gets a 408: {text}"
     );
     assert!(
