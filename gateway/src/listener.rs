@@ -9,7 +9,7 @@
 //! head within `header_timeout` while checking size, target length and header count on the
 //! bytes as they arrive, and answers 408/414/431 itself. A head that passes goes to the proxy
 //! as the session's pipelined prefix (the buffer Pingora would have allocated), with the body
-//! read timeout and the requests left on the connection set on the session.
+//! read timeout, the send timeout and the requests left on the connection set on the session.
 //!
 //! Pipelining (RFC 9112 §9.3.2) is on: whatever a client sent past the end of a request (the
 //! next requests, whole or in part) comes back from Pingora with the reused stream and is the
@@ -96,6 +96,7 @@ where
             let mut session = ServerSession::new_http1(stream);
             session.set_pipelined_prefix(head);
             session.set_read_timeout(Some(limits.body_idle_timeout));
+            session.set_write_timeout(Some(limits.send_timeout));
             // Bounds Pingora's own reads should it want more of the head than was scanned.
             session.set_keepalive(Some(limits.header_timeout.as_secs().max(1)));
             let reuses = if limits.keepalive_timeout.is_zero() {

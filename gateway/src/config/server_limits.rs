@@ -28,6 +28,10 @@ pub struct ServerLimitsSpec {
     /// Longest wait for the next piece of a request body; longer → the connection is dropped.
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: HumanDuration,
+    /// Longest wait for a client to take the next piece of a response; longer → the response
+    /// is aborted, its upstream connection closed.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
     /// How long an idle keep-alive connection waits for its next request (0: no keep-alive).
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: HumanDuration,
@@ -50,6 +54,7 @@ impl Default for ServerLimitsSpec {
             max_uri_bytes: default_max_uri_bytes(),
             max_headers: default_max_headers(),
             body_idle_timeout: default_body_idle_timeout(),
+            send_timeout: default_send_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
             read_buffer: default_read_buffer(),
@@ -77,6 +82,10 @@ fn default_max_headers() -> usize {
 }
 // nginx: client_body_timeout 60s (also Pingora's read timeout).
 fn default_body_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+// nginx: send_timeout 60s.
+fn default_send_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
 }
 // nginx: keepalive_timeout 75s.
@@ -115,6 +124,7 @@ pub struct ServerLimits {
     pub max_uri_bytes: usize,
     pub max_headers: usize,
     pub body_idle_timeout: Duration,
+    pub send_timeout: Duration,
     /// Zero: every answer closes its connection.
     pub keepalive_timeout: Duration,
     pub keepalive_requests: u32,
@@ -147,6 +157,7 @@ impl ServerLimits {
             max_uri_bytes: bytes(spec.max_uri_bytes),
             max_headers: spec.max_headers.min(MAX_HEADERS),
             body_idle_timeout: time(spec.body_idle_timeout),
+            send_timeout: time(spec.send_timeout),
             keepalive_timeout: time(spec.keepalive_timeout),
             keepalive_requests: spec.keepalive_requests.max(1),
             read_buffer: bytes(spec.read_buffer).min(MAX_BUFFER as usize),
@@ -161,6 +172,7 @@ pub(crate) fn check(errors: &mut Errors, spec: &ServerLimitsSpec) {
     for (field, value) in [
         ("header_timeout", spec.header_timeout),
         ("body_idle_timeout", spec.body_idle_timeout),
+        ("send_timeout", spec.send_timeout),
     ] {
         if value.0.is_zero() {
             errors.at(&at(field), "must be more than 0");
@@ -169,6 +181,7 @@ pub(crate) fn check(errors: &mut Errors, spec: &ServerLimitsSpec) {
     for (field, value) in [
         ("header_timeout", spec.header_timeout),
         ("body_idle_timeout", spec.body_idle_timeout),
+        ("send_timeout", spec.send_timeout),
         ("keepalive_timeout", spec.keepalive_timeout),
     ] {
         if value.0 > MAX_TIMEOUT {
@@ -243,6 +256,7 @@ routes:
         assert_eq!(l.max_uri_bytes, 8 * 1024);
         assert_eq!(l.max_headers, 100);
         assert_eq!(l.body_idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.send_timeout, Duration::from_secs(60));
         assert_eq!(l.keepalive_timeout, Duration::from_secs(75));
         assert_eq!(l.keepalive_requests, 1000);
         assert_eq!((l.read_buffer, l.write_buffer), (0, 1460));
@@ -253,10 +267,11 @@ routes:
         let l = compile(
             "server:\n  limits:\n    header_timeout: 2s\n    max_header_bytes: 16KiB\n    \
              max_uri_bytes: 2KiB\n    max_headers: 50\n    keepalive_timeout: 0\n    \
-             keepalive_requests: 3\n    read_buffer: 8KiB\n",
+             keepalive_requests: 3\n    read_buffer: 8KiB\n    send_timeout: 500ms\n",
         )
         .unwrap();
         assert_eq!(l.header_timeout, Duration::from_secs(2));
+        assert_eq!(l.send_timeout, Duration::from_millis(500));
         assert_eq!((l.max_header_bytes, l.max_uri_bytes), (16384, 2048));
         assert_eq!((l.max_headers, l.keepalive_requests), (50, 3));
         assert_eq!(l.keepalive_timeout, Duration::ZERO);
@@ -268,11 +283,11 @@ routes:
         let e = compile(
             "server:\n  limits:\n    header_timeout: 0s\n    max_header_bytes: 2MiB\n    \
              max_headers: 300\n    keepalive_requests: 0\n    read_buffer: 4MiB\n    \
-             keepalive_timeout: 48h\n",
+             keepalive_timeout: 48h\n    send_timeout: 0s\n",
         )
         .unwrap_err();
         let lines: Vec<&str> = e.lines().collect();
-        assert_eq!(lines.len(), 6, "{e}");
+        assert_eq!(lines.len(), 7, "{e}");
         for want in [
             "g.yaml:3:5: server.limits.header_timeout: must be more than 0",
             "g.yaml:4:5: server.limits.max_header_bytes: must be between 1KiB",
@@ -280,6 +295,7 @@ routes:
             "g.yaml:6:5: server.limits.keepalive_requests: must be at least 1",
             "g.yaml:7:5: server.limits.read_buffer: must be at most 1MiB",
             "g.yaml:8:5: server.limits.keepalive_timeout: must be at most 24h",
+            "g.yaml:9:5: server.limits.send_timeout: must be more than 0",
         ] {
             assert!(lines.iter().any(|l| l.starts_with(want)), "{want} in\n{e}");
         }

@@ -151,7 +151,7 @@ impl<'a> Tee<'a> {
                 self.bytes_out += len;
                 Ok(())
             }
-            Err(e) => self.lose_client(format!("client went away: {}", e.etype().as_str())),
+            Err(e) => self.lose_client(client_write_failed(&e)),
         }
     }
 
@@ -168,12 +168,12 @@ impl<'a> Tee<'a> {
             let len = rest.len();
             if len > 0 {
                 if let Err(e) = session.write_response_body(Some(rest), false).await {
-                    return Err(format!("client went away: {}", e.etype().as_str()));
+                    return Err(client_write_failed(&e));
                 }
                 self.bytes_out += len;
             }
             if let Err(e) = session.write_response_body(None, true).await {
-                return Err(format!("client went away: {}", e.etype().as_str()));
+                return Err(client_write_failed(&e));
             }
         }
         Ok(())
@@ -212,5 +212,14 @@ impl<'a> Tee<'a> {
             s.on_end(StreamEnd::Aborted);
         }
         Err(why)
+    }
+}
+
+/// Why a write to the client failed, for the access line.
+fn client_write_failed(e: &pingora::Error) -> String {
+    if *e.etype() == pingora::ErrorType::WriteTimedout {
+        "the client stopped reading for longer than server.limits.send_timeout".to_string()
+    } else {
+        format!("client went away: {}", e.etype().as_str())
     }
 }
