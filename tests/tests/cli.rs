@@ -63,6 +63,45 @@ fn check_rejects_a_misspelled_field_with_its_line() {
     );
 }
 
+/// `sluice check` on a config whose upstream has this `health:` block.
+fn check_health(health: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let yaml = sluice_e2e::config(
+        &["http://127.0.0.1:1"],
+        &format!("    health: {health}\n"),
+        "  - { name: all, upstream: up }\n",
+    )
+    .replace("{listen}", "127.0.0.1:8080")
+    .replace("{admin}", "127.0.0.1:9090");
+    std::fs::write(&path, yaml).unwrap();
+    Command::new(bin("sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_a_short_health_interval_without_a_timeout() {
+    let out = check_health("{ interval: 1s }");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A timeout the user sets beyond the interval is still a mistake.
+    let out = check_health("{ interval: 1s, timeout: 2s }");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(
+                "upstreams.up.health.timeout: must be more than 0 and at most the interval"
+            ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn help_explains_commands() {
     let out = Command::new(bin("sluice")).arg("--help").output().unwrap();
