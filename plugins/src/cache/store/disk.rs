@@ -59,10 +59,9 @@ impl DiskTier {
     /// Opens (or creates) `<path>/cache.redb`; an error names the path.
     pub(super) fn open(config: &DiskConfig, metrics: TierMetrics) -> Result<DiskTier, String> {
         let dir = &config.path;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cache: disk path {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("disk path {}: {e}", dir.display()))?;
         let file = dir.join(FILE_NAME);
-        let named = |e: redb::Error| format!("cache: disk file {}: {e}", file.display());
+        let named = |e: redb::Error| format!("disk file {}: {e}", file.display());
         let db = Database::create(&file).map_err(|e| named(e.into()))?;
         let totals = create_tables(&db).map_err(named)?;
         let tier = DiskTier {
