@@ -84,7 +84,11 @@ async fn probe(connector: &Connector, up: &Upstream, i: usize) {
     match stats.record_probe(passed, health.unhealthy_after, health.healthy_after) {
         Some(true) => tracing::info!(upstream = %up.name, endpoint = %ep.url, "endpoint healthy"),
         Some(false) => {
-            tracing::warn!(upstream = %up.name, endpoint = %ep.url, result = ?result, "endpoint unhealthy")
+            let reason = match result {
+                Ok(status) => format!("status {status}"),
+                Err(e) => e,
+            };
+            tracing::warn!(upstream = %up.name, endpoint = %ep.url, reason, "endpoint unhealthy");
         }
         None => {}
     }

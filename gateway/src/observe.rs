@@ -28,12 +28,17 @@ pub struct Finished<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Sets the per-endpoint gauges (available, in flight, latency estimate) from the endpoints'
-/// live stats, when metrics are scraped rather than on every request.
+/// Sets the per-endpoint gauges (healthy, in flight, latency estimate) from the endpoints'
+/// live stats, when metrics are scraped rather than on every request. Healthy means no health
+/// check fails it, no ejection holds it, and its last tries (as many as eject, 5 without
+/// `outlier:`) did not all fail.
 pub fn refresh_endpoint_gauges(policy: &Policy, now: Instant) {
     for up in policy.routes.iter().flat_map(Route::upstreams) {
+        let streak = up.outlier.unwrap_or_default().consecutive_failures;
         for (ep, stats) in up.endpoints.iter().zip(up.balancer.all_stats()) {
-            ep.metrics.healthy.set(i64::from(stats.is_available(now)));
+            ep.metrics
+                .healthy
+                .set(i64::from(stats.looks_healthy(now, streak)));
             ep.metrics
                 .inflight
                 .set(i64::try_from(stats.inflight()).unwrap_or(i64::MAX));

@@ -140,6 +140,22 @@ impl EndpointStats {
         self.is_healthy() && !self.is_ejected(now)
     }
 
+    /// Counts a failed try in the endpoint's streak; returns the streak's length. Outlier
+    /// detection counts through it too, so without it the streak still says who is failing.
+    pub fn record_failed_try(&self) -> u32 {
+        self.failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// Whether nothing says the endpoint is failing at `now`: its health check passes (or there
+    /// is none), it is not ejected, and its last `streak` tries did not all fail. This is what
+    /// the `healthy` gauge shows, where an upstream without checks has no other verdict.
+    #[must_use]
+    pub fn looks_healthy(&self, now: Instant, streak: u32) -> bool {
+        self.is_available(now) && self.failures.load(Ordering::Relaxed) < streak.max(1)
+    }
+
     /// Counts one probe result; the verdict flips after `unhealthy_after` failures or
     /// `healthy_after` passes in a row. Returns the new verdict when it flipped.
     pub fn record_probe(
@@ -247,6 +263,24 @@ mod tests {
         assert_eq!(s.record_probe(true, 2, 3), None);
         assert_eq!(s.record_probe(true, 2, 3), Some(true));
         assert!(s.is_healthy());
+    }
+
+    #[test]
+    fn a_failure_streak_reads_unhealthy_until_a_success() {
+        let t0 = Instant::now();
+        let s = EndpointStats::new(t0);
+        for n in 1..=4 {
+            assert_eq!(s.record_failed_try(), n);
+            assert!(s.looks_healthy(t0, 5), "{n} failures in a row");
+        }
+        s.record_failed_try();
+        assert!(!s.looks_healthy(t0, 5));
+        assert!(s.is_available(t0), "the balancer still picks it");
+        let shared = [Arc::new(s)];
+        crate::outlier::OutlierPolicy::record_success(&shared, 0);
+        assert!(shared[0].looks_healthy(t0, 5));
+        shared[0].eject_until(t0 + Duration::from_secs(1));
+        assert!(!shared[0].looks_healthy(t0, 5), "ejected");
     }
 
     #[test]

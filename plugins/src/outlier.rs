@@ -42,7 +42,7 @@ impl OutlierPolicy {
         now: Instant,
     ) -> Option<Duration> {
         let stats = endpoints.get(index)?;
-        let failures = stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = stats.record_failed_try();
         if failures < self.consecutive_failures.max(1) {
             return None;
         }

@@ -72,7 +72,7 @@ impl RedisLink {
         handle: &Handle,
     ) -> Result<Arc<RedisLink>, String> {
         let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("{component}: invalid redis url: {e}"))?;
+            .map_err(|e| format!("invalid redis url: {e}"))?;
         let address = client.get_connection_info().addr().to_string();
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
@@ -81,7 +81,7 @@ impl RedisLink {
         // The manager spawns its connection tasks on the runtime it is created in: `handle`'s.
         let connection = {
             let _entered = handle.enter();
-            lazy_manager(&client, &manager_config, component)?
+            lazy_manager(&client, &manager_config)?
         };
         let link = Arc::new(RedisLink {
             component,
@@ -224,7 +224,7 @@ impl RedisLink {
 
     /// Swaps in a fresh lazy manager; called by the probe, so on the link's runtime.
     fn renew_connection(&self) {
-        if let Ok(fresh) = lazy_manager(&self.client, &self.manager_config, self.component) {
+        if let Ok(fresh) = lazy_manager(&self.client, &self.manager_config) {
             *self
                 .connection
                 .write()
@@ -236,10 +236,9 @@ impl RedisLink {
 fn lazy_manager(
     client: &redis::Client,
     config: &ConnectionManagerConfig,
-    component: &str,
 ) -> Result<ConnectionManager, String> {
     ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-        .map_err(|e| format!("{component}: redis connection setup: {e}"))
+        .map_err(|e| format!("redis connection setup: {e}"))
 }
 
 async fn timed<T>(

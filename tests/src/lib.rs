@@ -248,9 +248,26 @@ impl Gateway {
     /// panics with the log.
     #[must_use]
     pub fn start_with(yaml: &str, env: &[(&str, &str)], args: &[&str]) -> Gateway {
+        Self::start_placed(yaml, env, args, |dir, text| {
+            let config = dir.join("gateway.yaml");
+            std::fs::write(&config, text).expect("write config");
+            config
+        })
+    }
+
+    /// Like [`Gateway::start_with`], but `place` lays the config out: given the gateway's temp
+    /// dir and the YAML with its ports filled in, it writes the file(s) and returns the path
+    /// for `--config` (a Kubernetes ConfigMap's symlinks, say).
+    #[must_use]
+    pub fn start_placed(
+        yaml: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        place: impl Fn(&Path, &str) -> PathBuf,
+    ) -> Gateway {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut gw = Self::spawn(yaml, env, args);
+            let mut gw = Self::spawn(yaml, env, args, &place);
             match gw.wait_ready(yaml) {
                 Ok(()) => return gw,
                 Err(StartFailure::Ports(why)) => failures.push_str(&format!(
@@ -271,18 +288,21 @@ impl Gateway {
     }
 
     /// Writes the config with fresh ports and spawns sluice on it.
-    fn spawn(yaml: &str, env: &[(&str, &str)], args: &[&str]) -> Gateway {
+    fn spawn(
+        yaml: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        place: &impl Fn(&Path, &str) -> PathBuf,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let (listen, admin) = (
             format!("127.0.0.1:{}", free_port()),
             format!("127.0.0.1:{}", free_port()),
         );
-        let config = dir.path().join("gateway.yaml");
-        std::fs::write(
-            &config,
-            yaml.replace("{listen}", &listen).replace("{admin}", &admin),
-        )
-        .expect("write config");
+        let config = place(
+            dir.path(),
+            &yaml.replace("{listen}", &listen).replace("{admin}", &admin),
+        );
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin("sluice"))
@@ -380,16 +400,18 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Replaces the config file atomically (triggering a live reload), keeping the running ports.
-    pub fn write_config(&self, yaml: &str) {
+    /// `yaml` with `{listen}` and `{admin}` replaced by the running ports.
+    #[must_use]
+    pub fn fill(&self, yaml: &str) -> String {
         let listen = self.url.trim_start_matches("http://");
         let admin = self.admin.trim_start_matches("http://");
+        yaml.replace("{listen}", listen).replace("{admin}", admin)
+    }
+
+    /// Replaces the config file atomically (triggering a live reload), keeping the running ports.
+    pub fn write_config(&self, yaml: &str) {
         let tmp = self.config.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            yaml.replace("{listen}", listen).replace("{admin}", admin),
-        )
-        .expect("write");
+        std::fs::write(&tmp, self.fill(yaml)).expect("write");
         std::fs::rename(&tmp, &self.config).expect("rename");
     }
 

@@ -63,6 +63,89 @@ fn check_rejects_a_misspelled_field_with_its_line() {
     );
 }
 
+/// `sluice check` on a config whose upstream has this `health:` block.
+fn check_health(health: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let yaml = sluice_e2e::config(
+        &["http://127.0.0.1:1"],
+        &format!("    health: {health}\n"),
+        "  - { name: all, upstream: up }\n",
+    )
+    .replace("{listen}", "127.0.0.1:8080")
+    .replace("{admin}", "127.0.0.1:9090");
+    std::fs::write(&path, yaml).unwrap();
+    Command::new(bin("sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_a_short_health_interval_without_a_timeout() {
+    let out = check_health("{ interval: 1s }");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A timeout the user sets beyond the interval is still a mistake.
+    let out = check_health("{ interval: 1s, timeout: 2s }");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(
+                "upstreams.up.health.timeout: must be more than 0 and at most the interval"
+            ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unopenable_cache_disk_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let yaml = sluice_e2e::config(
+        &["http://127.0.0.1:1"],
+        "",
+        "  - { name: all, upstream: up, cache: { ttl: 1m } }\n",
+    )
+    .replace(
+        "{listen}",
+        &format!("127.0.0.1:{}", sluice_e2e::free_port()),
+    )
+    .replace("{admin}", &format!("127.0.0.1:{}", sluice_e2e::free_port()));
+    let disk = format!(
+        "cache:\n  disk: {{ path: \"{}\", max_bytes: 1MiB }}\n",
+        not_a_dir.join("cache").display()
+    );
+    std::fs::write(&path, format!("{disk}{yaml}")).unwrap();
+    let mut child = Command::new(bin("sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sluice started on a cache disk path that is a file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cache: disk path") && !stderr.contains("cache: cache:"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn help_explains_commands() {
     let out = Command::new(bin("sluice")).arg("--help").output().unwrap();

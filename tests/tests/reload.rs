@@ -2,6 +2,7 @@
 //! requests; a broken file keeps the running policy and is counted.
 
 use sluice_e2e::{config, metric_value, status, Gateway, Mock, PATIENCE};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +48,94 @@ async fn file_edit_switches_upstream_promptly() {
             &gw.metrics().await,
             "sluice_config_reloads_total{result=\"ok\"}"
         ) >= 1.0
+    );
+}
+
+/// Waits until `/v1/models` is served by mock `name` (within 3 s, as above).
+async fn switches_to(client: &reqwest::Client, gw: &Gateway, name: &str) {
+    let start = Instant::now();
+    while served_by(client, gw).await != name {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not on `{name}` after {:?}; log:\n{}",
+            start.elapsed(),
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_place_edit_switches_upstream() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    let gw = Gateway::start(&to(&a.url));
+    let client = reqwest::Client::new();
+    assert_eq!(served_by(&client, &gw).await, "a");
+    // Truncate and rewrite the same inode, as `echo > file` or an editor without backups does.
+    std::fs::write(&gw.config, gw.fill(&to(&b.url))).unwrap();
+    switches_to(&client, &gw, "b").await;
+}
+
+/// Writes `yaml` as the ConfigMap volume's data dir `..<stamp>/gateway.yaml`.
+fn configmap_data(dir: &Path, stamp: &str, yaml: &str) -> PathBuf {
+    let data = dir.join(format!("..{stamp}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("gateway.yaml"), yaml).unwrap();
+    data
+}
+
+/// Updates a ConfigMap volume the way the kubelet does: a new timestamped dir, a `..data_tmp`
+/// symlink to it renamed over `..data`, then the old dir deleted.
+fn configmap_update(dir: &Path, old: &str, new: &str, yaml: &str) {
+    configmap_data(dir, new, yaml);
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{new}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join(format!("..{old}"))).unwrap();
+}
+
+#[tokio::test]
+async fn kubernetes_configmap_update_is_picked_up_without_sighup() {
+    let (a, b) = (Mock::start("a", &[]), Mock::start("b", &[]));
+    // dir/gateway.yaml -> ..data/gateway.yaml, ..data -> ..2026_12_02_10_00_00.1
+    let gw = Gateway::start_placed(&to(&a.url), &[], &[], |dir, text| {
+        let volume = dir.join("volume");
+        std::fs::create_dir(&volume).unwrap();
+        configmap_data(&volume, "2026_12_02_10_00_00.1", text);
+        std::os::unix::fs::symlink("..2026_12_02_10_00_00.1", volume.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/gateway.yaml", volume.join("gateway.yaml")).unwrap();
+        volume.join("gateway.yaml")
+    });
+    let volume = gw.config.parent().unwrap().to_path_buf();
+    let client = reqwest::Client::new();
+    assert_eq!(served_by(&client, &gw).await, "a");
+
+    configmap_update(
+        &volume,
+        "2026_12_02_10_00_00.1",
+        "2026_12_02_10_05_00.2",
+        &gw.fill(&to(&b.url)),
+    );
+    switches_to(&client, &gw, "b").await;
+    // A second update: the watcher follows past the first swap's deleted dir.
+    configmap_update(
+        &volume,
+        "2026_12_02_10_05_00.2",
+        "2026_12_02_10_10_00.3",
+        &gw.fill(&to(&a.url)),
+    );
+    switches_to(&client, &gw, "a").await;
+    let m = gw
+        .metrics_when("sluice_config_reloads_total{result=\"ok\"}", 2.0)
+        .await;
+    assert!(
+        metric_value(&m, "sluice_config_reloads_total{result=\"ok\"}") >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "sluice_config_reloads_total{result=\"error\"}"),
+        0.0,
+        "{m}"
     );
 }
 

@@ -436,3 +436,35 @@ async fn a_reload_starts_and_stops_probes() {
         "the kept endpoint is still probed every 200 ms: {a0} -> {a1}"
     );
 }
+
+#[tokio::test]
+async fn a_dead_endpoint_reads_unhealthy_without_health_checks() {
+    // No `health:` and no `outlier:`: only the failed requests can tell.
+    let live = Mock::start("live", &[]);
+    let dead = dead_url();
+    let gw = Gateway::start(&gateway_yaml(
+        &[upstream("up", &[ep(&dead), ep(&live.url)], "")],
+        &route("all", "up"),
+    ));
+    let m = gw.metrics().await;
+    assert_eq!(
+        healthy(&m, "up", &dead),
+        1.0,
+        "endpoints start healthy:\n{m}"
+    );
+    let client = client();
+    let mut failed = 0;
+    for _ in 0..20 {
+        let resp = client
+            .get(format!("{}/v1/models", gw.url))
+            .send()
+            .await
+            .unwrap();
+        failed += usize::from(resp.status() == 502);
+    }
+    // Round robin: every other request went to the dead endpoint.
+    assert!(failed >= 5, "only {failed} requests failed");
+    let m = gw.metrics().await;
+    assert_eq!(healthy(&m, "up", &dead), 0.0, "{m}");
+    assert_eq!(healthy(&m, "up", &live.url), 1.0, "{m}");
+}

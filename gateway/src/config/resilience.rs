@@ -17,8 +17,9 @@ pub struct HealthSpec {
     pub path: String,
     #[serde(default = "default_interval")]
     pub interval: HumanDuration,
-    #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    /// Defaults to 2 s, or the interval when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
     /// Statuses that pass; empty means any 2xx.
     #[serde(default)]
     pub expect_status: Vec<u16>,
@@ -34,9 +35,8 @@ fn default_path() -> String {
 fn default_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(2))
-}
+/// The probe timeout when none is set, unless the interval is shorter.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 fn default_streak() -> u32 {
     2
 }
@@ -81,7 +81,8 @@ pub(super) fn compile_health(
     if h.interval.0 < Duration::from_millis(50) {
         errors.at(&at("interval"), "must be at least 50ms");
     }
-    if h.timeout.0.is_zero() || h.timeout.0 > h.interval.0 {
+    let timeout = h.timeout.map_or(DEFAULT_TIMEOUT.min(h.interval.0), |t| t.0);
+    if timeout.is_zero() || timeout > h.interval.0 {
         errors.at(
             &at("timeout"),
             "must be more than 0 and at most the interval",
@@ -106,7 +107,7 @@ pub(super) fn compile_health(
     Some(HealthPolicy {
         path: h.path.clone(),
         interval: h.interval.0,
-        timeout: h.timeout.0,
+        timeout,
         expect: h.expect_status.clone(),
         unhealthy_after: h.unhealthy_after,
         healthy_after: h.healthy_after,
@@ -143,6 +144,7 @@ pub(super) fn compile_outlier(
 #[cfg(test)]
 mod tests {
     use super::super::policy::compile_text;
+    use std::time::Duration;
 
     const GOOD: &str = "\
 upstreams:
@@ -171,6 +173,25 @@ routes:
             .map(|f| f.upstream.name.as_str())
             .collect();
         assert_eq!(names, ["spare"]);
+    }
+
+    #[test]
+    fn the_default_timeout_follows_a_short_interval() {
+        let timeout = |health: &str| {
+            let text = GOOD.replace(
+                "health: { path: /healthz, interval: 1s, timeout: 500ms, expect_status: [200, 204] }",
+                health,
+            );
+            let p = compile_text(&text).unwrap();
+            let up = &p.routes[0].lanes[0].upstream;
+            up.health.as_ref().unwrap().timeout
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(timeout("health: { interval: 1s }"), ms(1000));
+        assert_eq!(timeout("health: { interval: 300ms }"), ms(300));
+        assert_eq!(timeout("health: { interval: 10s }"), ms(2000));
+        assert_eq!(timeout("health: {}"), ms(2000));
+        assert_eq!(timeout("health: { interval: 1s, timeout: 400ms }"), ms(400));
     }
 
     #[test]

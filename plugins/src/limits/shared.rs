@@ -42,7 +42,7 @@ impl SharedBuckets {
             .thread_name(RUNTIME_THREAD)
             .enable_all()
             .build()
-            .map_err(|e| format!("limits: cannot start its runtime: {e}"))?;
+            .map_err(|e| format!("cannot start its runtime: {e}"))?;
         match RedisLink::start(config, "limits", errors, runtime.handle()) {
             Ok(link) => Ok(Arc::new(SharedBuckets {
                 link,

@@ -117,13 +117,17 @@ fn judge(req: &TryRequest<'_>, failure: Option<TryFailure>) {
     let endpoint = &up.endpoints[req.idx];
     endpoint.metrics.requests.inc();
     let Some(kind) = failure else {
-        if up.outlier.is_some() {
-            OutlierPolicy::record_success(up.balancer.all_stats(), req.idx);
-        }
+        OutlierPolicy::record_success(up.balancer.all_stats(), req.idx);
         return;
     };
     endpoint.metrics.failed(kind);
-    let Some(outlier) = &up.outlier else { return };
+    let Some(outlier) = &up.outlier else {
+        // No ejection, but the streak still feeds the `healthy` gauge.
+        if let Some(stats) = up.balancer.stats(req.idx) {
+            stats.record_failed_try();
+        }
+        return;
+    };
     if let Some(length) = outlier.record_failure(up.balancer.all_stats(), req.idx, Instant::now()) {
         endpoint.metrics.ejections.inc();
         tracing::warn!(upstream = %up.name, endpoint = %endpoint.url, seconds = length.as_secs_f64(), reason = kind.name(), "endpoint ejected");

@@ -128,7 +128,7 @@ impl Forwarder {
                 }
                 HopEnd::Failed(error) => {
                     if let Some(next) = fallback {
-                        tracing::info!(route = %route.name, from = %up.name, to = %next.name, reason = %error.message, "falling back");
+                        tracing::debug!(route = %route.name, from = %up.name, to = %next.name, reason = %error.message, "falling back");
                     }
                     attempt.outcome = Err(ForwardError::Respond(error));
                 }

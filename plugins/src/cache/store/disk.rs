@@ -95,8 +95,7 @@ impl DiskTier {
         resets: IntCounter,
     ) -> Result<DiskTier, String> {
         let dir = &config.path;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cache: disk path {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("disk path {}: {e}", dir.display()))?;
         let file = dir.join(FILE_NAME);
         let (db, totals) = match open_file(&file) {
             Ok((db, totals)) => (Some(db), totals),
@@ -113,7 +112,7 @@ impl DiskTier {
                 (None, Totals::default())
             }
             Err(Unusable::Failed(e)) => {
-                return Err(format!("cache: disk file {}: {e}", file.display()))
+                return Err(format!("disk file {}: {e}", file.display()))
             }
         };
         let tier = DiskTier {
@@ -407,7 +406,7 @@ fn start_over(
 ) -> Result<(Database, Totals), String> {
     let failed = |e: &dyn std::fmt::Display| {
         format!(
-            "cache: disk file {} is damaged ({reason}) and cannot be replaced: {e}",
+            "disk file {} is damaged ({reason}) and cannot be replaced: {e}",
             file.display()
         )
     };

@@ -100,7 +100,7 @@ impl CacheStore {
             .thread_name(RUNTIME_THREAD)
             .enable_all()
             .build()
-            .map_err(|e| format!("cache: cannot start its runtime: {e}"))?;
+            .map_err(|e| format!("cannot start its runtime: {e}"))?;
         match Self::open_tiers(config, metrics, runtime.handle()) {
             Ok(mut store) => {
                 store.runtime = Some(runtime);
