@@ -118,6 +118,12 @@ impl AdminApp {
                 admin_error(401, "unauthorized", "admin token missing or wrong").body(),
             );
         }
+        // HEAD is GET without the body (Pingora leaves the body out), as HTTP requires.
+        let method = if *method == Method::HEAD && allowed == Method::GET {
+            &Method::GET
+        } else {
+            method
+        };
         if *method != allowed {
             let message = format!("{path} takes {allowed}");
             return (
@@ -245,7 +251,12 @@ impl ServeHttp for AdminApp {
         let mut builder = Response::builder().status(status);
         if status == StatusCode::METHOD_NOT_ALLOWED {
             if let Some(allowed) = allowed_method(&path) {
-                builder = builder.header(http::header::ALLOW, allowed.as_str());
+                let allow = if allowed == Method::GET {
+                    "GET, HEAD"
+                } else {
+                    allowed.as_str()
+                };
+                builder = builder.header(http::header::ALLOW, allow);
             }
         }
         builder

@@ -13,4 +13,5 @@ pub mod observe;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod upgrade;
 pub mod warm;

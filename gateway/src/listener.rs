@@ -179,37 +179,21 @@ async fn read_head(
     next: Next,
     shutdown: &ShutdownWatch,
 ) -> Result<BytesMut, Stop> {
-    let (mut buf, deadline) = match next {
-        Next::Fresh(deadline) => (BytesMut::with_capacity(HEAD_BUF), deadline),
+    let (buf, deadline) = match next {
+        Next::Fresh(deadline) => {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            (first_bytes(stream, wait, shutdown).await?, deadline)
+        }
         Next::Pipelined(bytes) => (bytes, Instant::now() + limits.header_timeout),
         Next::Idle(idle) => {
             if idle.is_zero() {
                 return Err(Stop::Close);
             }
-            let mut buf = BytesMut::with_capacity(HEAD_BUF);
-            // When shutdown starts, a client may already be sending its next request on this
-            // connection: it gets a last call (answered with `connection: close`) instead of a
-            // reset under its feet.
-            let wait = if *shutdown.borrow() {
-                idle.min(LAST_CALL)
-            } else {
-                idle
-            };
-            let mut watch = shutdown.clone();
-            let first = tokio::select! {
-                biased;
-                read = pingora::time::timeout(wait, stream.read_buf(&mut buf)) => read,
-                _ = watch.changed() => {
-                    pingora::time::timeout(idle.min(LAST_CALL), stream.read_buf(&mut buf)).await
-                }
-            };
-            match first {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Err(Stop::Close),
-            }
+            let buf = first_bytes(stream, idle, shutdown).await?;
             (buf, Instant::now() + limits.header_timeout)
         }
     };
+    let mut buf = buf;
     let mut scan = HeadScan::default();
     loop {
         if !buf.is_empty() {
@@ -231,6 +215,30 @@ async fn read_head(
             Ok(_) => return Err(Stop::Close),
             Err(_) => return Err(timed_out(&buf)),
         }
+    }
+}
+
+/// Waits up to `wait` for a connection's next bytes; closes it silently when none come. Once
+/// shutdown starts, a client may already be sending a request on this connection: it gets a
+/// last call (answered with `connection: close`) instead of a reset under its feet, and a
+/// connection that stays silent is closed then, so a drain does not wait out its timeout.
+async fn first_bytes(
+    stream: &mut Stream,
+    wait: Duration,
+    shutdown: &ShutdownWatch,
+) -> Result<BytesMut, Stop> {
+    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+    let last_call = wait.min(LAST_CALL);
+    let wait = if *shutdown.borrow() { last_call } else { wait };
+    let mut watch = shutdown.clone();
+    let first = tokio::select! {
+        biased;
+        read = pingora::time::timeout(wait, stream.read_buf(&mut buf)) => read,
+        _ = watch.changed() => pingora::time::timeout(last_call, stream.read_buf(&mut buf)).await,
+    };
+    match first {
+        Ok(Ok(n)) if n > 0 => Ok(buf),
+        _ => Err(Stop::Close),
     }
 }
 

@@ -5,7 +5,6 @@
 use crate::admin::AdminApp;
 use crate::bind::{bind, BoundSocket, Lifetime, OnBound, Readiness};
 use crate::config::server_limits::ServerLimits;
-use crate::config::spec::ServerSpec;
 use crate::config::{compile, load_file, Policy, SharedState};
 use crate::listener::Listener;
 use crate::proxy::{ActiveRequests, Forwarder, Gateway};
@@ -70,6 +69,7 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     let store = Arc::new(PolicyStore::new(config.to_path_buf(), policy, shared));
 
     let grace = spec.server.grace_period.0;
+    let upgrade_sock = crate::upgrade::socket_path(&spec.server)?;
     let conf = ServerConf {
         threads: spec.server.threads,
         // One thread: a single-threaded runtime, ~20% cheaper per request than work stealing.
@@ -84,7 +84,7 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
             .map(|u| u.pool.max_idle)
             .max()
             .unwrap_or(128),
-        upgrade_sock: upgrade_socket(&spec.server),
+        upgrade_sock: upgrade_sock.clone(),
         ..ServerConf::default()
     };
     if upgrade {
@@ -99,6 +99,9 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    if upgrade {
+        crate::upgrade::taken_over(&upgrade_sock);
+    }
     let phases = server.watch_execution_phase();
 
     let active = Arc::new(ActiveRequests::default());
@@ -170,6 +173,7 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
             readiness,
             admin_stop: Arc::clone(&admin_stop),
             phases: std::sync::Mutex::new(Some(phases)),
+            upgrade_sock,
             grace,
         }),
     });
@@ -235,16 +239,6 @@ fn sweep_limits(shared: Arc<SharedState>) -> std::io::Result<()> {
 
 const LIMIT_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The default upgrade socket: one per set of listen addresses, so the new process of one
-/// instance never takes another instance's sockets.
-fn upgrade_socket(server: &ServerSpec) -> String {
-    if let Some(path) = &server.upgrade_socket {
-        return path.clone();
-    }
-    let hash = xxhash_rust::xxh3::xxh3_64(server.listen.join(",").as_bytes());
-    format!("/tmp/sluice-upgrade-{hash:016x}.sock")
-}
-
 /// SIGTERM: stop accepting, let in-flight requests finish, exit when none is left (or at the
 /// end of the grace period). SIGQUIT: the same, after handing the listening sockets to a
 /// `run --upgrade` process. SIGINT: exit now.
@@ -257,6 +251,8 @@ struct DrainOnTerm {
     /// Stops the admin listener, which otherwise serves until the process exits.
     admin_stop: Arc<watch::Sender<bool>>,
     phases: std::sync::Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    /// Where a `run --upgrade` process waits; SIGQUIT without one is ignored.
+    upgrade_sock: String,
     grace: Duration,
 }
 
@@ -301,40 +297,51 @@ impl ShutdownSignalWatch for DrainOnTerm {
             );
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!(in_flight = self.active.count(), grace_ms = self.grace.as_millis(), "SIGTERM: draining");
-                self.readiness.start_draining();
-                self.exit_when_drained(|| {});
-                ShutdownSignal::GracefulTerminate
-            }
-            _ = quit.recv() => {
-                tracing::info!(in_flight = self.active.count(), "SIGQUIT: handing the listening sockets to the new process, then draining");
-                self.readiness.start_draining();
-                let phases = self.phases.lock().ok().and_then(|mut p| p.take());
-                let admin_stop = Arc::clone(&self.admin_stop);
-                // Both processes accept for a few seconds after the hand-over; drain after that.
-                self.exit_when_drained(move || {
-                    let Some(mut phases) = phases else {
-                        return;
-                    };
-                    while let Ok(phase) = phases.blocking_recv() {
-                        match phase {
-                            // Closing the admin listener before its socket is sent would send
-                            // a closed descriptor; after, the new process answers there.
-                            ExecutionPhase::GracefulUpgradeCloseTimeout => {
-                                let _ = admin_stop.send(true);
-                            }
-                            ExecutionPhase::ShutdownStarted => break,
-                            _ => {}
-                        }
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(in_flight = self.active.count(), grace_ms = self.grace.as_millis(), "SIGTERM: draining");
+                    self.readiness.start_draining();
+                    self.exit_when_drained(|| {});
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = quit.recv() => {
+                    // Without a new process to take them, handing over the sockets would only
+                    // shut this one down: an outage, not an upgrade.
+                    if !crate::upgrade::new_process_waits(&self.upgrade_sock) {
+                        tracing::error!(
+                            socket = %self.upgrade_sock,
+                            "SIGQUIT ignored: no `sluice run --upgrade` waits for the sockets; still serving"
+                        );
+                        continue;
                     }
-                });
-                ShutdownSignal::GracefulUpgrade
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: exiting now");
-                ShutdownSignal::FastShutdown
+                    tracing::info!(in_flight = self.active.count(), "SIGQUIT: handing the listening sockets to the new process, then draining");
+                    self.readiness.start_draining();
+                    let phases = self.phases.lock().ok().and_then(|mut p| p.take());
+                    let admin_stop = Arc::clone(&self.admin_stop);
+                    // Both processes accept for a few seconds after the hand-over; drain after that.
+                    self.exit_when_drained(move || {
+                        let Some(mut phases) = phases else {
+                            return;
+                        };
+                        while let Ok(phase) = phases.blocking_recv() {
+                            match phase {
+                                // Closing the admin listener before its socket is sent would send
+                                // a closed descriptor; after, the new process answers there.
+                                ExecutionPhase::GracefulUpgradeCloseTimeout => {
+                                    let _ = admin_stop.send(true);
+                                }
+                                ExecutionPhase::ShutdownStarted => break,
+                                _ => {}
+                            }
+                        }
+                    });
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: exiting now");
+                    return ShutdownSignal::FastShutdown;
+                }
             }
         }
     }

@@ -295,10 +295,19 @@ async fn admin_answers_wrong_methods_unknown_routes_and_any_bearer_case() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 405, "{method} {path}");
-        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+        let want = if allow == "GET" { "GET, HEAD" } else { allow };
+        assert_eq!(resp.headers()["allow"], want, "{method} {path}");
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["code"], "method_not_allowed");
     }
+    // A load balancer's HEAD probe gets the GET's status without a body.
+    let head = client
+        .head(format!("{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
     // Without the token an admin path says 401 whatever the method, revealing nothing.
     assert_eq!(
         status(client.get(format!("{}/admin/reload", gw.admin))).await,

@@ -104,3 +104,24 @@ async fn readyz_answers_503_while_draining() {
     let status = wait_exit(&mut gw, Duration::from_secs(7)).expect("exits once drained");
     assert!(status.success(), "{status:?}");
 }
+
+/// An SDK's pre-opened connection that never sends must not hold the drain for its
+/// `header_timeout` (10 s here): sluice exits about a second after SIGTERM.
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_the_drain() {
+    let a = Mock::start("a", &[]);
+    let mut gw = Gateway::start(&config(&[&a.url], "", "  - name: all\n    upstream: up\n"));
+    let silent = std::net::TcpStream::connect(gw.url.trim_start_matches("http://")).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let term_at = Instant::now();
+    gw.signal("TERM");
+    let status = wait_exit(&mut gw, Duration::from_secs(6))
+        .expect("exits without waiting out the silent connection");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        term_at.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        term_at.elapsed()
+    );
+    drop(silent);
+}

@@ -133,3 +133,25 @@ async fn upgrade_under_load_loses_no_request_and_no_stream() {
     assert_eq!(ready.status(), 200);
     assert!(old.log_text().contains("SIGQUIT"));
 }
+
+/// A SIGQUIT with no new process waiting would hand the sockets to nobody and shut the
+/// instance down: it is ignored, and sluice keeps serving.
+#[tokio::test]
+async fn sigquit_without_a_waiting_process_keeps_serving() {
+    let mock = Mock::start("a", &[]);
+    let mut gw = Gateway::start(&config(
+        &[&mock.url],
+        "",
+        "  - name: all\n    upstream: up\n",
+    ));
+    gw.signal("QUIT");
+    let log = gw.log_until(|l| l.contains("SIGQUIT ignored"));
+    assert!(log.contains("SIGQUIT ignored"), "{log}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gw.proc.running(), "{log}");
+    let client = reqwest::Client::new();
+    let resp = gw.chat(&client, chat_body("m", 10, false)).await;
+    assert_eq!(resp.status(), 200);
+    let ready = client.get(format!("{}/readyz", gw.admin)).send().await;
+    assert_eq!(ready.unwrap().status(), 200);
+}

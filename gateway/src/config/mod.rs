@@ -6,6 +6,7 @@ pub mod endpoint;
 pub mod lane;
 pub mod limit_buckets;
 pub mod limits;
+mod listen;
 pub mod load;
 pub mod locate;
 pub mod policy;

@@ -188,34 +188,7 @@ fn check_server(errors: &mut Errors, spec: &Spec) {
             Ok(_) => {}
         }
     }
-    check_listeners_apart(errors, spec);
-}
-
-/// Two listeners on one address would share its connections (or fail to bind): each needs its own.
-fn check_listeners_apart(errors: &mut Errors, spec: &Spec) {
-    let mut seen: Vec<(SocketAddr, String)> = Vec::new();
-    let proxy = spec
-        .server
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (field_path!["server", "listen", i].to_vec(), a));
-    let admin = spec
-        .admin
-        .iter()
-        .map(|a| (field_path!["admin", "listen"].to_vec(), &a.listen));
-    for (field, text) in proxy.chain(admin) {
-        let Ok(addr) = text.parse::<SocketAddr>() else {
-            continue;
-        };
-        if let Some((_, other)) = seen.iter().find(|(a, _)| crate::bind::overlap(*a, addr)) {
-            errors.at(
-                &field,
-                format!("`{text}` also takes connections for {other}: every listener needs its own address"),
-            );
-        }
-        seen.push((addr, super::locate::render(&field)));
-    }
+    super::listen::check(errors, spec);
 }
 
 fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec<CheckedRoute<'a>> {

@@ -38,9 +38,11 @@ pub fn redact_urls_in(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
+        // The scheme starts after the last character that cannot be in one (of any width).
         let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[at..]
             .find(['"', '`', '\'', '\n'])
             .map_or(rest.len(), |i| at + i);
@@ -158,5 +160,13 @@ mod tests {
             "mail a@b, see http://h/x"
         );
         assert_eq!(redact_urls_in("no urls"), "no urls");
+    }
+
+    #[test]
+    fn a_wide_character_before_a_url_is_no_panic() {
+        assert_eq!(
+            redact_urls_in("bad: \u{a0}http://u:pw@h` and é→https://x:y@z`"),
+            "bad: \u{a0}http://u:<redacted>@h` and é→https://x:<redacted>@z`"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The Pingora adapter. `request_filter` runs the phases of ARCHITECTURE.md section 7 in
+//! The Pingora adapter. `request_filter` runs the phases of the request path (docs/architecture.md) in
 //! order, each a few lines that hand a decision to an engine; `logging` turns the context into
 //! one [`Finished`](crate::observe::Finished) record for the metrics and the access log.
 //! See docs/architecture.md for the phase chart.

@@ -1,4 +1,4 @@
-//! The request path, one function per phase (ARCHITECTURE.md section 7):
+//! The request path, one function per phase (docs/architecture.md, "One request"):
 //! normalize the target → route → read body (when a phase needs it) → split (A/B variant) → request rates → cache
 //! lookup → token budgets, the usage ask and the upstream's concurrency slot (after a miss) →
 //! forward → settle. Each phase returns [`Flow`]; a route without a phase's policy pays

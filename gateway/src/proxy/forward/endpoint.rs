@@ -184,7 +184,7 @@ async fn try_once(
                 )
             }));
         }
-        tracing::info!(upstream = %up.name, status, "status relayed, not retried: the retry budget is exhausted");
+        tracing::debug!(upstream = %up.name, status, "status relayed, not retried: the retry budget is exhausted");
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     let endpoint = &up.endpoints[req.idx];

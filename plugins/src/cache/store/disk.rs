@@ -111,9 +111,7 @@ impl DiskTier {
                 );
                 (None, Totals::default())
             }
-            Err(Unusable::Failed(e)) => {
-                return Err(format!("disk file {}: {e}", file.display()))
-            }
+            Err(Unusable::Failed(e)) => return Err(format!("disk file {}: {e}", file.display())),
         };
         let tier = DiskTier {
             held_elsewhere: AtomicBool::new(db.is_none()),
