@@ -3,11 +3,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-# Debian packages the build, tests and benches need: cmake (zlib-ng in pingora's flate2),
-# redis-server (shared cache and limits), nginx and wrk (the load benchmark's baseline and client).
-APT_PACKAGES := cmake:cmake redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
+# Debian packages: the build needs cmake (zlib-ng in pingora's flate2); the tests and benches
+# also need redis-server (shared cache and limits), prometheus, nginx and wrk (the load
+# benchmark's baseline and client). `make run` installs only what the build needs.
+BUILD_PACKAGES := cmake:cmake
+APT_PACKAGES := $(BUILD_PACKAGES) redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
 
-.PHONY: deps venv build build-release run test lint bench clean
+.PHONY: deps deps-build venv build build-release run test lint bench clean
+
+deps-build:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BUILD_PACKAGES)" FONTS=no
 
 deps:
 	@missing=""; \
@@ -15,7 +20,7 @@ deps:
 	  bin=$${entry%%:*}; pkg=$${entry##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
 	done; \
-	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	[ "$(FONTS)" = no ] || [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -32,20 +37,27 @@ venv: $(PYTHON)
 build: deps
 	$(CARGO) build --workspace --all-targets
 
-build-release: deps
+build-release: deps-build
 	$(CARGO) build --release --bins
 
+# Two mock-llm upstreams and sluice on config/gateway.yaml; the banner comes once sluice listens.
 run: build-release
 	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT INT TERM; \
 	./target/release/mock-llm --listen 127.0.0.1:8001 --name mock-a --token-delay-ms 20 & \
 	./target/release/mock-llm --listen 127.0.0.1:8002 --name mock-b --token-delay-ms 20 & \
-	sleep 0.3; \
+	./target/release/sluice run --config config/gateway.yaml & \
+	sluice=$$!; \
+	for _ in $$(seq 100); do \
+	  (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; \
+	  kill -0 $$sluice 2>/dev/null || exit 1; \
+	  sleep 0.1; \
+	done; \
 	echo ""; \
 	echo "sluice on http://127.0.0.1:8080  (metrics: http://127.0.0.1:9090/metrics)"; \
 	echo "try:  curl -s http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
 	echo "      curl -sN http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
 	echo ""; \
-	./target/release/sluice run --config config/gateway.yaml
+	wait $$sluice
 
 test: build venv
 	$(CARGO) test --workspace
