@@ -7,9 +7,9 @@ PYTHON := $(VENV)/bin/python
 # also need redis-server (shared cache and limits), prometheus, nginx and wrk (the load
 # benchmark's baseline and client). `make run` installs only what the build needs.
 BUILD_PACKAGES := cmake:cmake
-APT_PACKAGES := $(BUILD_PACKAGES) redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
+APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
 
-.PHONY: deps deps-build venv build build-release run test lint bench clean
+.PHONY: deps deps-build venv build build-release run test lint bench fuzz clean
 
 deps-build:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BUILD_PACKAGES)" FONTS=no
@@ -61,6 +61,18 @@ run: build-release
 
 test: build venv
 	$(CARGO) test --workspace
+	$(CARGO) test --manifest-path fuzz/Cargo.toml --lib --target-dir target
+
+# Each fuzz target for FUZZ_SECONDS (nightly and cargo-fuzz, installed when missing); the corpus
+# grows in fuzz/corpus/, findings land in fuzz/artifacts/ (add each as a regression case).
+FUZZ_TARGETS := head_scan config_load exposition canonical_json request_target
+FUZZ_SECONDS ?= 600
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t && \
+	  $(CARGO) +nightly fuzz run $$t corpus/$$t regressions/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

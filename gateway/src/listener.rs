@@ -165,7 +165,7 @@ enum Stop {
 
 /// A head outside the limits: answered, then the connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub enum Refusal {
     Timeout,
     UriTooLong,
     HeadTooLarge,
@@ -254,7 +254,7 @@ fn timed_out(buf: &[u8]) -> Stop {
 
 /// What a scan of the bytes so far found.
 #[derive(Debug, PartialEq, Eq)]
-enum Scanned {
+pub enum Scanned {
     Complete,
     Partial,
     Refused(Refusal),
@@ -272,6 +272,29 @@ struct HeadScan {
     /// Whether the request line is complete.
     request_line: bool,
     headers: usize,
+}
+
+/// Scans `bytes` as if they arrived in pieces ending at each of `cuts` (then the rest), as
+/// the listener does read by read. Public for the fuzz targets, which check that any split
+/// decides what the whole does.
+#[must_use]
+pub fn scan_arriving(bytes: &[u8], cuts: &[usize], limits: &ServerLimits) -> Scanned {
+    let mut ends: Vec<usize> = cuts
+        .iter()
+        .map(|&c| c.min(bytes.len()))
+        .filter(|&c| c > 0)
+        .collect();
+    ends.sort_unstable();
+    ends.push(bytes.len());
+    let mut scan = HeadScan::default();
+    let mut result = Scanned::Partial;
+    for end in ends {
+        result = scan.advance(&bytes[..end], limits);
+        if result != Scanned::Partial {
+            break;
+        }
+    }
+    result
 }
 
 impl HeadScan {
