@@ -326,7 +326,10 @@ impl HeadScan {
             self.line_start = self.pos;
         }
         self.pos = buf.len();
-        if !self.request_line && target_len(&buf[self.line_start..]) > limits.max_uri_bytes {
+        // A read may end between the line's CR and LF: that CR is not part of the target.
+        let partial = &buf[self.line_start..];
+        let partial = partial.strip_suffix(b"\r").unwrap_or(partial);
+        if !self.request_line && target_len(partial) > limits.max_uri_bytes {
             return Scanned::Refused(Refusal::UriTooLong);
         }
         if buf.len() > limits.max_header_bytes {
