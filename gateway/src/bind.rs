@@ -179,40 +179,9 @@ impl<S: Service + 'static> Service for OnBound<S> {
     }
 }
 
-/// Whether two listen addresses would take the same connections: the same port on the same
-/// IP, or on a wildcard address that covers the other.
-#[must_use]
-pub fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() != b.port() || a.port() == 0 {
-        return false;
-    }
-    let covers = |w: SocketAddr, other: SocketAddr| {
-        // [::] also takes IPv4 connections on Linux (IPV6_V6ONLY off by default).
-        w.ip().is_unspecified() && (w.is_ipv6() || other.is_ipv4())
-    };
-    a.ip() == b.ip() || covers(a, b) || covers(b, a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn overlapping_addresses() {
-        assert!(overlap(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
-        assert!(overlap(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
-        assert!(overlap(addr("127.0.0.1:80"), addr("0.0.0.0:80")));
-        assert!(overlap(addr("[::]:80"), addr("127.0.0.1:80")));
-        assert!(overlap(addr("[::1]:80"), addr("[::]:80")));
-        assert!(!overlap(addr("0.0.0.0:80"), addr("[::1]:80")));
-        assert!(!overlap(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
-        assert!(!overlap(addr("127.0.0.1:80"), addr("127.0.0.1:81")));
-        assert!(!overlap(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
-    }
 
     #[test]
     fn a_taken_port_is_one_clear_error() {

@@ -2,10 +2,12 @@
 //! caching route, and each route's policy (TTLs, key, when to cache). Plain data compiled and
 //! checked from the spec, so the gateway does not depend on the engines' types.
 
-use super::load::{Errors, LoadedSpec};
+use super::errors::Errors;
+use super::load::LoadedSpec;
 use super::locate::{field_path, Seg};
 use super::secret::redact_url;
 use super::spec::{CacheSpec, RedisSpec, RouteCacheSpec, WhitespaceSpec};
+use super::units::header_name;
 use http::header::HeaderName;
 use sluice_plugins::cache::key::{CacheCondition, KeyPolicy};
 use std::path::{Component, Path, PathBuf};
@@ -249,12 +251,6 @@ fn parse_scope(scope: &str) -> Result<CacheScope, String> {
             header_name(name.trim()).map(CacheScope::Header)
         }
     }
-}
-
-/// The header a `header:NAME` key or scope names.
-pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("`{name}` is not a valid header name"))
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! kept apart from the URL the endpoint is known by, so no label, log or header shows it.
 
 use super::secret::redact_url;
-use super::upstream::Timeouts;
 use arc_swap::ArcSwapOption;
 use base64::Engine;
 use http::header::HeaderValue;
@@ -31,6 +30,14 @@ pub struct Endpoint {
 enum Address {
     Fixed(Arc<HttpPeer>),
     Named(NamedHost),
+}
+
+/// The `timeouts:` of an upstream, which each of its endpoints connects and reads with.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
 }
 
 /// A host name and the peer it last resolved to.

@@ -5,10 +5,10 @@
 
 pub use super::limit_buckets::LimitBuckets;
 
-use super::cache::header_name;
-use super::load::Errors;
+use super::errors::Errors;
 use super::locate::{field_path, Seg};
 use super::spec::{LimitSpec, RouteSpec};
+use super::units::header_name;
 use http::header::HeaderName;
 use sluice_plugins::limits::rate::RequestRate;
 use sluice_plugins::limits::tokens::TokenBucket;
@@ -419,7 +419,7 @@ routes:
 
     #[test]
     fn a_reload_keeps_the_buckets_of_unchanged_limits_and_the_gate() {
-        let shared = super::super::policy::SharedState::new(Metrics::new("t").unwrap());
+        let shared = super::super::shared::SharedState::new(Metrics::new("t").unwrap());
         let text = with_limits(
             "      - { name: a, requests_per_second: 5 }
       - { name: t, tokens_per_minute: 100 }

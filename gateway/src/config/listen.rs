@@ -1,7 +1,7 @@
 //! Checks of where sluice listens: listen addresses that would share connections, and the
 //! upgrade socket a `run --upgrade` process receives the listening sockets on.
 
-use super::load::Errors;
+use super::errors::Errors;
 use super::locate::field_path;
 use super::spec::Spec;
 use std::net::SocketAddr;
@@ -38,12 +38,47 @@ fn check_listeners_apart(errors: &mut Errors, spec: &Spec) {
         let Ok(addr) = text.parse::<SocketAddr>() else {
             continue;
         };
-        if let Some((_, other)) = seen.iter().find(|(a, _)| crate::bind::overlap(*a, addr)) {
+        if let Some((_, other)) = seen.iter().find(|(a, _)| overlap(*a, addr)) {
             errors.at(
                 &field,
                 format!("`{text}` also takes connections for {other}: every listener needs its own address"),
             );
         }
         seen.push((addr, super::locate::render(&field)));
+    }
+}
+
+/// Whether two listen addresses would take the same connections: the same port on the same
+/// IP, or on a wildcard address that covers the other.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |w: SocketAddr, other: SocketAddr| {
+        // [::] also takes IPv4 connections on Linux (IPV6_V6ONLY off by default).
+        w.ip().is_unspecified() && (w.is_ipv6() || other.is_ipv4())
+    };
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        assert!(overlap(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
+        assert!(overlap(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(overlap(addr("127.0.0.1:80"), addr("0.0.0.0:80")));
+        assert!(overlap(addr("[::]:80"), addr("127.0.0.1:80")));
+        assert!(overlap(addr("[::1]:80"), addr("[::]:80")));
+        assert!(!overlap(addr("0.0.0.0:80"), addr("[::1]:80")));
+        assert!(!overlap(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
+        assert!(!overlap(addr("127.0.0.1:80"), addr("127.0.0.1:81")));
+        assert!(!overlap(addr("127.0.0.1:0"), addr("127.0.0.1:0")));
     }
 }

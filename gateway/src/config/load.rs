@@ -3,43 +3,12 @@
 //! one pass that both checks and builds. Every problem is reported as
 //! `file:line:column: field.path: message`.
 
-use super::locate::{locate, locate_value, render, Seg};
+use super::errors::{error_at, ConfigError, ConfigErrors};
+use super::locate::{locate_value, Seg};
 use super::secret::redact_urls_in;
 use super::spec::Spec;
 use super::units;
-use std::fmt;
 use std::path::Path;
-
-/// One problem in a config file, located.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// All problems found in one file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("\n"))
-    }
-}
 
 /// A parsed file: the spec and the text it came from (for locating the errors `compile` finds).
 #[derive(Debug, Clone)]
@@ -54,52 +23,6 @@ impl LoadedSpec {
     #[must_use]
     pub fn error_at(&self, path: &[Seg], message: impl Into<String>) -> ConfigError {
         error_at(&self.file, &self.text, path, message)
-    }
-}
-
-/// The errors found in one loaded file while compiling it, each placed at its field path.
-pub(crate) struct Errors<'a> {
-    loaded: &'a LoadedSpec,
-    list: Vec<ConfigError>,
-}
-
-impl<'a> Errors<'a> {
-    pub(crate) fn new(loaded: &'a LoadedSpec) -> Self {
-        Errors {
-            loaded,
-            list: Vec::new(),
-        }
-    }
-
-    /// Records `message` at `path`.
-    pub(crate) fn at(&mut self, path: &[Seg], message: impl Into<String>) {
-        self.list.push(self.loaded.error_at(path, message));
-    }
-
-    /// How many errors were recorded so far.
-    pub(crate) fn count(&self) -> usize {
-        self.list.len()
-    }
-
-    /// `value` when nothing was recorded, else every error.
-    pub(crate) fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
-        if self.list.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigErrors(self.list))
-        }
-    }
-}
-
-fn error_at(file: &str, text: &str, path: &[Seg], message: impl Into<String>) -> ConfigError {
-    let (line, column) = locate(text, path);
-    ConfigError {
-        file: file.to_string(),
-        line,
-        column,
-        path: render(path),
-        // Whoever worded the message, a URL it quotes shows no password.
-        message: redact_urls_in(&message.into()),
     }
 }
 

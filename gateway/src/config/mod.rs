@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod endpoint;
+pub mod errors;
 pub mod lane;
 pub mod limit_buckets;
 pub mod limits;
@@ -14,10 +15,13 @@ pub mod resilience;
 pub mod route;
 pub mod secret;
 pub mod server_limits;
+pub mod shared;
 pub mod spec;
 pub mod split;
 pub mod units;
 pub mod upstream;
 
-pub use load::{load_file, ConfigError, ConfigErrors, LoadedSpec};
-pub use policy::{compile, Policy, SharedState};
+pub use errors::{ConfigError, ConfigErrors};
+pub use load::{load_file, LoadedSpec};
+pub use policy::{compile, Policy};
+pub use shared::SharedState;

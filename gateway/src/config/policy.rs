@@ -5,81 +5,32 @@
 //! re-attached by name, only once the whole file is free of errors.
 
 pub use super::cache::{CacheScope, CacheTiers, DiskSettings, RedisSettings, RouteCache};
+pub use super::endpoint::Timeouts;
 pub use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl};
 pub use super::lane::{Fallback, Lane};
 pub use super::route::Route;
 use super::route::{build_route, CheckedRoute};
-pub use super::upstream::{RetryPolicy, Timeouts, Upstream};
+pub use super::shared::SharedState;
+pub use super::upstream::{RetryPolicy, Upstream};
 
-use super::cache::{compile_redis, compile_route_cache, compile_tiers, header_name};
+use super::cache::{compile_redis, compile_route_cache, compile_tiers};
+use super::errors::{ConfigErrors, Errors};
 use super::limits::check_limits;
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
-use super::load::{ConfigErrors, Errors, LoadedSpec};
+use super::load::LoadedSpec;
 use super::locate::{field_path, Seg};
 use super::secret::redacted_view;
 use super::spec::{MatchSpec, Spec};
 use super::split::{check_split, compile_pricing, Pricing};
+use super::units::header_name;
 use super::upstream::compile_upstream;
 use http::Method;
-use sluice_plugins::balance::EndpointStats;
 use sluice_plugins::glob::Glob;
-use sluice_plugins::limits::gate::ConcurrencyGate;
-use sluice_plugins::metrics::{Metrics, StatusCounters};
+use sluice_plugins::metrics::StatusCounters;
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
-
-/// State shared by every policy generation.
-pub struct SharedState {
-    pub metrics: Metrics,
-    endpoint_stats: Mutex<HashMap<(String, String), Arc<EndpointStats>>>,
-    /// Local limit buckets, by route and limit.
-    pub limit_buckets: LimitBuckets,
-    /// Admission gates, by upstream.
-    gates: Mutex<HashMap<String, Arc<ConcurrencyGate>>>,
-}
-
-impl SharedState {
-    #[must_use]
-    pub fn new(metrics: Metrics) -> Self {
-        SharedState {
-            metrics,
-            endpoint_stats: Mutex::new(HashMap::new()),
-            limit_buckets: LimitBuckets::default(),
-            gates: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The upstream's gate with these limits (a reload changes them in place, so requests
-    /// waiting in the queue keep their places).
-    pub(super) fn gate_for(
-        &self,
-        upstream: &str,
-        max: usize,
-        queue_max: usize,
-    ) -> Arc<ConcurrencyGate> {
-        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(gate) = gates.get(upstream) {
-            gate.set_limits(max, queue_max);
-            return Arc::clone(gate);
-        }
-        let gate = ConcurrencyGate::new(max, queue_max, Some(self.metrics.queue(upstream).depth));
-        gates.insert(upstream.to_string(), Arc::clone(&gate));
-        gate
-    }
-
-    pub(super) fn stats_for(&self, upstream: &str, url: &str) -> Arc<EndpointStats> {
-        let Ok(mut map) = self.endpoint_stats.lock() else {
-            return Arc::new(EndpointStats::new(Instant::now()));
-        };
-        Arc::clone(
-            map.entry((upstream.to_string(), url.to_string()))
-                .or_insert_with(|| Arc::new(EndpointStats::new(Instant::now()))),
-        )
-    }
-}
+use std::sync::Arc;
 
 /// A compiled, immutable configuration snapshot.
 pub struct Policy {
@@ -100,7 +51,7 @@ pub struct Policy {
 /// Checks `loaded` and compiles it; every problem is reported, each at its field.
 pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, ConfigErrors> {
     let spec = &loaded.spec;
-    let mut errors = Errors::new(loaded);
+    let mut errors = Errors::new(&loaded.file, &loaded.text);
     check_server(&mut errors, spec);
     let checked_upstreams: BTreeMap<&str, _> = spec
         .upstreams
@@ -286,7 +237,8 @@ fn compile_matcher(errors: &mut Errors, base: &[Seg], m: &MatchSpec) -> RouteMat
 /// Loads and compiles `text` as `g.yaml`, errors as strings.
 #[cfg(test)]
 pub(crate) fn compile_text(text: &str) -> Result<Policy, Vec<String>> {
-    compile_text_with(text, &SharedState::new(Metrics::new("t").expect("metrics")))
+    let metrics = sluice_plugins::metrics::Metrics::new("t").expect("metrics");
+    compile_text_with(text, &SharedState::new(metrics))
 }
 
 /// [`compile_text`] on the given shared state (a reload).

@@ -1,72 +1,15 @@
-//! `health:` and `outlier:` of an upstream: parsed shapes and their checks, compiled into the
+//! `health:` and `outlier:` of an upstream (parsed in `spec`): their checks, compiled into the
 //! engines' plain policies.
 
-use super::load::Errors;
+use super::errors::Errors;
 use super::locate::{field_path, Seg};
-use super::units::HumanDuration;
-use serde::{Deserialize, Serialize};
+use super::spec::{HealthSpec, OutlierSpec};
 use sluice_plugins::health::HealthPolicy;
 use sluice_plugins::outlier::OutlierPolicy;
 use std::time::Duration;
 
-/// Active health checks: a GET to `path` on every endpoint each `interval`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthSpec {
-    #[serde(default = "default_path")]
-    pub path: String,
-    #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
-    /// Defaults to 2 s, or the interval when that is shorter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<HumanDuration>,
-    /// Statuses that pass; empty means any 2xx.
-    #[serde(default)]
-    pub expect_status: Vec<u16>,
-    #[serde(default = "default_streak")]
-    pub unhealthy_after: u32,
-    #[serde(default = "default_streak")]
-    pub healthy_after: u32,
-}
-
-fn default_path() -> String {
-    "/health".into()
-}
-fn default_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(5))
-}
 /// The probe timeout when none is set, unless the interval is shorter.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-fn default_streak() -> u32 {
-    2
-}
-
-/// Passive outlier ejection, with Envoy's meaning and defaults.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutlierSpec {
-    #[serde(default = "default_consecutive")]
-    pub consecutive_failures: u32,
-    #[serde(default = "default_base")]
-    pub base_ejection: HumanDuration,
-    #[serde(default = "default_max")]
-    pub max_ejection: HumanDuration,
-    #[serde(default = "default_percent")]
-    pub max_ejection_percent: u8,
-}
-
-fn default_consecutive() -> u32 {
-    OutlierPolicy::default().consecutive_failures
-}
-fn default_base() -> HumanDuration {
-    HumanDuration(OutlierPolicy::default().base_ejection)
-}
-fn default_max() -> HumanDuration {
-    HumanDuration(OutlierPolicy::default().max_ejection)
-}
-fn default_percent() -> u8 {
-    OutlierPolicy::default().max_ejection_percent
-}
 
 pub(super) fn compile_health(
     errors: &mut Errors,

@@ -4,7 +4,7 @@
 use super::cache::RouteCache;
 use super::lane::{Lane, LanePlan};
 use super::limits::{CheckedLimit, RouteLimits};
-use super::policy::SharedState;
+use super::shared::SharedState;
 use super::spec::RouteSpec;
 use super::split::{CheckedSplit, RouteSplit};
 use super::upstream::Upstream;

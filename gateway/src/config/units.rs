@@ -1,5 +1,7 @@
-//! Human units in YAML: durations like `250ms`/`10s`/`5m` and sizes like `64KiB`/`10MiB`.
+//! Human units in YAML: durations like `250ms`/`10s`/`5m`, sizes like `64KiB`/`10MiB`, and the
+//! header names keys and scopes refer to.
 
+use http::header::HeaderName;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
@@ -109,6 +111,12 @@ impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
     }
+}
+
+/// The header a `header:NAME` key or scope names.
+pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))
 }
 
 #[cfg(test)]

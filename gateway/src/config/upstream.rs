@@ -2,11 +2,11 @@
 //! policy, health checks, outlier ejection and headers to set. Compiled from an
 //! [`UpstreamSpec`], checking every field on the way.
 
-use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl, PeerTemplate};
-use super::load::Errors;
+use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl, PeerTemplate, Timeouts};
+use super::errors::Errors;
 use super::locate::{field_path, Seg};
-use super::policy::SharedState;
 use super::resilience::{compile_health, compile_outlier};
+use super::shared::SharedState;
 use super::spec::{BalanceSpec, RetryOnSpec, UpstreamSpec};
 use http::header::{HeaderName, HeaderValue};
 use pingora::utils::tls::WrappedX509;
@@ -55,13 +55,6 @@ struct AdmissionSpec {
     max: usize,
     queue_max: usize,
     timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub first_byte: Duration,
-    pub idle: Duration,
 }
 
 /// When a failed try is tried again on another endpoint.

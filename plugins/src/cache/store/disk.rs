@@ -8,7 +8,7 @@
 
 use super::damage::{quietly, set_aside};
 use super::queue::{Change, Queue};
-use super::{DiskConfig, Lookup};
+use super::types::{DiskConfig, Lookup};
 use crate::cache::{CacheKey, Entry};
 use crate::metrics::TierMetrics;
 use crate::outage::Outage;

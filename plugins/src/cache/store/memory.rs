@@ -2,7 +2,7 @@
 //! expiring at their own `expires_at_ms`. moka gives a concurrent, byte-weighted cache with
 //! per-entry expiry and eviction callbacks, which is all this tier needs.
 
-use super::unix_now_ms;
+use super::types::unix_now_ms;
 use crate::cache::{CacheKey, Entry};
 use crate::metrics::TierMetrics;
 use moka::future::Cache;

@@ -11,16 +11,18 @@ mod queue;
 mod redis;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use self::disk::DiskTier;
 use self::memory::MemoryTier;
 use self::queue::{Change, Queue};
 use self::redis::RedisTier;
+pub use self::types::DiskConfig;
+use self::types::{unix_now_ms, Lookup};
 use super::{CacheKey, Entry};
 use crate::metrics::{CacheTier, Metrics};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 
 /// Name of the store's runtime threads (also how `Drop` knows it runs on one of them).
@@ -45,29 +47,12 @@ pub struct StoreConfig {
 /// The shared L2's connection settings (the same for every component using Redis).
 pub use crate::redis_link::RedisConfig;
 
-/// The local L3.
-#[derive(Debug, Clone)]
-pub struct DiskConfig {
-    /// A directory; the store keeps its database file `cache.redb` in it (created if missing).
-    pub path: PathBuf,
-    /// Bound on the encoded entries stored (the file itself is somewhat larger).
-    pub max_bytes: u64,
-}
-
 /// Entries removed by a purge, per tier.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeCounts {
     pub memory: u64,
     pub redis: u64,
     pub disk: u64,
-}
-
-/// What a slower tier found for a key.
-enum Lookup {
-    Hit(Entry),
-    Miss,
-    /// A value that can never be served (corrupt, or expired on disk): delete it.
-    Discard,
 }
 
 /// A slow tier with the queue that writes to it in the background.
@@ -336,11 +321,4 @@ impl Drop for CacheStore {
             Err(_) => runtime.shutdown_background(),
         }
     }
-}
-
-/// The wall clock in Unix ms, only where the API has no `now_ms` (put, moka's expiry).
-fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -8,9 +8,9 @@
 //! spread over all slots; purge by route is a SCAN on the route's part of the name.
 
 use super::queue::{Change, Queue};
-use super::{Lookup, RedisConfig};
+use super::types::Lookup;
 use crate::cache::{CacheKey, Entry};
-use crate::redis_link::RedisLink;
+use crate::redis_link::{RedisConfig, RedisLink};
 use prometheus::IntCounter;
 use std::sync::Arc;
 use tokio::runtime::Handle;

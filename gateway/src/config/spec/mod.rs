@@ -1,6 +1,14 @@
 //! `Spec`: serde structs mirroring the user's YAML one to one. Unknown fields are errors, so a
 //! typo is reported with its line instead of being silently ignored.
 
+mod resilience;
+mod server_limits;
+mod split;
+
+pub use resilience::{HealthSpec, OutlierSpec};
+pub use server_limits::ServerLimitsSpec;
+pub use split::{PriceSpec, SplitSpec, VariantSpec};
+
 use super::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,7 +28,7 @@ pub struct Spec {
     pub routes: Vec<RouteSpec>,
     /// US dollars per million prompt (`input`) and completion (`output`) tokens, by model.
     #[serde(default)]
-    pub pricing: BTreeMap<String, super::split::PriceSpec>,
+    pub pricing: BTreeMap<String, PriceSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -36,7 +44,7 @@ pub struct ServerSpec {
     pub grace_period: HumanDuration,
     /// What one client connection may cost: head size and time, keep-alive, buffers.
     #[serde(default)]
-    pub limits: super::server_limits::ServerLimitsSpec,
+    pub limits: ServerLimitsSpec,
     /// Where a `run --upgrade` process receives the running one's listening sockets.
     #[serde(default)]
     pub upgrade_socket: Option<String>,
@@ -49,7 +57,7 @@ impl Default for ServerSpec {
             threads: default_threads(),
             max_body_bytes: default_max_body(),
             grace_period: default_grace(),
-            limits: super::server_limits::ServerLimitsSpec::default(),
+            limits: ServerLimitsSpec::default(),
             upgrade_socket: None,
         }
     }
@@ -97,9 +105,9 @@ pub struct UpstreamSpec {
     /// Where requests wait for a slot when `max_concurrency` is reached.
     pub queue: Option<QueueSpec>,
     /// Active health checks of every endpoint; absent means none.
-    pub health: Option<super::resilience::HealthSpec>,
+    pub health: Option<HealthSpec>,
     /// Passive outlier ejection; absent means none.
-    pub outlier: Option<super::resilience::OutlierSpec>,
+    pub outlier: Option<OutlierSpec>,
     /// How long a resolved host name is used before it is looked up again.
     #[serde(default = "default_dns_ttl")]
     pub dns_ttl: HumanDuration,
@@ -333,7 +341,7 @@ pub struct RouteSpec {
     #[serde(default)]
     pub fallback: Vec<String>,
     /// A/B variants of this route.
-    pub split: Option<super::split::SplitSpec>,
+    pub split: Option<SplitSpec>,
 }
 
 /// One limit: a request rate (`requests_per_*`) or a token budget (`tokens_per_*`) per key.
