@@ -19,10 +19,24 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
         if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
+            write_escaped(f, &self.path)?;
+            f.write_str(": ")?;
         }
-        f.write_str(&self.message)
+        write_escaped(f, &self.message)
     }
+}
+
+/// Writes `text` with control characters escaped: a key or value quoted from the file may hold
+/// a line break, and each error must stay one line.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// All problems found in one file.
@@ -88,5 +102,26 @@ pub(super) fn error_at(
         path: render(path),
         // Whoever worded the message, a URL it quotes shows no password.
         message: redact_urls_in(&message.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the config_load fuzz target: a key with a line break split an error in two.
+    #[test]
+    fn an_error_quoting_a_line_break_stays_one_line() {
+        let e = ConfigError {
+            file: "g.yaml".into(),
+            line: 3,
+            column: 5,
+            path: "routes[0]".into(),
+            message: "unknown field `a\nb`".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "g.yaml:3:5: routes[0]: unknown field `a\\nb`"
+        );
     }
 }

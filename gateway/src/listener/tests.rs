@@ -162,7 +162,10 @@ async fn a_pipelined_head_is_held_to_header_timeout_and_limits() {
 fn a_read_ending_at_the_lines_cr_does_not_lengthen_the_target() {
     let line = format!("GET /{}\r\n\r\n", "a".repeat(99));
     let at_cr = line.find('\r').unwrap() + 1;
-    assert_eq!(scan_arriving(line.as_bytes(), &[], &limits()), Scanned::Complete);
+    assert_eq!(
+        scan_arriving(line.as_bytes(), &[], &limits()),
+        Scanned::Complete
+    );
     assert_eq!(
         scan_arriving(line.as_bytes(), &[at_cr], &limits()),
         Scanned::Complete
