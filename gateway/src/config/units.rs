@@ -34,7 +34,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration unit in `{s}`: use ms, s, m or h")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{s}` is too long"))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -129,6 +129,12 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        // Found by the config_load fuzz target: this panicked instead of being refused.
+        let huge = format!("{}h", "9".repeat(400));
+        assert_eq!(
+            parse_duration(&huge).unwrap_err(),
+            format!("duration `{huge}` is too long")
+        );
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("fast").is_err());
     }
