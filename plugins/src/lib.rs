@@ -19,5 +19,6 @@ pub mod redis_link;
 pub mod request_target;
 pub mod retry_budget;
 pub mod router;
+pub mod sse;
 #[cfg(test)]
 mod test_redis;

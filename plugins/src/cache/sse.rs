@@ -3,14 +3,10 @@
 //! and a plain request for the same prompt, so the stream flag stays out of the key.
 
 use super::BodyForm;
+use crate::sse::{self, Event};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ops::Range;
-
-/// The data of the event that ends an OpenAI stream.
-const DONE: &[u8] = b"[DONE]";
 
 /// Top-level fields a completion and its chunks share.
 const SHARED_FIELDS: &[&str] = &[
@@ -58,79 +54,26 @@ impl Kind {
 
 // === events ===
 
-/// The events of a body as byte ranges, each with whether a blank line terminated it.
-struct Events<'a> {
-    body: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Events<'a> {
-    fn new(body: &'a [u8]) -> Events<'a> {
-        Events { body, pos: 0 }
-    }
-}
-
-impl Iterator for Events<'_> {
-    type Item = (Range<usize>, bool);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let start = self.pos;
-        if start >= self.body.len() {
-            return None;
-        }
-        let mut line_start = start;
-        while let Some(offset) = self.body[line_start..].iter().position(|&b| b == b'\n') {
-            let line = &self.body[line_start..line_start + offset];
-            line_start += offset + 1;
-            if line.is_empty() || line == b"\r" {
-                self.pos = line_start;
-                return Some((start..line_start, true));
-            }
-        }
-        self.pos = self.body.len();
-        Some((start..self.body.len(), false))
-    }
-}
-
-/// The event's `data` lines joined by `\n`, or None when it has none (a comment, say).
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let mut data: Option<Cow<'_, [u8]>> = None;
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(value) = line.strip_prefix(b"data:") else {
-            continue;
-        };
-        let value = value.strip_prefix(b" ").unwrap_or(value);
-        data = Some(match data {
-            None => Cow::Borrowed(value),
-            Some(previous) => {
-                let mut joined = previous.into_owned();
-                joined.push(b'\n');
-                joined.extend_from_slice(value);
-                Cow::Owned(joined)
-            }
-        });
-    }
-    data
-}
-
 /// The events of an SSE body, each with its terminating blank line, in order (for replay as
-/// separate writes). Accepts `\n\n` and `\r\n\r\n` separators. An unterminated tail comes back
-/// as a last slice, so the slices always add up to the body.
+/// separate writes), lines ending in any of SSE's endings. An unterminated tail comes back as
+/// a last slice, so the slices always add up to the body.
 #[must_use]
 pub fn split_events(body: &Bytes) -> Vec<Bytes> {
-    Events::new(body)
-        .map(|(range, _)| body.slice(range))
-        .collect()
+    let mut at = 0;
+    let slice = |event: Event<'_>| {
+        at += event.raw.len();
+        body.slice(at - event.raw.len()..at)
+    };
+    sse::events(body).map(slice).collect()
 }
 
 /// Whether an SSE body ended cleanly: its last event with data is a terminated `data: [DONE]`.
 #[must_use]
 pub fn ended_cleanly(body: &[u8]) -> bool {
     let mut clean = false;
-    for (range, complete) in Events::new(body) {
-        if let Some(data) = event_data(&body[range]) {
-            clean = complete && data.as_ref() == DONE;
+    for event in sse::events(body) {
+        if let Some(data) = event.data() {
+            clean = event.terminated && data.as_ref() == sse::DONE;
         }
     }
     clean
@@ -139,11 +82,11 @@ pub fn ended_cleanly(body: &[u8]) -> bool {
 /// The JSON objects a stream carries up to `[DONE]`; None when one is not a JSON object.
 fn chunks(body: &[u8]) -> Option<Vec<Map<String, Value>>> {
     let mut out = Vec::new();
-    for (range, _) in Events::new(body) {
-        let Some(data) = event_data(&body[range]) else {
+    for event in sse::events(body) {
+        let Some(data) = event.data() else {
             continue;
         };
-        if data.as_ref() == DONE {
+        if data.as_ref() == sse::DONE {
             break;
         }
         match serde_json::from_slice(&data).ok()? {
@@ -455,13 +398,10 @@ pub fn total_tokens(form: BodyForm, body: &[u8]) -> u64 {
     match form {
         BodyForm::Json => serde_json::from_slice(body).ok().as_ref().and_then(total),
         BodyForm::Sse => {
-            let events: Vec<_> = Events::new(body).collect();
-            // The usage chunk comes last, and only chunks naming `"usage"` are worth parsing.
-            events.into_iter().rev().find_map(|(range, _)| {
-                let data = event_data(&body[range])?;
-                if !data.windows(7).any(|w| w == b"\"usage\"") {
-                    return None;
-                }
+            let events: Vec<_> = sse::events(body).collect();
+            // The usage chunk comes last.
+            events.into_iter().rev().find_map(|event| {
+                let data = event.data().filter(|d| sse::names_usage(d))?;
                 total(&serde_json::from_slice(&data).ok()?)
             })
         }
@@ -732,6 +672,24 @@ mod tests {
         );
         assert!(!ended_cleanly(b"data: [DONE]\n\ndata: {}\n\n"));
         assert!(!ended_cleanly(b""));
+    }
+
+    #[test]
+    fn reads_a_stream_alike_over_any_line_ending() {
+        let lf = String::from_utf8(mock_stream(true, &["a", "b"], Some(&usage()))).unwrap();
+        let want = assemble(lf.as_bytes());
+        for ending in ["\r\n", "\r"] {
+            let body = lf.replace('\n', ending);
+            let body = body.as_bytes();
+            assert!(ended_cleanly(body), "{ending:?}");
+            assert_eq!(total_tokens(BodyForm::Sse, body), 12, "{ending:?}");
+            let mut meter = crate::limits::usage::UsageMeter::new(true);
+            meter.feed(body);
+            let metered = meter.finish().usage.map(|u| u.total);
+            assert_eq!(metered, Some(12), "the meter agrees: {ending:?}");
+            assert_eq!(assemble(body), want, "{ending:?}");
+            assert_eq!(split_events(&Bytes::copy_from_slice(body)).len(), 5);
+        }
     }
 
     #[test]

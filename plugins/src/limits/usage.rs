@@ -2,11 +2,11 @@
 //! response really cost, read from the upstream's `usage` or counted from the streamed text.
 //! Bytes and JSON in, numbers out; the gateway feeds response chunks as they pass.
 
+use crate::sse::{self, Event, Splitter, MAX_HELD};
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 
 /// Text bytes per estimated token (OpenAI's rule of thumb for English is 4 characters).
 const BYTES_PER_TOKEN: u64 = 4;
@@ -16,12 +16,6 @@ const TOKENS_PER_MESSAGE: u64 = 4;
 
 /// Tokens that prime the assistant's reply in a chat (OpenAI cookbook).
 const REPLY_PRIMING: u64 = 3;
-
-/// The most bytes a meter or filter holds: a JSON body, or one incomplete event of a stream.
-const MAX_HELD: usize = 8 << 20;
-
-/// The data of the event that ends an OpenAI stream.
-const DONE: &[u8] = b"[DONE]";
 
 /// The strings a chat message or delta carries as the model's own text.
 const SAID_FIELDS: &[&str] = &["content", "reasoning_content", "reasoning", "refusal"];
@@ -212,7 +206,7 @@ pub struct UsageMeter {
 
 #[derive(Debug)]
 enum MeterForm {
-    /// The JSON body so far; None once it outgrew [`MAX_HELD`].
+    /// The JSON body so far; None once it outgrew [`MAX_HELD`], the cap of a stream's event.
     Json(Option<Vec<u8>>),
     /// A stream is read event by event, holding only the incomplete one.
     Sse(Splitter, Metered),
@@ -238,11 +232,7 @@ impl UsageMeter {
             }
             // Past the cap the usage is given up rather than the body held in memory.
             MeterForm::Json(body) => *body = None,
-            MeterForm::Sse(splitter, metered) => splitter.push(chunk, &mut |event, whole| {
-                if whole {
-                    read_event(metered, event);
-                }
-            }),
+            MeterForm::Sse(splitter, metered) => splitter.push(chunk, |e| read_event(metered, e)),
         }
     }
 
@@ -259,21 +249,19 @@ impl UsageMeter {
                 metered
             }
             MeterForm::Sse(mut splitter, mut metered) => {
-                let (rest, whole) = splitter.take_held();
-                if whole {
-                    read_event(&mut metered, &rest);
-                }
+                splitter.finish(|e| read_event(&mut metered, e));
                 metered
             }
         }
     }
 }
 
-fn read_event(metered: &mut Metered, event: &[u8]) {
-    let Some(data) = event_data(event) else {
+/// Reads a whole event's chunk; pieces of one too long to hold are not read.
+fn read_event(metered: &mut Metered, event: Event<'_>) {
+    let Some(data) = event.data().filter(|_| event.whole) else {
         return;
     };
-    if data.as_ref() != DONE {
+    if data.as_ref() != sse::DONE {
         if let Ok(chunk) = serde_json::from_slice::<Value>(&data) {
             metered.read(&chunk);
         }
@@ -297,153 +285,43 @@ impl UsageChunkFilter {
     /// What may be sent now of everything fed so far: whole events, the usage-only ones
     /// removed. An incomplete trailing event is held until a later chunk completes it.
     pub fn filter(&mut self, chunk: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.splitter.held.len() + chunk.len());
-        self.splitter.push(chunk, &mut |event, whole| {
-            if !(whole && is_usage_only(event)) {
-                out.extend_from_slice(event);
-            }
-        });
+        let mut out = BytesMut::with_capacity(self.splitter.held_len() + chunk.len());
+        self.splitter
+            .push(chunk, |e| pass_unless_usage_only(&mut out, e));
         out.freeze()
     }
 
-    /// What is still held at the stream's end, passed through as it is.
+    /// What is still held at the stream's end: an event a final `\r` ends is filtered like any
+    /// other, an unterminated rest passes as it is.
     pub fn finish(&mut self) -> Bytes {
-        Bytes::from(self.splitter.take_held().0)
+        let mut out = BytesMut::with_capacity(self.splitter.held_len());
+        self.splitter
+            .finish(|e| pass_unless_usage_only(&mut out, e));
+        out.freeze()
     }
 }
 
-/// Whether an event is a `data:` chunk with `"choices": []` and a non-null `usage`.
-fn is_usage_only(event: &[u8]) -> bool {
+/// Appends an event to what the client gets, unless it is the usage-only chunk.
+fn pass_unless_usage_only(out: &mut BytesMut, event: Event<'_>) {
+    if !(event.terminated && is_usage_only(event)) {
+        out.extend_from_slice(event.raw);
+    }
+}
+
+/// Whether a whole event is a `data:` chunk with `"choices": []` and a non-null `usage`.
+fn is_usage_only(event: Event<'_>) -> bool {
     /// Reads only the two fields, skipping the rest without building values.
     #[derive(Deserialize)]
     struct Probe {
         choices: Option<Vec<IgnoredAny>>,
         usage: Option<IgnoredAny>,
     }
-    let Some(data) = event_data(event) else {
+    let data = event.data().filter(|d| event.whole && sse::names_usage(d));
+    let Some(data) = data else {
         return false;
     };
-    // Most chunks never name usage; those need no parse.
-    if !data.windows(7).any(|w| w == b"\"usage\"") {
-        return false;
-    }
     serde_json::from_slice::<Probe>(&data)
         .is_ok_and(|p| p.usage.is_some() && p.choices.is_some_and(|c| c.is_empty()))
-}
-
-// === events ===
-
-/// The event's `data` lines joined by `\n`, or None when it has none (a comment, say).
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let mut values = event
-        .split(|&b| b == b'\n' || b == b'\r')
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .map(|value| value.strip_prefix(b" ").unwrap_or(value));
-    let mut data = Cow::Borrowed(values.next()?);
-    for more in values {
-        let joined = data.to_mut();
-        joined.push(b'\n');
-        joined.extend_from_slice(more);
-    }
-    Some(data)
-}
-
-/// How far the search for the end of the event in progress has got.
-#[derive(Debug, Clone, Copy, Default)]
-struct Scan {
-    /// Bytes of the event already searched (a trailing `\r` is left until the next byte).
-    pos: usize,
-    /// Whether the line in progress has any bytes yet.
-    line_started: bool,
-}
-
-impl Scan {
-    /// Where the event that `buf` starts ends (after its blank line), when `buf` holds it.
-    /// Lines end in `\n`, `\r\n` or `\r`, as the SSE spec says.
-    fn end(&mut self, buf: &[u8]) -> Option<usize> {
-        loop {
-            let rest = buf.get(self.pos..)?;
-            let Some(offset) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                self.line_started |= !rest.is_empty();
-                self.pos = buf.len();
-                return None;
-            };
-            let at = self.pos + offset;
-            self.line_started |= offset > 0;
-            let width = match (rest[offset], rest.get(offset + 1)) {
-                // A last `\r` may be the first half of `\r\n`: wait for the next byte.
-                (b'\r', None) => {
-                    self.pos = at;
-                    return None;
-                }
-                (b'\r', Some(b'\n')) => 2,
-                _ => 1,
-            };
-            if !self.line_started {
-                *self = Scan::default();
-                return Some(at + width);
-            }
-            self.pos = at + width;
-            self.line_started = false;
-        }
-    }
-}
-
-/// Cuts a stream that arrives in pieces into its events, holding only the incomplete last one.
-#[derive(Debug, Default)]
-struct Splitter {
-    /// Bytes of the event in progress not yet handed out.
-    held: Vec<u8>,
-    scan: Scan,
-    /// The event in progress outgrew [`MAX_HELD`]: its bytes are handed out as they come.
-    overflow: bool,
-}
-
-impl Splitter {
-    /// Hands `each` every event `chunk` completes, with whether it is whole (false for the
-    /// pieces of an event too long to hold), in stream order.
-    fn push(&mut self, chunk: &[u8], each: &mut impl FnMut(&[u8], bool)) {
-        if self.held.is_empty() {
-            // The common case: events straight from the chunk, no copy.
-            let done = self.split(chunk, each);
-            self.held.extend_from_slice(&chunk[done..]);
-        } else {
-            let mut buf = std::mem::take(&mut self.held);
-            buf.extend_from_slice(chunk);
-            let done = self.split(&buf, each);
-            buf.drain(..done);
-            self.held = buf;
-        }
-    }
-
-    /// Hands out what `buf` (starting where the event in progress does) completes; returns
-    /// how many of its bytes were handed out.
-    fn split(&mut self, buf: &[u8], each: &mut impl FnMut(&[u8], bool)) -> usize {
-        let mut start = 0;
-        while let Some(end) = self.scan.end(&buf[start..]) {
-            each(&buf[start..start + end], !self.overflow);
-            self.overflow = false;
-            start += end;
-        }
-        if self.overflow || buf.len() - start > MAX_HELD {
-            self.overflow = true;
-            let searched = start + self.scan.pos;
-            if searched > start {
-                each(&buf[start..searched], false);
-            }
-            self.scan.pos = 0;
-            start = searched;
-        }
-        start
-    }
-
-    /// The unterminated rest at the stream's end, and whether it is a whole event's bytes.
-    fn take_held(&mut self) -> (Vec<u8>, bool) {
-        let whole = !self.overflow;
-        let held = std::mem::take(&mut self.held);
-        *self = Splitter::default();
-        (held, whole)
-    }
 }
 
 #[cfg(test)]

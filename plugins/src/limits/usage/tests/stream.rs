@@ -1,6 +1,9 @@
-//! The stream side: the meter on SSE bodies, the usage chunk filter, and any split of both.
+//! The stream side: the meter on SSE bodies, the usage chunk filter, and any split of both,
+//! which the cache's reading of the whole stream agrees with.
 
 use super::*;
+use crate::cache::{sse as cache_sse, BodyForm};
+use crate::sse::tests::{cut, split};
 use proptest::prelude::*;
 
 // === meter ===
@@ -214,14 +217,7 @@ proptest! {
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
     ) {
         let (stream, usage_at) = built_stream(&contents, &endings, include_usage);
-        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut from = 0;
-        for cut in cuts.into_iter().chain([stream.len()]) {
-            pieces.push(&stream[from..cut]);
-            from = cut;
-        }
+        let pieces = cut(&stream, &cuts);
         let whole = metered(true, &[stream.as_slice()]);
         prop_assert_eq!(metered(true, &pieces), whole);
         let tokens: u64 = contents.iter().map(|c| (c.len() as u64).div_ceil(4)).sum();
@@ -233,5 +229,15 @@ proptest! {
         }
         prop_assert_eq!(filtered(&pieces), want.clone());
         prop_assert_eq!(filtered(&[stream.as_slice()]), want);
+        // The cache, reading the whole stream, sees the events the meter saw in pieces.
+        let seen: Vec<Vec<u8>> = split(&pieces).into_iter().map(|(raw, ..)| raw).collect();
+        let replayed = cache_sse::split_events(&Bytes::from(stream.clone()));
+        prop_assert_eq!(replayed.iter().map(|e| e.to_vec()).collect::<Vec<_>>(), seen);
+        let total = whole.usage.map_or(0, |u| u.total);
+        prop_assert_eq!(cache_sse::total_tokens(BodyForm::Sse, &stream), total);
+        prop_assert!(cache_sse::ended_cleanly(&stream));
+        let assembled: Value = serde_json::from_slice(&cache_sse::assemble(&stream).unwrap_or_default())
+            .unwrap_or_default();
+        prop_assert_eq!(&assembled["choices"][0]["message"]["content"], &json!(contents.concat()));
     }
 }
