@@ -10,6 +10,7 @@
 //! on the host that binds there) is caught at start: the child exits, logs a failed bind or
 //! does not own the listening socket, and the start is retried on fresh ports.
 
+use sluice_plugins::ab::exposition::{self, Scrape};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -440,10 +441,10 @@ impl Gateway {
             .expect("chat request")
     }
 
-    /// `/metrics` once the sample `prefix` reaches `want` (metrics are recorded just after the
-    /// response is sent), or after [`PATIENCE`]; the caller asserts on the text.
-    pub async fn metrics_when(&self, prefix: &str, want: f64) -> String {
-        self.metrics_until(|m| metric_value(m, prefix) >= want)
+    /// `/metrics` once the [`metric_value`] of `series` reaches `want` (metrics are recorded
+    /// just after the response is sent), or after [`PATIENCE`]; the caller asserts on the text.
+    pub async fn metrics_when(&self, series: &str, want: f64) -> String {
+        self.metrics_until(|m| metric_value(m, series) >= want)
             .await
     }
 
@@ -499,14 +500,23 @@ pub fn run_python_check(script: &str, gateway: &Gateway) -> String {
     stdout
 }
 
-/// The value of a Prometheus sample line that starts with `prefix` (0 when absent).
+/// Every sample of a `/metrics` text, read by the parser `sluice ab-report` uses; a text that
+/// is not a Prometheus exposition fails the test.
 #[must_use]
-pub fn metric_value(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+pub fn scrape(text: &str) -> Scrape {
+    exposition::parse(text).unwrap_or_else(|e| panic!("not a Prometheus exposition ({e}):\n{text}"))
+}
+
+/// The value of `series`, written `name` or `name{label="value",...}` with every label of the
+/// sample (in any order); 0 when absent.
+#[must_use]
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    let want = scrape(&format!("{series} 0")).samples.remove(0);
+    scrape(text)
+        .samples
+        .into_iter()
+        .find(|s| s.name == want.name && s.labels == want.labels)
+        .map_or(0.0, |s| s.value)
 }
 
 /// Counts the requests a mock answered, not counting the stats requests themselves.
@@ -552,16 +562,7 @@ impl UpstreamCalls {
 /// The sum of the samples of metric `name` carrying all of `labels` (in any order).
 #[must_use]
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (metric == name && all).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    scrape(text).sum(name, labels)
 }
 
 /// A YAML config with one upstream `up` over `urls` and the given routes block.

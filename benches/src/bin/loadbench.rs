@@ -12,6 +12,7 @@ use sluice_benches::load::procs::{
 use sluice_benches::load::report::{CacheMixRow, ClosedRow, OpenRow, Report};
 use sluice_benches::load::wrk;
 use sluice_benches::workload::{repeat_share, PromptMix};
+use sluice_plugins::ab::exposition;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -528,26 +529,16 @@ fn cache_metrics(admin_port: u16) -> Result<(BTreeMap<String, f64>, f64), String
     if status != 200 {
         return Err(format!("GET /metrics answered {status}"));
     }
-    let text = String::from_utf8_lossy(&body);
-    let (mut results, mut saved) = (BTreeMap::new(), 0.0);
-    for line in text.lines().filter(|l| l.contains("route=\"chat\"")) {
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if line.starts_with("sluice_cache_requests_total{") {
-            if let Some(result) = line
-                .split("result=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-            {
-                *results.entry(result.to_string()).or_insert(0.0) += value;
-            }
-        } else if line.starts_with("sluice_cache_saved_seconds_total{") {
-            saved += value;
+    let scrape = exposition::parse(&String::from_utf8_lossy(&body))
+        .map_err(|e| format!("GET /metrics: {e}"))?;
+    let chat = [("route", "chat")];
+    let mut results = BTreeMap::new();
+    for sample in scrape.matching("sluice_cache_requests_total", &chat) {
+        if let Some(result) = sample.label("result") {
+            *results.entry(result.to_string()).or_insert(0.0) += sample.value;
         }
     }
+    let saved = scrape.sum("sluice_cache_saved_seconds_total", &chat);
     Ok((results, saved))
 }
 
@@ -644,19 +635,12 @@ fn limited(
         &[("POST 1KB + limits", Some(script))],
     )?;
     let (status, _, body) = http_once(admin_port, "GET", "/metrics", b"", "")?;
-    let text = String::from_utf8_lossy(&body);
-    let checked: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("sluice_ratelimit_decisions_total{") && l.contains("result=\"allowed\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let refused = text.lines().any(|l| {
-        l.starts_with("sluice_ratelimit_decisions_total{")
-            && l.contains("result=\"limited\"")
-            && !l.ends_with(" 0")
-    });
+    let scrape = exposition::parse(&String::from_utf8_lossy(&body))
+        .map_err(|e| format!("limits scenario: GET /metrics answered {status}: {e}"))?;
+    let decisions =
+        |result: &str| scrape.sum("sluice_ratelimit_decisions_total", &[("result", result)]);
+    let checked = decisions("allowed");
+    let refused = decisions("limited") > 0.0;
     eprintln!("limits: {checked:.0} limit checks allowed while measuring");
     if status != 200 || checked < 1.0 || refused {
         return Err(format!(
