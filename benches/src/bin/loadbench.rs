@@ -6,13 +6,12 @@ use bytes::Bytes;
 use sluice_benches::chat_body;
 use sluice_benches::load::idle::{idle_connections, raise_fd_limit};
 use sluice_benches::load::openloop::{self, OpenLoopResult, Plan};
-use sluice_benches::load::procs::{
-    free_port, nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running,
-};
+use sluice_benches::load::procs::{nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running};
 use sluice_benches::load::report::{CacheMixRow, ClosedRow, OpenRow, Report};
 use sluice_benches::load::wrk;
 use sluice_benches::workload::{repeat_share, PromptMix};
 use sluice_plugins::ab::exposition;
+use sluice_testkit::free_port;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -80,7 +79,7 @@ fn run() -> Result<(), String> {
     }
 
     // Fixed upstreams: nginx returning a completion, mock-llm streaming for the TTFB scenario.
-    let up_port = free_port()?;
+    let up_port = free_port();
     let up_conf = d.join("upstream.conf");
     std::fs::write(&up_conf, nginx_conf(d, 1, up_port, None, FIXED_COMPLETION))
         .map_err(|e| e.to_string())?;
@@ -91,7 +90,7 @@ fn run() -> Result<(), String> {
         &["-c", path_str(&up_conf)?, "-p", path_str(d)?],
         &d.join("up.log"),
     )?;
-    let mock_port = free_port()?;
+    let mock_port = free_port();
     let mock_listen = format!("127.0.0.1:{mock_port}");
     let _mock = spawn(
         "mock-llm",
@@ -110,7 +109,7 @@ fn run() -> Result<(), String> {
         &d.join("mock.log"),
     )?;
     // A mock-llm that takes MIX_LATENCY_MS to answer, behind the caching route.
-    let slow_port = free_port()?;
+    let slow_port = free_port();
     let slow_listen = format!("127.0.0.1:{slow_port}");
     let latency = MIX_LATENCY_MS.to_string();
     let _slow = spawn(
@@ -235,7 +234,7 @@ fn start_proxies(
     mock_port: u16,
     sluice_bin: &Path,
 ) -> Result<Proxies, String> {
-    let nginx_port = free_port()?;
+    let nginx_port = free_port();
     let conf = d.join(format!("proxy-{threads}.conf"));
     std::fs::write(&conf, nginx_conf(d, threads, nginx_port, Some(up_port), ""))
         .map_err(|e| e.to_string())?;
@@ -246,7 +245,7 @@ fn start_proxies(
         &["-c", path_str(&conf)?, "-p", path_str(d)?],
         &d.join(format!("nginx-{threads}.log")),
     )?;
-    let sluice_port = free_port()?;
+    let sluice_port = free_port();
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{sluice_port}\"]\n  threads: {threads}\n  max_body_bytes: 64MiB\nupstreams:\n  fixed:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\n  mock:\n    endpoints: [{{url: \"http://127.0.0.1:{mock_port}\"}}]\nroutes:\n  - name: stream\n    match: {{ methods: [POST], model: \"stream-*\" }}\n    upstream: mock\n  - name: by-model\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: fixed\n  - name: mix\n    match: {{ methods: [POST], model: \"mock-*\" }}\n    upstream: mock\n  - name: passthrough\n    upstream: fixed\n"
     );
@@ -463,7 +462,7 @@ fn start_cache_sluice(
     up_port: u16,
     sluice_bin: &Path,
 ) -> Result<CacheSluice, String> {
-    let (port, admin_port) = (free_port()?, free_port()?);
+    let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ path_prefix: /v1/chat/completions, methods: [POST] }}\n    upstream: up\n    cache: {{ ttl: 10m, key: {{ scope: none }} }}\n"
     );
@@ -615,7 +614,7 @@ fn limited(
     sluice_bin: &Path,
     script: &PathBuf,
 ) -> Result<(), String> {
-    let (port, admin_port) = (free_port()?, free_port()?);
+    let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: up\n    limits:\n      - {{ name: rps, key: api_key, requests_per_second: 1000000000 }}\n      - {{ name: tpm, key: api_key, tokens_per_minute: 1000000000 }}\n"
     );
@@ -664,7 +663,7 @@ fn balanced(
     let mut urls = Vec::new();
     let mut ports = Vec::new();
     for i in 0..3 {
-        let port = free_port()?;
+        let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let name = format!("mock-ewma-{i}");
         let args = ["--listen", &listen, "--threads", "1", "--name", &name];
@@ -684,7 +683,7 @@ fn balanced(
         ("sluice-1-endpoint", &urls[..1]),
         ("sluice-3-endpoints", &urls[..]),
     ] {
-        let port = free_port()?;
+        let port = free_port();
         let yaml = format!(
             "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nupstreams:\n  up:\n    balance: peak_ewma\n    endpoints: [{}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    upstream: up\n",
             endpoints.join(", ")
