@@ -3,6 +3,7 @@
 //! processes and redis-server come from `sluice_testkit` (its port module says why the ports
 //! never race); a start that loses its ports is retried on fresh ones.
 
+pub use answer::Answer;
 use sluice_plugins::ab::exposition::{self, Scrape};
 pub use sluice_testkit::{free_port, Proc, RedisServer};
 use sluice_testkit::{listener_is_child, StartFailure, READY_WITHIN, START_ATTEMPTS};
@@ -11,6 +12,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod answer;
 
 /// How long a poll waits for something that takes milliseconds on an idle machine. Generous,
 /// since CI runs test binaries next to a parallel build on two cores; only a failing test
@@ -472,56 +475,6 @@ pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Valu
 /// Sends `req` and returns the status code.
 pub async fn status(req: reqwest::RequestBuilder) -> u16 {
     req.send().await.expect("request").status().as_u16()
-}
-
-/// One answer, read whole.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    /// Sends `req` and reads the whole answer.
-    pub async fn read(req: reqwest::RequestBuilder) -> Answer {
-        let resp = req.send().await.expect("an answer");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.expect("the whole body");
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    #[must_use]
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// A header that must be a whole number.
-    #[must_use]
-    pub fn number(&self, name: &str) -> u64 {
-        self.header(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} must be a whole number: {self:?}"))
-    }
-
-    #[must_use]
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// The `data:` payloads of an SSE body, in order.
-    #[must_use]
-    pub fn events(&self) -> Vec<&str> {
-        self.body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect()
-    }
 }
 
 /// The YAML of [`config`] with an admin token from `ADMIN_TOKEN` and an upstream key from
