@@ -1,33 +1,24 @@
 //! The end-to-end harness: starts real `mock-llm`, `sluice` and `redis-server` processes on
-//! loopback ports and stops them on drop. Tests talk to them over real sockets.
-//!
-//! Ports. A mock binds port 0 and prints the address it got, so it never races. sluice and
-//! redis are told their ports in advance, and "bind port 0, release it, hand it on" loses to
-//! anything that binds port 0 or connects out in between (a parallel test's mock, a client
-//! socket). So the ports handed out here lie outside the kernel's ephemeral range, where
-//! port-0 binds and outgoing connections never land; each test process walks its own block
-//! (chosen by pid) with a counter. What is left (a process whose block collides, anything else
-//! on the host that binds there) is caught at start: the child exits, logs a failed bind or
-//! does not own the listening socket, and the start is retried on fresh ports.
+//! loopback ports and stops them on drop. Tests talk to them over real sockets. Ports, child
+//! processes and redis-server come from `sluice_testkit` (its port module says why the ports
+//! never race); a start that loses its ports is retried on fresh ones.
 
+pub use answer::Answer;
+use sluice_plugins::ab::exposition::{self, Scrape};
+pub use sluice_testkit::{free_port, Proc, RedisServer};
+use sluice_testkit::{listener_is_child, StartFailure, READY_WITHIN, START_ATTEMPTS};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod answer;
 
 /// How long a poll waits for something that takes milliseconds on an idle machine. Generous,
 /// since CI runs test binaries next to a parallel build on two cores; only a failing test
 /// waits it out.
 pub const PATIENCE: Duration = Duration::from_secs(10);
-
-/// How long a child gets to come up before the harness gives up on it.
-const READY_WITHIN: Duration = Duration::from_secs(30);
-
-/// Starts of sluice or redis-server: the first try plus three retries on fresh ports.
-const START_ATTEMPTS: usize = 4;
 
 /// Where cargo put the workspace's binaries (next to this test executable).
 #[must_use]
@@ -50,135 +41,6 @@ pub fn workspace() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-// === Ports ===
-
-/// Ports per test process: far more than any test binary starts children.
-const BLOCK_LEN: u16 = 256;
-
-/// The lowest port handed out, to stay clear of the well-known and registered ports that
-/// services on a developer machine tend to hold.
-const LOWEST_PORT: u32 = 10_000;
-
-/// This process's block of ports and the next one to hand out.
-struct PortBlock {
-    first: u16,
-    next: AtomicU16,
-}
-
-fn port_block() -> &'static PortBlock {
-    static BLOCK: OnceLock<PortBlock> = OnceLock::new();
-    BLOCK.get_or_init(|| {
-        let (low, high) = non_ephemeral_ports();
-        let blocks = (high - low) / u32::from(BLOCK_LEN);
-        assert!(
-            blocks > 0,
-            "no room for test ports outside the ephemeral range: only {low}..{high} is free"
-        );
-        let first = low + std::process::id() % blocks * u32::from(BLOCK_LEN);
-        PortBlock {
-            first: u16::try_from(first).expect("port below 65536"),
-            next: AtomicU16::new(0),
-        }
-    })
-}
-
-/// The wider of the two spans (below and above it) outside the kernel's ephemeral port range,
-/// as `[low, high)`. Linux's default range is assumed where it cannot be read.
-fn non_ephemeral_ports() -> (u32, u32) {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
-    let mut bounds = range
-        .iter()
-        .flat_map(|r| r.split_whitespace())
-        .map(|v| v.parse::<u32>().ok());
-    let (eph_low, eph_high) = match (bounds.next().flatten(), bounds.next().flatten()) {
-        (Some(low), Some(high)) => (low, high),
-        _ => (32_768, 60_999),
-    };
-    let below = (LOWEST_PORT, eph_low.max(LOWEST_PORT));
-    let above = ((eph_high + 1).max(LOWEST_PORT), 65_536);
-    if below.1 - below.0 >= above.1 - above.0 {
-        below
-    } else {
-        above
-    }
-}
-
-/// A loopback port for a child to bind: outside the ephemeral range, from this process's
-/// block, and bindable right now (see the module doc). Also a port nothing listens on.
-#[must_use]
-pub fn free_port() -> u16 {
-    let block = port_block();
-    for _ in 0..BLOCK_LEN {
-        let port = block.first + block.next.fetch_add(1, Ordering::Relaxed) % BLOCK_LEN;
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!(
-        "no bindable port left in {}..{}",
-        block.first,
-        block.first + BLOCK_LEN
-    );
-}
-
-/// Whether process `pid` itself holds the socket listening on `port` (`Some(false)`: another
-/// process bound it first). `None` when nothing listens there or `/proc` cannot say.
-fn listener_is_child(pid: u32, port: u16) -> Option<bool> {
-    // Lines: `sl local_address rem_address st ... uid timeout inode`, ports in hex, 0A = LISTEN.
-    let sockets: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|t| std::fs::read_to_string(t).ok())
-        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields.get(1)?.rsplit(':').next()?;
-            let listening =
-                u16::from_str_radix(local_port, 16).ok()? == port && *fields.get(3)? == "0A";
-            if !listening {
-                return None;
-            }
-            Some(format!("socket:[{}]", fields.get(9)?))
-        })
-        .collect();
-    if sockets.is_empty() {
-        return None;
-    }
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    Some(fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
-    }))
-}
-
-// === Processes ===
-
-/// A running child process, killed on drop.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    /// Whether the process is still running (not yet exited).
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Why a start did not come up.
-enum StartFailure {
-    /// The ports were lost (the child exited early or could not bind): try fresh ones.
-    Ports(String),
-    /// Alive but not ready in time: retrying would only hide the problem.
-    Stuck(String),
 }
 
 /// What sluice prints when a listen address is taken (it then exits 1).
@@ -440,10 +302,10 @@ impl Gateway {
             .expect("chat request")
     }
 
-    /// `/metrics` once the sample `prefix` reaches `want` (metrics are recorded just after the
-    /// response is sent), or after [`PATIENCE`]; the caller asserts on the text.
-    pub async fn metrics_when(&self, prefix: &str, want: f64) -> String {
-        self.metrics_until(|m| metric_value(m, prefix) >= want)
+    /// `/metrics` once the [`metric_value`] of `series` reaches `want` (metrics are recorded
+    /// just after the response is sent), or after [`PATIENCE`]; the caller asserts on the text.
+    pub async fn metrics_when(&self, series: &str, want: f64) -> String {
+        self.metrics_until(|m| metric_value(m, series) >= want)
             .await
     }
 
@@ -499,14 +361,23 @@ pub fn run_python_check(script: &str, gateway: &Gateway) -> String {
     stdout
 }
 
-/// The value of a Prometheus sample line that starts with `prefix` (0 when absent).
+/// Every sample of a `/metrics` text, read by the parser `sluice ab-report` uses; a text that
+/// is not a Prometheus exposition fails the test.
 #[must_use]
-pub fn metric_value(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+pub fn scrape(text: &str) -> Scrape {
+    exposition::parse(text).unwrap_or_else(|e| panic!("not a Prometheus exposition ({e}):\n{text}"))
+}
+
+/// The value of `series`, written `name` or `name{label="value",...}` with every label of the
+/// sample (in any order); 0 when absent.
+#[must_use]
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    let want = scrape(&format!("{series} 0")).samples.remove(0);
+    scrape(text)
+        .samples
+        .into_iter()
+        .find(|s| s.name == want.name && s.labels == want.labels)
+        .map_or(0.0, |s| s.value)
 }
 
 /// Counts the requests a mock answered, not counting the stats requests themselves.
@@ -552,16 +423,7 @@ impl UpstreamCalls {
 /// The sum of the samples of metric `name` carrying all of `labels` (in any order).
 #[must_use]
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            (metric == name && all).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    scrape(text).sum(name, labels)
 }
 
 /// A YAML config with one upstream `up` over `urls` and the given routes block.
@@ -615,56 +477,6 @@ pub async fn status(req: reqwest::RequestBuilder) -> u16 {
     req.send().await.expect("request").status().as_u16()
 }
 
-/// One answer, read whole.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    /// Sends `req` and reads the whole answer.
-    pub async fn read(req: reqwest::RequestBuilder) -> Answer {
-        let resp = req.send().await.expect("an answer");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.expect("the whole body");
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    #[must_use]
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// A header that must be a whole number.
-    #[must_use]
-    pub fn number(&self, name: &str) -> u64 {
-        self.header(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} must be a whole number: {self:?}"))
-    }
-
-    #[must_use]
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// The `data:` payloads of an SSE body, in order.
-    #[must_use]
-    pub fn events(&self) -> Vec<&str> {
-        self.body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect()
-    }
-}
-
 /// The YAML of [`config`] with an admin token from `ADMIN_TOKEN` and an upstream key from
 /// `UPSTREAM_KEY`, for tests about secrets.
 #[must_use]
@@ -694,147 +506,6 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     s.read_exact(&mut head).ok()?;
     let head = std::str::from_utf8(&head).ok()?;
     head.strip_prefix("HTTP/1.1 ")?.parse().ok()
-}
-
-// === Redis ===
-
-/// A real redis-server on a loopback port, for the shared cache and limits: no persistence,
-/// killed on drop. `stop` and `restart` (same port) simulate an outage.
-pub struct RedisServer {
-    port: u16,
-    proc: Option<Proc>,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    /// Starts redis-server and waits until it answers PING. Panics if it is not installed:
-    /// the tests that need it must fail, not skip.
-    #[must_use]
-    pub fn start() -> RedisServer {
-        let mut failures = String::new();
-        for attempt in 1..=START_ATTEMPTS {
-            let mut redis = RedisServer {
-                port: free_port(),
-                proc: None,
-                dir: tempfile::tempdir().expect("tempdir"),
-            };
-            match redis.spawn() {
-                Ok(()) => return redis,
-                Err(StartFailure::Ports(why)) => failures.push_str(&format!(
-                    "attempt {attempt} (port {}): {why}; log:\n{}\n",
-                    redis.port,
-                    redis.log_text()
-                )),
-                Err(StartFailure::Stuck(why)) => panic!(
-                    "{failures}redis-server did not start: {why}; log:\n{}",
-                    redis.log_text()
-                ),
-            }
-        }
-        panic!("redis-server did not start in {START_ATTEMPTS} attempts:\n{failures}");
-    }
-
-    /// `redis://127.0.0.1:port`.
-    #[must_use]
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    #[must_use]
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Kills the server (no shutdown handshake, like a crash); its port stays reserved.
-    pub fn stop(&mut self) {
-        self.proc = None;
-    }
-
-    /// Starts the server again on the same port (stopping it first if it runs), empty.
-    pub fn restart(&mut self) {
-        self.stop();
-        if let Err(StartFailure::Ports(why) | StartFailure::Stuck(why)) = self.spawn() {
-            panic!(
-                "redis-server did not restart on port {}: {why}; log:\n{}",
-                self.port,
-                self.log_text()
-            );
-        }
-    }
-
-    /// Sends PING and returns the reply line (`+PONG` when up).
-    pub fn ping(&self) -> std::io::Result<String> {
-        redis_ping(self.port)
-    }
-
-    /// Everything redis-server logged so far.
-    #[must_use]
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) -> Result<(), StartFailure> {
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
-        let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(log.try_clone().expect("log clone"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn redis-server");
-        let mut proc = Proc { child };
-        let pid = proc.child.id();
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(StartFailure::Ports(format!("exited early ({status})")));
-            }
-            let answered = redis_ping(self.port).is_ok_and(|r| r == "+PONG");
-            match listener_is_child(pid, self.port) {
-                Some(false) => {
-                    return Err(StartFailure::Ports("another process holds its port".into()))
-                }
-                _ if answered => break,
-                _ => {}
-            }
-            if Instant::now() > deadline {
-                return Err(StartFailure::Stuck(format!(
-                    "no PONG after {READY_WITHIN:?}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.proc = Some(proc);
-        Ok(())
-    }
-}
-
-/// The redis-server executable, from `PATH` or the sbin directories.
-fn redis_server() -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("redis-server"))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "redis-server is not installed, and the shared cache and limits tests need a real \
-                 one: run `make deps` (Debian: apt-get install redis-server)"
-            )
-        })
-}
-
-/// PING over RESP on a raw socket; the reply line without its CRLF.
-fn redis_ping(port: u16) -> std::io::Result<String> {
-    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    Ok(line.trim_end().to_string())
 }
 
 // === Mocks that go away and come back ===
@@ -873,39 +544,5 @@ impl Mock {
     pub fn stop(&mut self) {
         let _ = self._proc.child.kill();
         let _ = self._proc.child.wait();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_lie_outside_the_ephemeral_range_and_are_not_repeated() {
-        let (low, high) = non_ephemeral_ports();
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .unwrap_or_else(|_| "32768 60999".into());
-        let eph: Vec<u32> = range
-            .split_whitespace()
-            .map(|v| v.parse().unwrap())
-            .collect();
-        assert!(high <= eph[0] || low > eph[1], "{low}..{high} vs {eph:?}");
-        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
-        for (i, p) in ports.iter().enumerate() {
-            assert!((low..high).contains(&u32::from(*p)), "{p}");
-            assert!(!ports[..i].contains(p), "{p} handed out twice");
-        }
-    }
-
-    #[test]
-    fn tells_whose_listener_holds_a_port() {
-        let ours = TcpListener::bind((Ipv4Addr::LOCALHOST, free_port())).unwrap();
-        let port = ours.local_addr().unwrap().port();
-        let me = std::process::id();
-        assert_eq!(listener_is_child(me, port), Some(true));
-        // pid 1 is never this process.
-        assert_eq!(listener_is_child(1, port), Some(false));
-        drop(ours);
-        assert_eq!(listener_is_child(me, port), None);
     }
 }

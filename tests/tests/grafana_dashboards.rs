@@ -6,7 +6,7 @@
 use promql_parser::parser::{self, Expr, LabelModifier};
 use promql_parser::util::{walk_expr, ExprVisitor};
 use serde_json::{json, Value};
-use sluice_e2e::{metric_sum, workspace, Gateway, Mock};
+use sluice_e2e::{metric_sum, scrape, workspace, Gateway, Mock};
 use std::collections::{BTreeMap, BTreeSet};
 
 // === The dashboards ===
@@ -269,27 +269,9 @@ fn uses(query: &Query) -> Result<Vec<Use>, String> {
 /// Sample names of a Prometheus text exposition, each with the label names it carries.
 fn exposed(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        let labels = out.entry(line[..name_end].to_string()).or_default();
-        let Some(mut rest) = line[name_end..].strip_prefix('{') else {
-            continue;
-        };
-        // name="value" pairs; values may hold commas and escaped quotes.
-        while let Some((name, after)) = rest.split_once("=\"") {
-            labels.insert(name.trim_start_matches(',').to_string());
-            let mut escaped = false;
-            let close = after.char_indices().find(|&(_, c)| {
-                let end = c == '"' && !escaped;
-                escaped = c == '\\' && !escaped;
-                end
-            });
-            let Some((close, _)) = close else { break };
-            rest = &after[close + 1..];
-        }
+    for sample in scrape(text).samples {
+        let labels = out.entry(sample.name).or_default();
+        labels.extend(sample.labels.into_iter().map(|(name, _)| name));
     }
     out
 }

@@ -3,7 +3,7 @@
 //! Raw sockets, so the tests see exactly what a client sees on the wire.
 
 use serde_json::Value;
-use sluice_e2e::{config, Gateway, Mock, UpstreamCalls};
+use sluice_e2e::{config, Answer, Gateway, Mock, UpstreamCalls};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,51 +42,14 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<Vec<u8
     Some(got)
 }
 
-/// One HTTP/1.1 response: status, lower-cased headers, body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a JSON body")
-    }
-}
-
 /// Parses one response with a content-length from the front of `bytes`; the rest is returned.
 fn parse_answer(bytes: &[u8]) -> Option<(Answer, &[u8])> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")?
-        .1
-        .parse()
-        .ok()?;
-    let body = bytes.get(end..end + len)?.to_vec();
-    Some((
-        Answer {
-            status,
-            headers,
-            body,
-        },
-        &bytes[end + len..],
-    ))
+    let (answer, used) = Answer::parse(bytes)?;
+    assert!(
+        answer.header("content-length").is_some(),
+        "an answer with a content-length: {answer:?}"
+    );
+    Some((answer, &bytes[used..]))
 }
 
 /// Reads exactly one response (with a content-length) from an open connection.

@@ -4,7 +4,7 @@
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use sluice_e2e::{config, metric_sum, Gateway, Mock, UpstreamCalls};
+use sluice_e2e::{config, metric_sum, Answer, Gateway, Mock, UpstreamCalls};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -21,15 +21,21 @@ const BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"
 
 /// One answer, read whole, and when it started and ended.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    body: String,
+struct Timed {
+    answer: Answer,
     took: Duration,
     done: Instant,
 }
 
-impl Answer {
+impl std::ops::Deref for Timed {
+    type Target = Answer;
+
+    fn deref(&self) -> &Answer {
+        &self.answer
+    }
+}
+
+impl Timed {
     fn code(&self) -> Value {
         let v: Value = serde_json::from_str(&self.body).unwrap_or(Value::Null);
         v["error"]["code"].clone()
@@ -37,7 +43,7 @@ impl Answer {
 }
 
 /// POSTs the chat body with `headers` (an upstream latency, a priority).
-async fn post(base: String, headers: Vec<(&'static str, String)>) -> Answer {
+async fn post(base: String, headers: Vec<(&'static str, String)>) -> Timed {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -50,18 +56,9 @@ async fn post(base: String, headers: Vec<(&'static str, String)>) -> Answer {
         req = req.header(k, v);
     }
     let start = Instant::now();
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp.text().await.expect("the whole body");
-    Answer {
-        status,
-        retry_after,
-        body,
+    let answer = Answer::read(req).await;
+    Timed {
+        answer,
         took: start.elapsed(),
         done: Instant::now(),
     }
@@ -72,7 +69,7 @@ fn latency(ms: u64) -> Vec<(&'static str, String)> {
 }
 
 /// Starts a request in the background.
-fn spawn(gw: &Gateway, headers: Vec<(&'static str, String)>) -> tokio::task::JoinHandle<Answer> {
+fn spawn(gw: &Gateway, headers: Vec<(&'static str, String)>) -> tokio::task::JoinHandle<Timed> {
     tokio::spawn(post(gw.url.clone(), headers))
 }
 
@@ -95,8 +92,8 @@ async fn a_full_queue_refuses_at_once_and_the_rest_wait_their_turn() {
         "    max_concurrency: 2\n    queue: { max: 2, timeout: 5s }\n",
     );
     let all = join_all((0..10).map(|_| spawn(&gw, latency(1000)))).await;
-    let all: Vec<Answer> = all.into_iter().map(|t| t.expect("task")).collect();
-    let (ok, refused): (Vec<&Answer>, Vec<&Answer>) = all.iter().partition(|a| a.status == 200);
+    let all: Vec<Timed> = all.into_iter().map(|t| t.expect("task")).collect();
+    let (ok, refused): (Vec<&Timed>, Vec<&Timed>) = all.iter().partition(|a| a.status == 200);
     let slowest = refused.iter().map(|a| a.took).max();
     println!(
         "10 at once on 2 slots + 2 queued: {} served, {} refused, slowest refusal {slowest:?}",
@@ -110,7 +107,7 @@ async fn a_full_queue_refuses_at_once_and_the_rest_wait_their_turn() {
         let v: Value = serde_json::from_str(&a.body).expect("JSON");
         assert_eq!(v["error"]["type"], "server_overloaded", "{a:?}");
         assert!(
-            a.retry_after.is_some(),
+            a.header("retry-after").is_some(),
             "a refusal says when to retry: {a:?}"
         );
         assert!(
@@ -142,8 +139,8 @@ async fn a_queued_request_times_out_with_503() {
         "    max_concurrency: 1\n    queue: { max: 2, timeout: 300ms }\n",
     );
     let all = join_all((0..3).map(|_| spawn(&gw, latency(2000)))).await;
-    let all: Vec<Answer> = all.into_iter().map(|t| t.expect("task")).collect();
-    let (ok, waited): (Vec<&Answer>, Vec<&Answer>) = all.iter().partition(|a| a.status == 200);
+    let all: Vec<Timed> = all.into_iter().map(|t| t.expect("task")).collect();
+    let (ok, waited): (Vec<&Timed>, Vec<&Timed>) = all.iter().partition(|a| a.status == 200);
     println!(
         "queue timeout 300ms: refusals after {:?}",
         waited.iter().map(|a| a.took).collect::<Vec<_>>()
@@ -152,7 +149,7 @@ async fn a_queued_request_times_out_with_503() {
     for a in &waited {
         assert_eq!(a.status, 503, "{a:?}");
         assert_eq!(a.code(), "queue_timeout", "{a:?}");
-        assert!(a.retry_after.is_some(), "{a:?}");
+        assert!(a.header("retry-after").is_some(), "{a:?}");
         // After the timeout, and long before the slot frees (2 s).
         assert!(
             a.took >= Duration::from_millis(290) && a.took < Duration::from_millis(1500),
@@ -206,7 +203,7 @@ async fn high_priority_passes_low_priority_in_the_queue() {
     for a in [&occupier, &low1, &low2, &high] {
         assert_eq!(a.status, 200, "{a:?}");
     }
-    let after = |a: &Answer| a.done - occupier.done;
+    let after = |a: &Timed| a.done - occupier.done;
     println!(
         "after the occupier: high {:?}, low {:?}, low {:?}",
         after(&high),

@@ -5,7 +5,7 @@
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use sluice_e2e::{config, free_port, Gateway, Mock, RedisServer, PATIENCE};
+use sluice_e2e::{config, free_port, metric_sum, Gateway, Mock, RedisServer, PATIENCE};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,19 +41,8 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-/// The sum of every sample of metric `name` (all label sets).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn fallbacks(gw: &Gateway) -> f64 {
-    metric_sum(&gw.metrics().await, FALLBACKS)
+    metric_sum(&gw.metrics().await, FALLBACKS, &[])
 }
 
 /// No limit check was decided locally: Redis answered every one.
@@ -442,11 +431,13 @@ async fn unreachable_redis_at_startup_serves_from_the_local_share() {
         gw.log_text()
     );
     let admitted = answers.iter().filter(|r| **r == Ok(200)).count() as f64;
-    let m = gw.metrics_until(|m| metric_sum(m, FALLBACKS) >= 20.0).await;
+    let m = gw
+        .metrics_until(|m| metric_sum(m, FALLBACKS, &[]) >= 20.0)
+        .await;
     println!(
         "20 at once with Redis unreachable, in {took:.2}s: {admitted} admitted, {} fallbacks, {} redis errors",
-        metric_sum(&m, FALLBACKS),
-        metric_sum(&m, "sluice_ratelimit_redis_errors_total")
+        metric_sum(&m, FALLBACKS, &[]),
+        metric_sum(&m, "sluice_ratelimit_redis_errors_total", &[])
     );
     // The local share: burst 5 (of 10) plus 5/s over the time the burst took.
     assert!(
@@ -454,7 +445,7 @@ async fn unreachable_redis_at_startup_serves_from_the_local_share() {
         "admitted {admitted} of 20 in {took:.2}s; the local share is 5 at once, then 5/s"
     );
     assert_eq!(
-        metric_sum(&m, FALLBACKS),
+        metric_sum(&m, FALLBACKS, &[]),
         20.0,
         "every check was decided locally:\n{m}"
     );

@@ -3,7 +3,7 @@
 //! the bytes arrive exactly as written (one write, or a request plus the first byte of the next).
 
 use serde_json::Value;
-use sluice_e2e::{config, Gateway, Mock};
+use sluice_e2e::{config, Answer, Gateway, Mock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,75 +37,6 @@ fn chat(model: &str) -> Vec<u8> {
 
 const MODELS: &[u8] = b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n";
 
-/// One response: status, lower-cased headers, body (de-chunked).
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("a JSON body: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Parses one whole response from the front of `bytes`: the answer and how many bytes it took.
-fn parse_answer(bytes: &[u8]) -> Option<(Answer, usize)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    let (body, used) = if let Some(len) = get("content-length") {
-        let len: usize = len.parse().ok()?;
-        (bytes.get(end..end + len)?.to_vec(), end + len)
-    } else {
-        assert_eq!(
-            get("transfer-encoding").map(String::as_str),
-            Some("chunked"),
-            "a framed answer: {head}"
-        );
-        let mut body = Vec::new();
-        let mut at = end;
-        loop {
-            let line_end = at + bytes.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
-            let size = std::str::from_utf8(&bytes[at..line_end]).ok()?;
-            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-            let data = line_end + 2;
-            body.extend_from_slice(bytes.get(data..data + size)?);
-            at = data + size + 2;
-            if bytes.len() < at {
-                return None;
-            }
-            if size == 0 {
-                break;
-            }
-        }
-        (body, at)
-    };
-    Some((
-        Answer {
-            status,
-            headers,
-            body,
-        },
-        used,
-    ))
-}
-
 /// Reads answers from `s` until `n` whole ones arrived (within 10 s); no bytes may follow them.
 async fn read_answers(s: &mut TcpStream, n: usize) -> Vec<Answer> {
     let mut got = Vec::new();
@@ -113,7 +44,7 @@ async fn read_answers(s: &mut TcpStream, n: usize) -> Vec<Answer> {
     let mut buf = [0u8; 8192];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        while let Some((answer, used)) = parse_answer(&got) {
+        while let Some((answer, used)) = Answer::parse(&got) {
             answers.push(answer);
             got.drain(..used);
         }
@@ -265,7 +196,7 @@ async fn a_stream_then_a_pipelined_request() {
     let answers = read_answers(&mut s, 2).await;
     assert_eq!(answers[0].status, 200);
     assert_eq!(answers[0].header("content-type"), Some("text/event-stream"));
-    assert!(String::from_utf8_lossy(&answers[0].body).ends_with("data: [DONE]\n\n"));
+    assert!(answers[0].body.ends_with("data: [DONE]\n\n"));
     assert_chat(&answers[1], "m-after-stream");
 }
 

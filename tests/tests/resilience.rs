@@ -9,7 +9,8 @@ mod resilience_support;
 use futures_util::StreamExt;
 use resilience_support::*;
 use sluice_e2e::{
-    chat_body, config, free_port, metric_value, sha256, Gateway, Mock, UpstreamCalls, PATIENCE,
+    chat_body, config, free_port, metric_value, scrape, sha256, Gateway, Mock, UpstreamCalls,
+    PATIENCE,
 };
 use std::time::{Duration, Instant};
 
@@ -17,15 +18,10 @@ const HEALTH: &str = "    health: { interval: 200ms, timeout: 150ms }\n";
 
 /// `sluice_upstream_healthy` of one endpoint: 1 when in the balancer, 0 when not, -1 unknown.
 fn healthy(text: &str, upstream: &str, endpoint: &str) -> f64 {
-    let (up, ep) = (
-        format!("upstream=\"{upstream}\""),
-        format!("endpoint=\"{endpoint}\""),
-    );
-    text.lines()
-        .filter(|l| l.starts_with("sluice_upstream_healthy{") && l.contains(&up))
-        .filter(|l| l.contains(&ep))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(-1.0)
+    let labels = [("upstream", upstream), ("endpoint", endpoint)];
+    let scrape = scrape(text);
+    let found = scrape.matching("sluice_upstream_healthy", &labels).next();
+    found.map_or(-1.0, |s| s.value)
 }
 
 #[tokio::test]

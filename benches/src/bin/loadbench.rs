@@ -6,12 +6,12 @@ use bytes::Bytes;
 use sluice_benches::chat_body;
 use sluice_benches::load::idle::{idle_connections, raise_fd_limit};
 use sluice_benches::load::openloop::{self, OpenLoopResult, Plan};
-use sluice_benches::load::procs::{
-    free_port, nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running,
-};
+use sluice_benches::load::procs::{nginx_conf, rss_kib, spawn, wait_port, RssSampler, Running};
 use sluice_benches::load::report::{CacheMixRow, ClosedRow, OpenRow, Report};
 use sluice_benches::load::wrk;
 use sluice_benches::workload::{repeat_share, PromptMix};
+use sluice_plugins::ab::exposition;
+use sluice_testkit::free_port;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -79,7 +79,7 @@ fn run() -> Result<(), String> {
     }
 
     // Fixed upstreams: nginx returning a completion, mock-llm streaming for the TTFB scenario.
-    let up_port = free_port()?;
+    let up_port = free_port();
     let up_conf = d.join("upstream.conf");
     std::fs::write(&up_conf, nginx_conf(d, 1, up_port, None, FIXED_COMPLETION))
         .map_err(|e| e.to_string())?;
@@ -90,7 +90,7 @@ fn run() -> Result<(), String> {
         &["-c", path_str(&up_conf)?, "-p", path_str(d)?],
         &d.join("up.log"),
     )?;
-    let mock_port = free_port()?;
+    let mock_port = free_port();
     let mock_listen = format!("127.0.0.1:{mock_port}");
     let _mock = spawn(
         "mock-llm",
@@ -109,7 +109,7 @@ fn run() -> Result<(), String> {
         &d.join("mock.log"),
     )?;
     // A mock-llm that takes MIX_LATENCY_MS to answer, behind the caching route.
-    let slow_port = free_port()?;
+    let slow_port = free_port();
     let slow_listen = format!("127.0.0.1:{slow_port}");
     let latency = MIX_LATENCY_MS.to_string();
     let _slow = spawn(
@@ -234,7 +234,7 @@ fn start_proxies(
     mock_port: u16,
     sluice_bin: &Path,
 ) -> Result<Proxies, String> {
-    let nginx_port = free_port()?;
+    let nginx_port = free_port();
     let conf = d.join(format!("proxy-{threads}.conf"));
     std::fs::write(&conf, nginx_conf(d, threads, nginx_port, Some(up_port), ""))
         .map_err(|e| e.to_string())?;
@@ -245,7 +245,7 @@ fn start_proxies(
         &["-c", path_str(&conf)?, "-p", path_str(d)?],
         &d.join(format!("nginx-{threads}.log")),
     )?;
-    let sluice_port = free_port()?;
+    let sluice_port = free_port();
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{sluice_port}\"]\n  threads: {threads}\n  max_body_bytes: 64MiB\nupstreams:\n  fixed:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\n  mock:\n    endpoints: [{{url: \"http://127.0.0.1:{mock_port}\"}}]\nroutes:\n  - name: stream\n    match: {{ methods: [POST], model: \"stream-*\" }}\n    upstream: mock\n  - name: by-model\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: fixed\n  - name: mix\n    match: {{ methods: [POST], model: \"mock-*\" }}\n    upstream: mock\n  - name: passthrough\n    upstream: fixed\n"
     );
@@ -462,7 +462,7 @@ fn start_cache_sluice(
     up_port: u16,
     sluice_bin: &Path,
 ) -> Result<CacheSluice, String> {
-    let (port, admin_port) = (free_port()?, free_port()?);
+    let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ path_prefix: /v1/chat/completions, methods: [POST] }}\n    upstream: up\n    cache: {{ ttl: 10m, key: {{ scope: none }} }}\n"
     );
@@ -528,26 +528,16 @@ fn cache_metrics(admin_port: u16) -> Result<(BTreeMap<String, f64>, f64), String
     if status != 200 {
         return Err(format!("GET /metrics answered {status}"));
     }
-    let text = String::from_utf8_lossy(&body);
-    let (mut results, mut saved) = (BTreeMap::new(), 0.0);
-    for line in text.lines().filter(|l| l.contains("route=\"chat\"")) {
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if line.starts_with("sluice_cache_requests_total{") {
-            if let Some(result) = line
-                .split("result=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-            {
-                *results.entry(result.to_string()).or_insert(0.0) += value;
-            }
-        } else if line.starts_with("sluice_cache_saved_seconds_total{") {
-            saved += value;
+    let scrape = exposition::parse(&String::from_utf8_lossy(&body))
+        .map_err(|e| format!("GET /metrics: {e}"))?;
+    let chat = [("route", "chat")];
+    let mut results = BTreeMap::new();
+    for sample in scrape.matching("sluice_cache_requests_total", &chat) {
+        if let Some(result) = sample.label("result") {
+            *results.entry(result.to_string()).or_insert(0.0) += sample.value;
         }
     }
+    let saved = scrape.sum("sluice_cache_saved_seconds_total", &chat);
     Ok((results, saved))
 }
 
@@ -624,7 +614,7 @@ fn limited(
     sluice_bin: &Path,
     script: &PathBuf,
 ) -> Result<(), String> {
-    let (port, admin_port) = (free_port()?, free_port()?);
+    let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nadmin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n    endpoints: [{{url: \"http://127.0.0.1:{up_port}\"}}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    match: {{ methods: [POST], model: \"bench-*\" }}\n    upstream: up\n    limits:\n      - {{ name: rps, key: api_key, requests_per_second: 1000000000 }}\n      - {{ name: tpm, key: api_key, tokens_per_minute: 1000000000 }}\n"
     );
@@ -644,19 +634,12 @@ fn limited(
         &[("POST 1KB + limits", Some(script))],
     )?;
     let (status, _, body) = http_once(admin_port, "GET", "/metrics", b"", "")?;
-    let text = String::from_utf8_lossy(&body);
-    let checked: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("sluice_ratelimit_decisions_total{") && l.contains("result=\"allowed\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let refused = text.lines().any(|l| {
-        l.starts_with("sluice_ratelimit_decisions_total{")
-            && l.contains("result=\"limited\"")
-            && !l.ends_with(" 0")
-    });
+    let scrape = exposition::parse(&String::from_utf8_lossy(&body))
+        .map_err(|e| format!("limits scenario: GET /metrics answered {status}: {e}"))?;
+    let decisions =
+        |result: &str| scrape.sum("sluice_ratelimit_decisions_total", &[("result", result)]);
+    let checked = decisions("allowed");
+    let refused = decisions("limited") > 0.0;
     eprintln!("limits: {checked:.0} limit checks allowed while measuring");
     if status != 200 || checked < 1.0 || refused {
         return Err(format!(
@@ -680,7 +663,7 @@ fn balanced(
     let mut urls = Vec::new();
     let mut ports = Vec::new();
     for i in 0..3 {
-        let port = free_port()?;
+        let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let name = format!("mock-ewma-{i}");
         let args = ["--listen", &listen, "--threads", "1", "--name", &name];
@@ -700,7 +683,7 @@ fn balanced(
         ("sluice-1-endpoint", &urls[..1]),
         ("sluice-3-endpoints", &urls[..]),
     ] {
-        let port = free_port()?;
+        let port = free_port();
         let yaml = format!(
             "server:\n  listen: [\"127.0.0.1:{port}\"]\n  threads: 1\n  max_body_bytes: 64MiB\nupstreams:\n  up:\n    balance: peak_ewma\n    endpoints: [{}]\n    pool: {{ max_idle: 256 }}\nroutes:\n  - name: chat\n    upstream: up\n",
             endpoints.join(", ")

@@ -1,6 +1,6 @@
 //! Starting and watching the processes under test.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,14 +63,6 @@ pub fn wait_port(port: u16, within: Duration) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!("nothing listening on port {port} after {within:?}"))
-}
-
-/// A free loopback port.
-pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
 }
 
 /// Resident set size of a process in KiB.

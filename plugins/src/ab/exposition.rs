@@ -51,6 +51,25 @@ pub struct Scrape {
     pub samples: Vec<Sample>,
 }
 
+impl Scrape {
+    /// The samples of metric `name` that carry all of `labels` (and maybe others), in order.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples
+            .iter()
+            .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+    }
+
+    /// The sum of the [`matching`](Scrape::matching) samples' values (0 when there are none).
+    #[must_use]
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
+    }
+}
+
 /// What a route's series say, per variant, and which variant is the baseline by default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteTotals {

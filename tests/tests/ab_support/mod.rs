@@ -91,9 +91,6 @@ pub trait Seen {
     fn instance(&self) -> &str {
         self.seen("x-mock-instance")
     }
-    fn cache(&self) -> &str {
-        self.seen("x-sluice-cache")
-    }
     /// The answer's `model` (mock-llm echoes the model it was asked for).
     fn model(&self) -> String;
     /// `usage.prompt_tokens` and `usage.completion_tokens`.

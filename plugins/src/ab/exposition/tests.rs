@@ -86,6 +86,27 @@ fn a_bad_line_is_named_by_its_number() {
 }
 
 #[test]
+fn samples_are_found_by_name_and_any_subset_of_their_labels() {
+    let scrape = parse(SCRAPE).unwrap();
+    assert_eq!(scrape.sum("sluice_requests_total", &[]), 160.0);
+    let candidate = [("variant", "candidate"), ("route", "chat")];
+    assert_eq!(scrape.sum("sluice_requests_total", &candidate), 100.0);
+    let ok = [
+        ("code", "200"),
+        ("route", "plain"),
+        ("upstream", "up"),
+        ("variant", ""),
+    ];
+    let found: Vec<f64> = scrape
+        .matching("sluice_requests_total", &ok)
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(found, [7.0]);
+    assert_eq!(scrape.sum("sluice_requests_total", &[("code", "404")]), 0.0);
+    assert_eq!(scrape.sum("sluice_requests", &[]), 0.0, "a name is whole");
+}
+
+#[test]
 fn totals_per_variant_in_configured_order() {
     let t = chat(SCRAPE).unwrap();
     assert_eq!(

@@ -187,15 +187,13 @@ fn caller_runtime() -> tokio::runtime::Runtime {
 #[test]
 fn calls_from_other_runtimes_work_after_those_runtimes_are_gone() {
     let mut server = RedisServer::start();
-    let port = server.port;
     let (buckets, _) = connect(&server);
     let bucket = buckets.bucket("chat", "rpm", 5);
     let rpm = per_minute(10);
     for round in 0..3 {
         // A restart breaks the connection, so the next call makes redis-rs reconnect on the
         // runtime it runs on; a caller's runtime must not be that one.
-        server.kill();
-        server = RedisServer::start_on(port);
+        server.restart();
         let caller = caller_runtime();
         let failed = caller.block_on(buckets.reserve(&bucket, 1, rpm));
         assert!(
@@ -216,12 +214,11 @@ fn calls_from_other_runtimes_work_after_those_runtimes_are_gone() {
 #[tokio::test]
 async fn dead_redis_fails_fast_and_comes_back_by_itself() {
     let mut server = RedisServer::start();
-    let port = server.port;
     let (buckets, errors) = connect(&server);
     let bucket = buckets.bucket("chat", "rpm", 1);
     let rpm = per_minute(10);
     assert!(take(&buckets, &bucket, 1, rpm).await.is_allowed());
-    server.kill();
+    server.stop();
 
     let started = Instant::now();
     let failed = buckets.reserve(&bucket, 1, rpm).await;
@@ -242,7 +239,7 @@ async fn dead_redis_fails_fast_and_comes_back_by_itself() {
         "fails at once"
     );
 
-    let _server = RedisServer::start_on(port);
+    server.restart();
     let came_back = eventually(Duration::from_secs(8), || async { buckets.is_up() }).await;
     assert!(came_back, "the probe reconnects by itself");
     let decision = take(&buckets, &bucket, 1, rpm).await;

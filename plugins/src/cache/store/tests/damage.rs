@@ -70,9 +70,12 @@ fn set_aside(dir: &Path) -> Vec<PathBuf> {
 /// `sluice_cache_disk_resets_total` as exported.
 fn resets(metrics: &Metrics) -> f64 {
     let text = metrics.encode();
-    text.lines()
-        .find_map(|l| l.strip_prefix("sluice_cache_disk_resets_total "))
-        .and_then(|v| v.trim().parse().ok())
+    let scrape = crate::ab::exposition::parse(&text).expect("an exposition");
+    let resets = scrape
+        .matching("sluice_cache_disk_resets_total", &[])
+        .next();
+    resets
+        .map(|s| s.value)
         .unwrap_or_else(|| panic!("no disk reset counter in:\n{text}"))
 }
 

@@ -76,7 +76,7 @@ async fn dead_redis_costs_lookups_nothing_and_is_counted() {
     assert!(store.redis_up());
     store.put(key(1), entry("chat", 100, now(), 60_000));
     store.flush().await;
-    server.kill();
+    server.stop();
 
     let started = Instant::now();
     for n in 0..50 {
@@ -104,13 +104,12 @@ async fn dead_redis_costs_lookups_nothing_and_is_counted() {
 #[tokio::test]
 async fn redis_is_used_again_when_it_returns() {
     let mut server = RedisServer::start();
-    let port = server.port;
     let (store, _) = open(&config(Some(&server), None));
-    server.kill();
+    server.stop();
     assert_eq!(tier_of(&store, key(1), "chat", now()).await, None);
     assert!(!store.redis_up(), "the failed GET marks the tier down");
 
-    let server = RedisServer::start_on(port);
+    server.restart();
     let came_back = eventually(Duration::from_secs(8), || async { store.redis_up() }).await;
     assert!(
         came_back,
@@ -134,8 +133,7 @@ async fn redis_is_used_again_when_it_returns() {
 #[tokio::test]
 async fn redis_down_at_start_is_not_an_error() {
     let mut server = RedisServer::start();
-    let port = server.port;
-    server.kill();
+    server.stop();
     let (store, _) = open(&config(Some(&server), None));
     assert!(!store.redis_up());
     store.put(key(1), entry("chat", 100, now(), 60_000));
@@ -143,7 +141,7 @@ async fn redis_down_at_start_is_not_an_error() {
         tier_of(&store, key(1), "chat", now()).await,
         Some(CacheTier::Memory)
     );
-    let _server = RedisServer::start_on(port);
+    server.restart();
     assert!(eventually(Duration::from_secs(8), || async { store.redis_up() }).await);
 }
 
