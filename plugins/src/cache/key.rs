@@ -362,6 +362,12 @@ mod tests {
             (&["18446744073709551615"][..], "18446744073709551615"),
             (&["-9223372036854775808"][..], "-9223372036854775808"),
             (&["1e300", "1E+300"][..], "1e+300"),
+            // Found by the canonical_json fuzz target: without correctly rounded parsing the
+            // integer and its own canonical form were one bit apart.
+            (
+                &["1111111111111111111111", "1.1111111111111111e+21"][..],
+                "1.1111111111111111e+21",
+            ),
         ] {
             for text in texts {
                 assert_eq!(canon(&parse(text)), want, "{text}");
