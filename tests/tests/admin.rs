@@ -3,17 +3,22 @@
 use serde_json::Value;
 use sluice_e2e::{chat_body, config, config_with_secrets, metric_value, status, Gateway, Mock};
 
-#[tokio::test]
-async fn admin_token_guards_admin_but_not_metrics_and_config_is_redacted() {
-    let a = Mock::start("a", &[]);
-    let yaml = config_with_secrets(&[&a.url], "  - name: all\n    upstream: up\n");
-    let gw = Gateway::start_with_env(
+/// A gateway whose admin needs the token `admin-SECRET2` and whose upstream key is secret.
+fn guarded_gateway(mock: &Mock) -> Gateway {
+    let yaml = config_with_secrets(&[&mock.url], "  - name: all\n    upstream: up\n");
+    Gateway::start_with_env(
         &yaml,
         &[
             ("UPSTREAM_KEY", "sk-upstream-SECRET1"),
             ("ADMIN_TOKEN", "admin-SECRET2"),
         ],
-    );
+    )
+}
+
+#[tokio::test]
+async fn admin_token_guards_admin_but_not_metrics_and_config_is_redacted() {
+    let a = Mock::start("a", &[]);
+    let gw = guarded_gateway(&a);
     let client = reqwest::Client::new();
     assert_eq!(
         status(client.get(format!("{}/admin/config", gw.admin))).await,
@@ -263,14 +268,7 @@ async fn pooled_connections_are_reused_with_several_worker_threads() {
 #[tokio::test]
 async fn admin_answers_wrong_methods_unknown_routes_and_any_bearer_case() {
     let a = Mock::start("a", &[]);
-    let yaml = config_with_secrets(&[&a.url], "  - name: all\n    upstream: up\n");
-    let gw = Gateway::start_with_env(
-        &yaml,
-        &[
-            ("UPSTREAM_KEY", "sk-upstream-SECRET1"),
-            ("ADMIN_TOKEN", "admin-SECRET2"),
-        ],
-    );
+    let gw = guarded_gateway(&a);
     let client = reqwest::Client::new();
     for scheme in ["bearer", "BEARER", "Bearer"] {
         let resp = client
