@@ -1,7 +1,6 @@
-//! The Pingora adapter. `request_filter` runs the phases of the request path (docs/architecture.md) in
-//! order, each a few lines that hand a decision to an engine; `logging` turns the context into
-//! one [`Finished`](crate::observe::Finished) record for the metrics and the access log.
-//! See docs/architecture.md for the phase chart.
+//! The Pingora adapter. `request_filter` hands the request to the [`pipeline`], which runs the
+//! phases in order (docs/architecture.md has the chart); `logging` turns the request's record
+//! into one [`Finished`](crate::observe::Finished) for the metrics and the access log.
 
 mod admission;
 mod body;
@@ -11,20 +10,27 @@ mod forward;
 mod headers;
 mod identity;
 mod limits;
-mod phases;
+mod pipeline;
+mod random;
+mod record;
 mod respond;
+mod route;
 mod sink;
 mod split;
+mod stop;
+mod target;
+#[cfg(test)]
+mod test_session;
+mod usage;
 
 use crate::reload::PolicyStore;
 use async_trait::async_trait;
 pub use ctx::{ActiveRequests, RequestCtx};
 pub use forward::Forwarder;
-use phases::Flow;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
-use respond::ForwardError;
+use pipeline::Engines;
 use sluice_plugins::cache::PromptCache;
 use sluice_plugins::limits::shared::SharedBuckets;
 use std::sync::Arc;
@@ -32,12 +38,8 @@ use std::sync::Arc;
 /// sluice's `ProxyHttp`.
 pub struct Gateway {
     store: Arc<PolicyStore>,
-    forwarder: Forwarder,
+    engines: Engines,
     active: Arc<ActiveRequests>,
-    /// The cache tiers and flights, when a route caches.
-    cache: Option<Arc<PromptCache>>,
-    /// The Redis buckets of shared limits, when a limit is shared.
-    shared_limits: Option<Arc<SharedBuckets>>,
 }
 
 impl Gateway {
@@ -51,60 +53,14 @@ impl Gateway {
     ) -> Self {
         Gateway {
             store,
-            forwarder,
+            engines: Engines {
+                forwarder,
+                cache,
+                shared_limits,
+            },
             active,
-            cache,
-            shared_limits,
         }
     }
-
-    fn shared_limits(&self) -> Option<&SharedBuckets> {
-        self.shared_limits.as_deref()
-    }
-
-    /// The phases in order; the first that answers ends the request.
-    async fn run_phases(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<(), ForwardError> {
-        let policy = self.store.load();
-        ctx.policy = Some(Arc::clone(&policy));
-        phases::normalize_target(session)?;
-        if let Flow::Done = phases::route(session, ctx, &policy).await? {
-            return Ok(());
-        }
-        let Some(route) = ctx.route.and_then(|i| policy.routes.get(i)) else {
-            return Ok(());
-        };
-        if let Flow::Done = phases::read_body_if_needed(session, ctx, &policy, route).await? {
-            return Ok(());
-        }
-        if let Flow::Done = split::choose_variant(session, ctx, route)? {
-            return Ok(());
-        }
-        if let Flow::Done = limits::admit_requests(self, session, ctx, route).await? {
-            return Ok(());
-        }
-        if let Flow::Done = phases::cache_lookup(self, session, ctx, route).await? {
-            limits::charge_hit(self, session, ctx, route).await;
-            return Ok(());
-        }
-        if let Flow::Done = phases::admit_tokens_and_slot(self, session, ctx, route).await? {
-            return Ok(());
-        }
-        phases::forward(self, session, ctx, route).await?;
-        Ok(())
-    }
-}
-
-/// A random number without a crate: std keys each `RandomState` differently (per-thread keys
-/// that advance on every call), so hashing nothing with a fresh one gives a new value.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
 }
 
 #[async_trait]
@@ -128,16 +84,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let ran = self.run_phases(session, ctx).await;
-        limits::release_unsettled(self, ctx).await;
-        match ran {
+        let policy = self.store.load();
+        ctx.policy = Some(Arc::clone(&policy));
+        match pipeline::run(&self.engines, &policy, session, ctx).await {
             Ok(()) => Ok(true),
-            Err(ForwardError::Respond(err)) => {
-                respond::error(session, ctx, &err).await;
-                Ok(true)
-            }
-            Err(ForwardError::Aborted(reason)) => {
-                ctx.error = Some(reason.clone());
+            Err(reason) => {
+                ctx.record.error = Some(reason.clone());
                 // An error (not Ok) makes Pingora close the client connection, so a cut-short
                 // stream is not terminated as if it were complete.
                 Error::e_explain(ErrorType::HTTPStatus(502), reason)
@@ -162,11 +114,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(policy) = ctx.policy.clone() else {
+        let Some(policy) = &ctx.policy else {
             return;
         };
-        let finished = ctx.finished(session);
-        crate::observe::record_metrics(&finished, &policy);
+        let finished = ctx.record.finished(policy, session);
+        crate::observe::record_metrics(&finished, policy);
         crate::access_log::write(&finished);
     }
 }

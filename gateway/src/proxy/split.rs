@@ -1,58 +1,61 @@
-//! The split phase (A/B): picks the request's variant (override, sticky key or a draw), rewrites
-//! the body fields the variant sets before the cache key is taken, and names it in
-//! `x-sluice-variant` on whatever answer the client gets. The variant's request headers are
-//! added only to what the upstream gets (the forwarder reads them from the lane), so cache
-//! scopes and limit keys still see the client's own headers.
+//! The split phase (A/B): picks the request's variant (override, sticky key or a draw) and
+//! rewrites the body fields the variant sets before the cache key is taken. The variant's
+//! request headers are added only to what the upstream gets (the forwarder reads them from the
+//! lane), so cache scopes and limit keys still see the client's own headers.
 
-use super::ctx::RequestCtx;
+use super::body::Body;
 use super::headers::X_SLUICE_VARIANT;
 use super::identity::sticky_key;
-use super::phases::Flow;
-use super::random_u64;
-use super::respond::ForwardError;
-use crate::config::policy::Route;
+use super::random::random_u64;
+use super::stop::{Header, Stop};
 use crate::config::split::{RouteSplit, StickyKey};
 use http::header::HeaderName;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 use sluice_plugins::openai_error::GatewayError;
 
-/// Sets the request's lane to its variant and applies the variant to the request.
-pub fn choose_variant(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    route: &Route,
-) -> Result<Flow, ForwardError> {
-    let Some(split) = &route.split else {
-        ctx.lane = Some(0);
-        return Ok(Flow::Next);
+/// The lane a request takes and the header that names its variant to the client.
+#[derive(Debug)]
+pub struct Chosen {
+    pub lane: usize,
+    pub header: Option<Header>,
+}
+
+/// Chooses the lane (0 without a split) and applies its variant to the request.
+pub fn choose(
+    split: Option<&RouteSplit>,
+    req: &mut RequestHeader,
+    body: &mut Body,
+) -> Result<Chosen, Stop> {
+    let Some(split) = split else {
+        return Ok(Chosen {
+            lane: 0,
+            header: None,
+        });
     };
-    let index = choose(session, ctx, split)?;
+    let index = pick(split, req, body)?;
     let variant = &split.variants[index];
-    ctx.lane = Some(index);
-    ctx.response_headers.push((
-        HeaderName::from_static(X_SLUICE_VARIANT),
-        variant.header.clone(),
-    ));
     // The override is for sluice; the upstream never sees it.
-    session.req_header_mut().remove_header(X_SLUICE_VARIANT);
+    req.remove_header(X_SLUICE_VARIANT);
     if !variant.set.is_empty() {
-        ctx.rewrite_json(|body| {
+        body.rewrite_json(|json| {
             for (field, value) in &variant.set {
-                body.insert(field.clone(), value.clone());
+                json.insert(field.clone(), value.clone());
             }
             true
         })?;
     }
-    Ok(Flow::Next)
+    Ok(Chosen {
+        lane: index,
+        header: Some((
+            HeaderName::from_static(X_SLUICE_VARIANT),
+            variant.header.clone(),
+        )),
+    })
 }
 
 /// The override when the route allows it, else the sticky key's variant, else a draw.
-fn choose(
-    session: &Session,
-    ctx: &mut RequestCtx,
-    split: &RouteSplit,
-) -> Result<usize, ForwardError> {
-    let headers = &session.req_header().headers;
+fn pick(split: &RouteSplit, req: &RequestHeader, body: &mut Body) -> Result<usize, Stop> {
+    let headers = &req.headers;
     if let Some(asked) = headers
         .get(X_SLUICE_VARIANT)
         .filter(|_| split.allow_override)
@@ -63,19 +66,80 @@ fn choose(
                 .chars()
                 .take(64)
                 .collect();
-            ForwardError::Respond(GatewayError::unknown_variant(&asked, &known))
+            GatewayError::unknown_variant(&asked, &known).into()
         });
     }
     let Some(key) = &split.sticky else {
         return Ok(split.assign.draw(random_u64()));
     };
     // A body that is not a JSON object has no `user`: the request is drawn like one without.
-    let body = match key {
-        StickyKey::BodyUser => ctx.json().ok().flatten(),
+    let json = match key {
+        StickyKey::BodyUser => body.json().ok().flatten(),
         _ => None,
     };
-    Ok(match sticky_key(key, headers, body) {
+    Ok(match sticky_key(key, headers, json) {
         Some(material) => split.assign.assign(material),
         None => split.assign.draw(random_u64()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::policy::compile_text;
+    use bytes::Bytes;
+
+    const POLICY: &str = "upstreams:\n  a: { endpoints: [{ url: \"http://127.0.0.1:1\" }] }\nroutes:\n  - name: chat\n    upstream: a\n    split:\n      sticky: header:x-user\n      allow_override: true\n      variants:\n        - { name: control, weight: 50 }\n        - { name: small, weight: 50, set: { model: m } }\n";
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        for (k, v) in headers {
+            req.insert_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn the_override_picks_the_variant_sets_its_fields_and_never_reaches_the_upstream() {
+        let p = compile_text(POLICY).unwrap();
+        let split = p.routes[0].split.as_ref();
+        let mut req = request(&[("x-sluice-variant", "small")]);
+        let mut body = Body::of(Bytes::from_static(br#"{"model":"big"}"#));
+        let chosen = choose(split, &mut req, &mut body).unwrap();
+        assert_eq!(chosen.lane, 1);
+        assert_eq!(chosen.header.unwrap().1, "small");
+        assert!(req.headers.get(X_SLUICE_VARIANT).is_none());
+        assert_eq!(body.json().unwrap().unwrap()["model"], "m");
+
+        let mut req = request(&[("x-sluice-variant", "nope")]);
+        match choose(split, &mut req, &mut Body::default()) {
+            Err(Stop::Respond { error, .. }) => {
+                assert_eq!((error.status, error.code), (400, "unknown_variant"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sticky_key_keeps_its_variant_and_no_split_is_lane_0() {
+        let p = compile_text(POLICY).unwrap();
+        let split = p.routes[0].split.as_ref();
+        let lane = |user: &str| {
+            choose(
+                split,
+                &mut request(&[("x-user", user)]),
+                &mut Body::default(),
+            )
+            .unwrap()
+            .lane
+        };
+        for user in ["u1", "u2", "u3", "u4"] {
+            assert!((0..20).all(|_| lane(user) == lane(user)), "{user} sticks");
+        }
+        let lanes: std::collections::HashSet<_> =
+            (0..64).map(|i| lane(&format!("user-{i}"))).collect();
+        assert_eq!(lanes.len(), 2, "users spread over both variants");
+        let none = choose(None, &mut request(&[]), &mut Body::default()).unwrap();
+        assert_eq!((none.lane, none.header.is_none()), (0, true));
+    }
 }

@@ -6,11 +6,10 @@ mod recorder;
 mod replay;
 mod request;
 
-use super::ctx::RequestCtx;
+use super::body::Body;
 use super::headers::X_SLUICE_CACHE;
-use super::phases::Flow;
-use super::respond::ForwardError;
-use crate::config::policy::Route;
+use super::stop::{Header, Stop};
+use crate::config::policy::{Lane, Route};
 use http::header::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
 pub use recorder::{CacheRecorder, EntryPlan};
@@ -24,23 +23,45 @@ use sluice_plugins::limits::usage::asks_for_usage;
 use sluice_plugins::metrics::CacheResult;
 use std::sync::Arc;
 
-/// Looks the request up; `Done` when it was answered from the cache or a coalesced flight.
+/// What the lookup did.
+pub enum Lookup {
+    /// The request is not cached (no policy, `no-store`, `when:` said no, not a JSON body).
+    Bypass,
+    /// Answered from the cache or a coalesced flight: the client has its response.
+    Answered(Answered),
+    /// Not found: forward it, recording the answer (and feeding followers) with this.
+    Miss(CacheRecorder),
+}
+
+/// A response written from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    pub result: CacheResult,
+    pub status: u16,
+    pub written: usize,
+    /// The tokens the answer stands for (charged when a budget counts hits).
+    pub tokens: u64,
+}
+
+/// Looks the request up on the route's cache; a hit or a coalesced answer is written with
+/// `headers` (the phases' so far) plus `x-sluice-cache`. Counted in the lane's cache metrics.
 pub async fn lookup(
     cache: &PromptCache,
     session: &mut Session,
-    ctx: &mut RequestCtx,
     route: &Route,
+    lane: &Lane,
+    body: &mut Body,
+    headers: &[Header],
     now_ms: u64,
-) -> Result<Flow, ForwardError> {
+) -> Result<Lookup, Stop> {
     let Some(policy) = &route.cache else {
-        return Ok(Flow::Next);
+        return Ok(Lookup::Bypass);
     };
     let req = session.req_header();
     let directives = Directives::from_headers(&req.headers, policy);
     let scope = request::scope(&req.headers, &policy.scope);
     let path = req.uri.path().to_string();
-    let variant = &route.lane(ctx.lane_index()).variant;
-    let keyed = ctx
+    let keyed = body
         .json()?
         .filter(|j| !directives.no_store && policy.when.admits(j))
         .map(|json| {
@@ -50,14 +71,14 @@ pub async fn lookup(
                     route: &route.name,
                     path: &path,
                     scope: &scope,
-                    variant,
+                    variant: &lane.variant,
                 },
             );
             (key, Wants::of(json))
         });
     let Some((key, wants)) = keyed else {
-        settle(ctx, route, CacheResult::Bypass, None);
-        return Ok(Flow::Next);
+        count(lane, CacheResult::Bypass, None);
+        return Ok(Lookup::Bypass);
     };
     if !directives.no_cache {
         if let Some((entry, tier)) = cache.store.get(key, &route.name, now_ms).await {
@@ -65,13 +86,18 @@ pub async fn lookup(
                 if policy.adaptive {
                     cache.store.extend(key, &entry, now_ms);
                 }
-                settle(ctx, route, CacheResult::Hit(tier), Some(&entry));
+                let result = CacheResult::Hit(tier);
+                count(lane, result, Some(&entry));
+                let mut headers = headers.to_vec();
+                headers.push(header(result));
                 let replay = replay.for_client(wants.usage);
-                let written = replay
-                    .write(session, &route.name, &ctx.response_headers)
-                    .await?;
-                answered(ctx, entry.status, written);
-                return Ok(Flow::Done);
+                let written = replay.write(session, &route.name, &headers).await?;
+                return Ok(Lookup::Answered(Answered {
+                    result,
+                    status: entry.status,
+                    written,
+                    tokens: entry.tokens,
+                }));
             }
         }
     }
@@ -86,23 +112,31 @@ pub async fn lookup(
     let leader = match cache.flights.join(key) {
         Role::Leader(leader) => Some(leader),
         Role::Follower(mut follower) => {
-            let mut headers = ctx.response_headers.clone();
-            headers.push(cache_header(CacheResult::Coalesced));
+            let result = CacheResult::Coalesced;
+            let mut headers = headers.to_vec();
+            headers.push(header(result));
             let answer = follow(session, &mut follower, &route.name, wants, &headers, now_ms);
             match answer.await? {
                 Some((status, written, entry)) => {
-                    answered(ctx, status, written);
-                    settle(ctx, route, CacheResult::Coalesced, entry.as_deref());
-                    return Ok(Flow::Done);
+                    count(lane, result, entry.as_deref());
+                    return Ok(Lookup::Answered(Answered {
+                        result,
+                        status,
+                        written,
+                        tokens: entry.map_or(0, |e| e.tokens),
+                    }));
                 }
                 // The leader failed before we wrote anything: go on our own.
                 None => None,
             }
         }
     };
-    settle(ctx, route, CacheResult::Miss, None);
-    ctx.recording = Some(CacheRecorder::new(plan, Arc::clone(&cache.store), leader));
-    Ok(Flow::Next)
+    count(lane, CacheResult::Miss, None);
+    Ok(Lookup::Miss(CacheRecorder::new(
+        plan,
+        Arc::clone(&cache.store),
+        leader,
+    )))
 }
 
 /// What the client asked for: a stream, and the usage chunk in it.
@@ -130,7 +164,7 @@ async fn follow(
     wants: Wants,
     headers: &[(HeaderName, HeaderValue)],
     now_ms: u64,
-) -> Result<Option<(u16, usize, Option<Arc<Entry>>)>, ForwardError> {
+) -> Result<Option<(u16, usize, Option<Arc<Entry>>)>, Stop> {
     let entry = if wants.stream {
         match follower.next().await {
             FlightEvent::Head(head) if head.sse => {
@@ -161,32 +195,26 @@ async fn follow(
     Ok(Some((entry.status, written, Some(entry))))
 }
 
-/// Records an answer written from the cache.
-fn answered(ctx: &mut RequestCtx, status: u16, written: usize) {
-    ctx.status = Some(status);
-    ctx.served = false;
-    ctx.bytes_out += written;
-}
-
-/// The lookup's result: the context's `cache` field and header, the route's counters, what a
-/// hit saved.
-fn settle(ctx: &mut RequestCtx, route: &Route, result: CacheResult, entry: Option<&Entry>) {
-    ctx.cache = result.name();
-    ctx.response_headers.push(cache_header(result));
-    let metrics = &route.lane(ctx.lane_index()).cache_metrics;
+/// Counts the lookup's result in the lane's cache metrics, and what a hit saved.
+fn count(lane: &Lane, result: CacheResult, entry: Option<&Entry>) {
+    let metrics = &lane.cache_metrics;
     metrics.record(result);
     if let Some(entry) = entry {
         metrics
             .saved_seconds
             .inc_by(entry.upstream_ms as f64 / 1000.0);
         metrics.saved_tokens.inc_by(entry.tokens);
-        ctx.hit_tokens = entry.tokens;
     }
 }
 
-fn cache_header(result: CacheResult) -> (HeaderName, HeaderValue) {
+/// The `x-sluice-cache` header naming the lookup's result.
+#[must_use]
+pub fn header(result: CacheResult) -> Header {
     (
         HeaderName::from_static(X_SLUICE_CACHE),
         HeaderValue::from_static(result.name()),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,8 @@
 //! separate SSE events, or the assembled JSON), or a single-flight leader's live stream.
 
 use crate::proxy::headers::X_SLUICE_ROUTE;
-use crate::proxy::respond::ForwardError;
 use crate::proxy::sink::stream_error_event;
+use crate::proxy::stop::Stop;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -70,7 +70,7 @@ impl Replay {
         session: &mut Session,
         route: &str,
         headers: &[(HeaderName, HeaderValue)],
-    ) -> Result<usize, ForwardError> {
+    ) -> Result<usize, Stop> {
         let len: usize = self.parts.iter().map(Bytes::len).sum();
         let mut head = head(self.status, &self.content_type, route, headers)?;
         let _ = head.insert_header(header::AGE, self.age);
@@ -103,7 +103,7 @@ impl Live<'_> {
         session: &mut Session,
         follower: &mut Follower,
         first: FlightHead,
-    ) -> Result<(usize, Arc<Entry>), ForwardError> {
+    ) -> Result<(usize, Arc<Entry>), Stop> {
         let mut head = head(first.status, &first.content_type, self.route, self.headers)?;
         let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
         write_head(session, head).await?;
@@ -117,7 +117,7 @@ impl Live<'_> {
                 FlightEvent::Failed => {
                     let why = "the coalesced upstream stream failed mid-way";
                     let _ = write_chunk(session, stream_error_event(why)).await;
-                    return Err(ForwardError::Aborted(why.into()));
+                    return Err(Stop::Aborted(why.into()));
                 }
             };
             let data = match (&mut filter, done.is_some()) {
@@ -142,8 +142,8 @@ fn head(
     content_type: &str,
     route: &str,
     headers: &[(HeaderName, HeaderValue)],
-) -> Result<ResponseHeader, ForwardError> {
-    let internal = |e: pingora::BError| ForwardError::Aborted(format!("building a response: {e}"));
+) -> Result<ResponseHeader, Stop> {
+    let internal = |e: pingora::BError| Stop::Aborted(format!("building a response: {e}"));
     let mut head = ResponseHeader::build(status, Some(6)).map_err(internal)?;
     head.insert_header(header::CONTENT_TYPE, content_type)
         .map_err(internal)?;
@@ -156,25 +156,25 @@ fn head(
     Ok(head)
 }
 
-fn client_gone(e: &pingora::Error) -> ForwardError {
-    ForwardError::Aborted(format!("client went away: {}", e.etype().as_str()))
+fn client_gone(e: &pingora::Error) -> Stop {
+    Stop::Aborted(format!("client went away: {}", e.etype().as_str()))
 }
 
-async fn write_head(session: &mut Session, head: ResponseHeader) -> Result<(), ForwardError> {
+async fn write_head(session: &mut Session, head: ResponseHeader) -> Result<(), Stop> {
     session
         .write_response_header(Box::new(head), false)
         .await
         .map_err(|e| client_gone(&e))
 }
 
-async fn write_chunk(session: &mut Session, data: Bytes) -> Result<(), ForwardError> {
+async fn write_chunk(session: &mut Session, data: Bytes) -> Result<(), Stop> {
     session
         .write_response_body(Some(data), false)
         .await
         .map_err(|e| client_gone(&e))
 }
 
-async fn end(session: &mut Session) -> Result<(), ForwardError> {
+async fn end(session: &mut Session) -> Result<(), Stop> {
     session
         .write_response_body(None, true)
         .await

@@ -7,8 +7,8 @@ use crate::proxy::body::{Outgoing, StreamedBody};
 use crate::proxy::headers::{
     client_response, upstream_request, UpstreamRequest, X_SLUICE_FALLBACK,
 };
-use crate::proxy::respond::ForwardError;
 use crate::proxy::sink::{StreamEnd, Tee};
+use crate::proxy::stop::Stop;
 use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -41,7 +41,7 @@ pub(super) struct TryRequest<'a> {
 pub(super) enum TryError {
     Retry(Retryable),
     /// No other try can mend it; with the endpoint's share of the blame, if any.
-    Final(ForwardError, Option<TryFailure>),
+    Final(Stop, Option<TryFailure>),
 }
 
 /// A failure that may be tried again elsewhere if the retry policy (`allowed`) says so.
@@ -60,14 +60,14 @@ impl TryError {
     /// The upstream failed in a way no retry helps: answer 502.
     fn failed(upstream: &str, detail: &str) -> Self {
         TryError::Final(
-            ForwardError::Respond(GatewayError::upstream_failed(upstream, detail)),
+            GatewayError::upstream_failed(upstream, detail).into(),
             Some(TryFailure::Reset),
         )
     }
 
     /// The client went away (not the endpoint's fault).
     fn client_gone(why: String) -> Self {
-        TryError::Final(ForwardError::Aborted(why), None)
+        TryError::Final(Stop::Aborted(why), None)
     }
 
     fn retry(error: GatewayError, allowed: bool, kind: TryFailure) -> Retryable {
@@ -153,7 +153,7 @@ async fn try_once(
         stats.observe(ttfb, Instant::now());
     }
     req.lane.ttfb(req.hop).observe(ttfb.as_secs_f64());
-    attempt.ttfb = Some(ttfb);
+    attempt.tried.ttfb = Some(ttfb);
 
     let Some(upstream_resp) = c.conn.response_header() else {
         return Err(TryError::failed(&up.name, "no response header"));
@@ -391,7 +391,7 @@ async fn relay(
         };
         tee.abort(session, &failed).await;
         return Err(TryError::Final(
-            ForwardError::Aborted(failed),
+            Stop::Aborted(failed),
             Some(TryFailure::Aborted),
         ));
     }

@@ -6,10 +6,11 @@
 
 mod endpoint;
 
-use super::body::{Outgoing, StreamedBody};
-use super::ctx::RequestBody;
-use super::respond::ForwardError;
+use super::body::{Body, Outgoing};
+use super::random::random_u64;
+use super::record::UpstreamTry;
 use super::sink::Tee;
+use super::stop::Stop;
 use crate::config::policy::RetryPolicy;
 use crate::config::policy::{Lane, Route, Upstream};
 use endpoint::{TryError, TryRequest};
@@ -21,17 +22,14 @@ use sluice_plugins::openai_error::GatewayError;
 use std::cell::OnceCell;
 use std::time::{Duration, Instant};
 
-/// What forwarding did: the upstream (`hop`: 0 for the route's own, then its fallbacks) and
-/// endpoint last tried, its time to first byte, the status the client got from it, the body
-/// bytes written, and how it ended.
+/// What forwarding did: the upstream and endpoint last tried (and its time to first byte),
+/// the status the client got from it, the body bytes written, and how it ended.
 #[derive(Debug)]
 pub struct Attempt {
-    pub hop: usize,
-    pub endpoint: Option<usize>,
-    pub ttfb: Option<Duration>,
+    pub tried: UpstreamTry,
     pub status: Option<u16>,
     pub bytes_out: usize,
-    pub outcome: Result<(), ForwardError>,
+    pub outcome: Result<(), Stop>,
 }
 
 /// The request as sent to one upstream of the route.
@@ -47,7 +45,7 @@ struct HopRequest<'a> {
 /// How the tries at one upstream ended: with an answer (or a failure no other upstream can
 /// mend, such as bytes already sent), or with a failure the next fallback may mend.
 enum HopEnd {
-    Done(Result<(), ForwardError>),
+    Done(Result<(), Stop>),
     Failed(GatewayError),
 }
 
@@ -81,35 +79,27 @@ impl Forwarder {
         session: &mut Session,
         route: &Route,
         lane: &Lane,
-        body: &RequestBody,
+        body: &Body,
         max_body: usize,
         tee: &mut Tee<'_>,
     ) -> Attempt {
         let mut attempt = Attempt {
-            hop: 0,
-            endpoint: None,
-            ttfb: None,
+            tried: UpstreamTry::default(),
             status: None,
             bytes_out: 0,
             outcome: Ok(()),
         };
-        let mut body = match body {
-            RequestBody::Empty => Outgoing::Empty,
-            RequestBody::Buffered(b) => Outgoing::Whole(b),
-            // A route with fallbacks reads the body, so a streamed one meets only this upstream.
-            RequestBody::Stream => {
-                match StreamedBody::new(session, lane.upstream.retry.buffer, max_body) {
-                    Ok(s) => Outgoing::Streamed(s),
-                    Err(e) => {
-                        attempt.outcome = Err(e);
-                        return attempt;
-                    }
-                }
+        // A route with fallbacks reads the body, so a streamed one meets only this upstream.
+        let mut body = match body.outgoing(session, lane.upstream.retry.buffer, max_body) {
+            Ok(body) => body,
+            Err(e) => {
+                attempt.outcome = Err(e);
+                return attempt;
             }
         };
         let mut hop = 0;
         while let Some(up) = lane.hop(hop) {
-            attempt.hop = hop;
+            attempt.tried.hop = hop;
             let fallback = lane.hop(hop + 1);
             let to = HopRequest {
                 route,
@@ -130,7 +120,7 @@ impl Forwarder {
                     if let Some(next) = fallback {
                         tracing::debug!(route = %route.name, from = %up.name, to = %next.name, reason = %error.message, "falling back");
                     }
-                    attempt.outcome = Err(ForwardError::Respond(error));
+                    attempt.outcome = Err(error.into());
                 }
             }
             hop += 1;
@@ -163,7 +153,7 @@ impl Forwarder {
             let Some(idx) = up.balancer.pick(&tried, Instant::now()) else {
                 return HopEnd::Failed(GatewayError::no_endpoint(&up.name));
             };
-            attempt.endpoint = Some(idx);
+            attempt.tried.endpoint = Some(idx);
             let try_req = TryRequest {
                 route,
                 lane,
@@ -199,7 +189,7 @@ impl Forwarder {
                     return if has_fallback {
                         HopEnd::Failed(error.error)
                     } else {
-                        HopEnd::Done(Err(ForwardError::Respond(error.error)))
+                        HopEnd::Done(Err(error.error.into()))
                     };
                 }
                 if let Some(wait) = backoff(&up.retry, up.retry.attempts - retries_left) {
@@ -209,7 +199,7 @@ impl Forwarder {
             } else if has_fallback && replayable {
                 return HopEnd::Failed(error.error);
             } else {
-                return HopEnd::Done(Err(ForwardError::Respond(error.error)));
+                return HopEnd::Done(Err(error.error.into()));
             }
             up.endpoints[idx].metrics.retries.inc();
             tracing::debug!(upstream = %up.name, endpoint = %up.endpoints[idx].url, reason = %error.error.message, "retrying");
@@ -230,7 +220,7 @@ fn retry_granted(up: &Upstream, kind: Option<TryFailure>, tried: &[usize], now: 
 fn backoff(policy: &RetryPolicy, n: u32) -> Option<Duration> {
     let (base, max) = policy.backoff?;
     let full = base.saturating_mul(1u32 << n.min(16)).min(max);
-    let share = 0.5 + (super::random_u64() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+    let share = 0.5 + (random_u64() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
     Some(full.mul_f64(share))
 }
 

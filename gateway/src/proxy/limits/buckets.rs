@@ -1,20 +1,29 @@
 //! Where a limit's decision is made: the Redis bucket for a shared limit while Redis answers,
 //! else the local bucket (for a shared limit: limit / instances, counted as a fallback).
 
-use super::Reserved;
 use crate::config::limits::LimitCommon;
 use crate::config::policy::{RequestLimit, RouteLimits, TokenLimit};
 use sluice_plugins::limits::shared::SharedBuckets;
 use sluice_plugins::limits::{Decision, LimitState};
 use std::time::{Duration, Instant};
 
+/// Token reservations of one request, settled when its response ended.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    pub(super) reservations: Vec<Reservation>,
+    /// The prompt's estimate, charged for a stream cut short without usage.
+    pub(super) prompt_estimate: u64,
+}
+
 /// Where a reservation was made, so it is settled in the same bucket.
+#[derive(Debug)]
 enum Place {
     Local,
     Shared(String),
 }
 
 /// Tokens held in one budget for one request.
+#[derive(Debug)]
 pub struct Reservation {
     /// Index into the route's token limits.
     limit: usize,

@@ -41,11 +41,6 @@ pub fn rate_headers(kind: Kind, state: LimitState) -> [(HeaderName, HeaderValue)
     ]
 }
 
-/// Whether `name` is one of the `-tokens` trio.
-pub fn is_tokens(name: &HeaderName) -> bool {
-    name.as_str().starts_with("x-ratelimit-") && name.as_str().ends_with("-tokens")
-}
-
 /// The tighter of two states: the one with less remaining.
 pub fn tighter(current: Option<LimitState>, next: LimitState) -> Option<LimitState> {
     match current {

@@ -5,60 +5,51 @@
 
 mod buckets;
 mod headers;
-mod usage;
 
-use super::ctx::RequestCtx;
+use super::body::Body;
 use super::identity::bucket_key;
-use super::phases::Flow;
-use super::respond::ForwardError;
-use super::Gateway;
-use crate::config::policy::{LimitKey, Route};
+use super::stop::{Header, Stop};
+use super::usage::UsageSink;
+use crate::config::policy::{LimitKey, Route, RouteLimits};
 use buckets::Reservation;
+pub use buckets::Reserved;
 use headers::{rate_headers, Kind};
 use pingora::proxy::Session;
-use sluice_plugins::limits::usage::{
-    ensure_include_usage, estimate_prompt_tokens, requested_completion_tokens,
-};
+use sluice_plugins::limits::shared::SharedBuckets;
+use sluice_plugins::limits::usage::{estimate_prompt_tokens, requested_completion_tokens};
 use sluice_plugins::limits::{Decision, LimitState};
 use sluice_plugins::metrics::Rejection;
 use sluice_plugins::openai_error::GatewayError;
-use std::time::Instant;
-pub use usage::{StripUsage, UsageSink};
+use std::time::{Duration, Instant};
 
-/// Token reservations of one request, settled when its response ended.
-#[derive(Default)]
-pub struct Reserved {
-    reservations: Vec<Reservation>,
-    /// The prompt's estimate, charged for a stream cut short without usage.
-    prompt_estimate: u64,
-}
-
-/// Checks every request limit of the route; the first that refuses answers 429.
+/// Checks every request limit of the route; the first that refuses answers 429. Returns the
+/// `x-ratelimit-*` headers of the tightest request limit and of the local token budgets.
 pub async fn admit_requests(
-    gw: &Gateway,
-    session: &Session,
-    ctx: &mut RequestCtx,
+    shared: Option<&SharedBuckets>,
     route: &Route,
-) -> Result<Flow, ForwardError> {
-    let Some(limits) = &route.limits else {
-        return Ok(Flow::Next);
-    };
+    limits: &RouteLimits,
+    session: &Session,
+    body: &mut Body,
+) -> Result<Vec<Header>, Stop> {
+    let mut out = Vec::new();
     let mut tightest: Option<LimitState> = None;
     for limit in &limits.requests {
-        let key = key_of(&limit.common.key, session, ctx)?;
-        let decision = buckets::check(gw.shared_limits(), &route.name, limit, key).await;
+        let key = key_of(&limit.common.key, session, body)?;
+        let decision = buckets::check(shared, &route.name, limit, key).await;
         limit.common.metrics.decided(decision.is_allowed());
         tightest = headers::tighter(tightest, decision.state());
         if let Decision::Limited { state, retry_after } = decision {
             route.limit_metrics.reject(Rejection::RateLimit);
-            ctx.response_headers
-                .extend(rate_headers(Kind::Requests, state));
-            return Err(refuse(&limit.common.name, Kind::Requests, retry_after));
+            return Err(refuse(
+                &limit.common.name,
+                Kind::Requests,
+                state,
+                retry_after,
+            ));
         }
     }
     if let Some(state) = tightest {
-        ctx.response_headers
-            .extend(rate_headers(Kind::Requests, state));
+        out.extend(rate_headers(Kind::Requests, state));
     }
     // Where the key stands in its token budgets, for an answer that reserves nothing (a cache
     // hit); a reservation replaces it. Shared budgets are not asked: a Redis round trip per
@@ -66,52 +57,44 @@ pub async fn admit_requests(
     let now = Instant::now();
     let mut budgets: Option<LimitState> = None;
     for limit in limits.tokens.iter().filter(|l| !l.common.shared) {
-        let key = key_of(&limit.common.key, session, ctx)?;
+        let key = key_of(&limit.common.key, session, body)?;
         budgets = headers::tighter(budgets, limit.local.peek(key, now));
     }
     if let Some(state) = budgets {
-        ctx.response_headers
-            .extend(rate_headers(Kind::Tokens, state));
+        out.extend(rate_headers(Kind::Tokens, state));
     }
-    Ok(Flow::Next)
+    Ok(out)
 }
 
 /// Reserves the request's estimated tokens in every token budget; 429 when one cannot take
-/// them. (A token-limited route meters usage, so the usage phase asks a stream for it.)
-pub async fn admit_tokens(
-    gw: &Gateway,
-    session: &Session,
-    ctx: &mut RequestCtx,
+/// them. Returns the reservations (none without a budget or a JSON body) and the token
+/// headers, which replace the peek `admit_requests` made.
+pub async fn reserve_tokens(
+    shared: Option<&SharedBuckets>,
     route: &Route,
-) -> Result<Flow, ForwardError> {
-    let Some(limits) = route.limits.as_ref().filter(|l| !l.tokens.is_empty()) else {
-        return Ok(Flow::Next);
+    limits: &RouteLimits,
+    session: &Session,
+    body: &mut Body,
+) -> Result<(Option<Reserved>, Vec<Header>), Stop> {
+    if limits.tokens.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let Some(json) = body.json()? else {
+        return Ok((None, Vec::new()));
     };
-    let Some(body) = ctx.json()? else {
-        return Ok(Flow::Next);
-    };
-    let prompt = estimate_prompt_tokens(body);
-    let completion = requested_completion_tokens(body);
+    let prompt = estimate_prompt_tokens(json);
+    let completion = requested_completion_tokens(json);
     let mut reserved = Reserved {
         reservations: Vec::new(),
         prompt_estimate: prompt,
     };
     let mut tightest: Option<LimitState> = None;
-    let mut refused = None;
     let now = Instant::now();
     for (index, limit) in limits.tokens.iter().enumerate() {
-        let key = bucket_key(&limit.common.key, session, Some(body));
+        let key = bucket_key(&limit.common.key, session, Some(json));
         let want = prompt + completion.unwrap_or(limit.default_max_tokens);
-        let reserved_now = buckets::reserve(
-            gw.shared_limits(),
-            &route.name,
-            limit,
-            index,
-            key,
-            want,
-            now,
-        )
-        .await;
+        let reserved_now =
+            buckets::reserve(shared, &route.name, limit, index, key, want, now).await;
         limit.common.metrics.decided(reserved_now.is_ok());
         match reserved_now {
             Ok((state, r)) => {
@@ -120,65 +103,64 @@ pub async fn admit_tokens(
                 reserved.reservations.push(r);
             }
             Err((state, retry_after)) => {
-                tightest = Some(state);
-                refused = Some((&limit.common.name, retry_after));
-                break;
+                route.limit_metrics.reject(Rejection::TokenBudget);
+                buckets::release(shared, &route.name, limits, reserved).await;
+                return Err(refuse(&limit.common.name, Kind::Tokens, state, retry_after));
             }
         }
     }
-    // The reservations' answer replaces the peek `admit_requests` put in the headers.
-    ctx.response_headers
-        .retain(|(name, _)| !headers::is_tokens(name));
-    if let Some(state) = tightest {
-        ctx.response_headers
-            .extend(rate_headers(Kind::Tokens, state));
-    }
-    if let Some((limit, retry_after)) = refused {
-        route.limit_metrics.reject(Rejection::TokenBudget);
-        buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
-        return Err(refuse(limit, Kind::Tokens, retry_after));
-    }
-    ctx.reserved = Some(reserved);
-    Ok(Flow::Next)
+    let headers = tightest.map_or_else(Vec::new, |s| rate_headers(Kind::Tokens, s).into());
+    Ok((Some(reserved), headers))
 }
 
 /// Settles the reservations with what the response cost: the upstream's usage, else the
 /// prompt estimate plus the completion tokens counted as they streamed; nothing when no
 /// upstream answered or it answered an error.
 pub async fn settle(
-    gw: &Gateway,
-    ctx: &mut RequestCtx,
+    shared: Option<&SharedBuckets>,
     route: &Route,
+    reserved: Reserved,
     used: Option<&mut UsageSink>,
 ) {
-    let Some(reserved) = ctx.reserved.take() else {
-        return;
-    };
     let Some(limits) = &route.limits else {
         return;
     };
     let charged = used.map_or(0, |u| u.charged(reserved.prompt_estimate));
     route.limit_metrics.charged.inc_by(charged);
-    buckets::settle(gw.shared_limits(), &route.name, limits, reserved, charged).await;
+    buckets::settle(shared, &route.name, limits, reserved, charged).await;
 }
 
-/// Charges a cache answer's tokens to the budgets that count hits (hits are never refused).
-pub async fn charge_hit(gw: &Gateway, session: &Session, ctx: &mut RequestCtx, route: &Route) {
+/// Gives back what a request reserved but never used (it was refused or failed before the
+/// upstream answered).
+pub async fn release(shared: Option<&SharedBuckets>, route: &Route, reserved: Reserved) {
+    if let Some(limits) = &route.limits {
+        buckets::release(shared, &route.name, limits, reserved).await;
+    }
+}
+
+/// Charges a cache answer's `tokens` to the budgets that count hits (hits are never refused).
+pub async fn charge_hit(
+    shared: Option<&SharedBuckets>,
+    route: &Route,
+    session: &Session,
+    body: &mut Body,
+    tokens: u64,
+) {
     let Some(limits) = &route.limits else {
         return;
     };
-    if ctx.hit_tokens == 0 || !limits.tokens.iter().any(|l| l.charge_cache_hits) {
+    if tokens == 0 || !limits.tokens.iter().any(|l| l.charge_cache_hits) {
         return;
     }
-    let Ok(body) = ctx.json() else {
+    let Ok(json) = body.json() else {
         return;
     };
     let mut reserved = Reserved::default();
     for (index, limit) in limits.tokens.iter().enumerate() {
         if limit.charge_cache_hits {
-            let key = bucket_key(&limit.common.key, session, body);
+            let key = bucket_key(&limit.common.key, session, json);
             reserved.reservations.push(Reservation::charge_only(
-                gw.shared_limits(),
+                shared,
                 &route.name,
                 limit,
                 index,
@@ -186,53 +168,30 @@ pub async fn charge_hit(gw: &Gateway, session: &Session, ctx: &mut RequestCtx, r
             ));
         }
     }
-    route.limit_metrics.charged.inc_by(ctx.hit_tokens);
-    buckets::settle(
-        gw.shared_limits(),
-        &route.name,
-        limits,
-        reserved,
-        ctx.hit_tokens,
-    )
-    .await;
-}
-
-/// Gives back what a request reserved but never used (it was refused or failed before the
-/// upstream answered).
-pub async fn release_unsettled(gw: &Gateway, ctx: &mut RequestCtx) {
-    let Some(reserved) = ctx.reserved.take() else {
-        return;
-    };
-    let Some(route) = ctx.route() else {
-        return;
-    };
-    if let Some(limits) = &route.limits {
-        buckets::release(gw.shared_limits(), &route.name, limits, reserved).await;
-    }
+    route.limit_metrics.charged.inc_by(tokens);
+    buckets::settle(shared, &route.name, limits, reserved, tokens).await;
 }
 
 /// The bucket a request draws from; the body is parsed only for a `body:user` key.
-fn key_of(key: &LimitKey, session: &Session, ctx: &mut RequestCtx) -> Result<u64, ForwardError> {
-    let body = match key {
-        LimitKey::BodyUser => ctx.json()?,
+fn key_of(key: &LimitKey, session: &Session, body: &mut Body) -> Result<u64, Stop> {
+    let json = match key {
+        LimitKey::BodyUser => body.json()?,
         _ => None,
     };
-    Ok(bucket_key(key, session, body))
+    Ok(bucket_key(key, session, json))
 }
 
-/// A stream is asked for its usage chunk; when the client did not ask, the chunk is stripped
-/// from what it sees.
-pub fn ask_for_usage(ctx: &mut RequestCtx) -> Result<(), ForwardError> {
-    if ctx.rewrite_json(ensure_include_usage)? {
-        ctx.strip_usage = true;
-    }
-    Ok(())
-}
-
-fn refuse(limit: &str, kind: Kind, retry_after: std::time::Duration) -> ForwardError {
+/// The 429 a refusing limit answers, with where the limit stands.
+fn refuse(limit: &str, kind: Kind, state: LimitState, retry_after: Duration) -> Stop {
     let what = match kind {
         Kind::Requests => "requests",
         Kind::Tokens => "tokens",
     };
-    ForwardError::Respond(GatewayError::rate_limited(limit, what, retry_after))
+    Stop::Respond {
+        error: Box::new(GatewayError::rate_limited(limit, what, retry_after)),
+        headers: rate_headers(kind, state).into(),
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
-//! Request bodies: read whole, up to the configured cap, or streamed to the upstream as they
-//! arrive with their first bytes kept, so that a failed try can send them again.
+//! Reading a request body from the client: whole up to the cap, the `100 Continue` a client
+//! may wait for, what a broken or stalled body is answered with, and lingering after a 413.
 
-use super::respond::ForwardError;
+use crate::proxy::stop::Stop;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::proxy::Session;
@@ -13,10 +13,10 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Reads the whole body; more than `limit` bytes is a 413 (checked early from Content-Length).
-pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ForwardError> {
+pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, Stop> {
     let declared = declared_length(session);
     if declared.is_some_and(|len| len > limit) {
-        return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
+        return Err(Stop::from(GatewayError::body_too_large(limit)));
     }
     continue_if_expected(session).await?;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(16 * 1024).min(limit));
@@ -26,124 +26,21 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, For
         .map_err(|e| client_body_error(&e))?
     {
         if buf.len() + chunk.len() > limit {
-            return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
+            return Err(Stop::from(GatewayError::body_too_large(limit)));
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
 }
 
-/// The request body as each try sends it.
-pub enum Outgoing<'a> {
-    Empty,
-    /// Read whole by a phase: every try sends it again.
-    Whole(&'a Bytes),
-    Streamed(StreamedBody),
-}
-
-impl Outgoing<'_> {
-    /// Whether the next try can send the whole body again.
-    #[must_use]
-    pub fn replayable(&self) -> bool {
-        match self {
-            Outgoing::Streamed(s) => !s.dropped,
-            _ => true,
-        }
-    }
-}
-
 /// The body's `content-length`, when the client sent one.
-fn declared_length(session: &Session) -> Option<usize> {
+pub(super) fn declared_length(session: &Session) -> Option<usize> {
     session
         .req_header()
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-}
-
-/// A client body streamed to the upstream as it arrives. Its first `keep` bytes are kept: a
-/// body that is still within them when a try fails (or its answer asks for a retry) is sent
-/// again, kept part first, then the rest as it arrives; a larger one can be sent only once.
-/// More than `limit` bytes is a 413, before anything is sent when `content-length` says so.
-pub struct StreamedBody {
-    keep: usize,
-    limit: usize,
-    read: usize,
-    kept: Vec<Bytes>,
-    kept_len: usize,
-    /// How many kept chunks the current try has sent.
-    sent: usize,
-    /// Bytes were read and not kept: the body cannot be sent again.
-    dropped: bool,
-    ended: bool,
-    continued: bool,
-}
-
-impl StreamedBody {
-    pub fn new(session: &Session, keep: usize, limit: usize) -> Result<Self, ForwardError> {
-        if declared_length(session).is_some_and(|len| len > limit) {
-            return Err(ForwardError::Respond(GatewayError::body_too_large(limit)));
-        }
-        Ok(StreamedBody {
-            keep,
-            limit,
-            read: 0,
-            kept: Vec::new(),
-            kept_len: 0,
-            sent: 0,
-            dropped: false,
-            ended: false,
-            continued: false,
-        })
-    }
-
-    /// Starts a try: the kept chunks are sent first.
-    pub fn rewind(&mut self) {
-        self.sent = 0;
-    }
-
-    /// The next chunk to send, `None` once the body ended.
-    pub async fn next_chunk(
-        &mut self,
-        session: &mut Session,
-    ) -> Result<Option<Bytes>, ForwardError> {
-        if let Some(chunk) = self.kept.get(self.sent) {
-            self.sent += 1;
-            return Ok(Some(chunk.clone()));
-        }
-        if self.ended {
-            return Ok(None);
-        }
-        if !self.continued {
-            continue_if_expected(session).await?;
-            self.continued = true;
-        }
-        let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| client_body_error(&e))?
-        else {
-            self.ended = true;
-            return Ok(None);
-        };
-        self.read += chunk.len();
-        if self.read > self.limit {
-            // The upstream request is dropped unfinished; nothing was answered yet.
-            return Err(ForwardError::Respond(GatewayError::body_too_large(
-                self.limit,
-            )));
-        }
-        if !self.dropped && self.kept_len + chunk.len() <= self.keep {
-            self.kept_len += chunk.len();
-            self.kept.push(chunk.clone());
-            self.sent += 1;
-        } else if !self.dropped {
-            self.dropped = true;
-            self.kept = Vec::new();
-        }
-        Ok(Some(chunk))
-    }
 }
 
 /// After answering early (413), reads and discards what the client is still sending for a
@@ -167,11 +64,12 @@ pub async fn linger(session: &mut Session) {
 }
 
 /// Tells a client that sent `Expect: 100-continue` to send its body, before sluice reads it.
-pub async fn continue_if_expected(session: &mut Session) -> Result<(), ForwardError> {
+pub async fn continue_if_expected(session: &mut Session) -> Result<(), Stop> {
     if expects_continue(session) {
-        session.write_continue_response().await.map_err(|e| {
-            ForwardError::Aborted(format!("writing 100 Continue: {}", e.etype().as_str()))
-        })?;
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| Stop::Aborted(format!("writing 100 Continue: {}", e.etype().as_str())))?;
     }
     Ok(())
 }
@@ -197,9 +95,9 @@ pub fn ends_connection(err: &GatewayError) -> bool {
 }
 
 /// Reading the client's body failed: it went away or broke the framing.
-pub fn client_body_error(e: &pingora::Error) -> ForwardError {
+pub fn client_body_error(e: &pingora::Error) -> Stop {
     if CHUNK_ERRORS.contains(&e.etype().as_str()) {
-        return ForwardError::Respond(GatewayError::new(
+        return Stop::from(GatewayError::new(
             400,
             "invalid_request_error",
             INVALID_CHUNKED_BODY,
@@ -208,14 +106,14 @@ pub fn client_body_error(e: &pingora::Error) -> ForwardError {
     }
     if *e.etype() == pingora::ErrorType::ReadTimedout {
         // A body that stalls past server.limits.body_idle_timeout is answered, as nginx does.
-        return ForwardError::Respond(GatewayError::new(
+        return Stop::from(GatewayError::new(
             408,
             "invalid_request_error",
             "request_timeout",
             "the request body stalled past the server's body idle timeout",
         ));
     }
-    ForwardError::Aborted(format!("reading client body: {}", e.etype().as_str()))
+    Stop::Aborted(format!("reading client body: {}", e.etype().as_str()))
 }
 
 #[cfg(test)]
@@ -225,8 +123,8 @@ mod tests {
 
     fn answer(etype: ErrorType) -> Option<GatewayError> {
         match client_body_error(&Error::explain(etype, "test")) {
-            ForwardError::Respond(err) => Some(err),
-            ForwardError::Aborted(_) => None,
+            Stop::Respond { error, .. } => Some(*error),
+            Stop::Aborted(_) => None,
         }
     }
 

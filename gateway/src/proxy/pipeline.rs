@@ -1,0 +1,257 @@
+//! The request path, in order: normalize the target → route (reading the body when a model
+//! glob needs it) → read the body (when the route's features need it) → split (A/B lane) →
+//! request rates → cache lookup → token reservations, the usage ask and the upstream's
+//! concurrency slot (after a miss) → forward → settle. This is the one module that knows every
+//! phase: each phase takes what it reads and returns what it makes, and the hand-offs between
+//! them (body, headers, reservations, recorder, permit) live on this module's stack. The first
+//! phase that stops the request ends it; a route without a feature pays nothing for its phase.
+
+use super::admission;
+use super::body::Body;
+use super::cache::{self, CacheRecorder, Lookup};
+use super::ctx::RequestCtx;
+use super::forward::{Attempt, Forwarder};
+use super::limits::{self, Reserved};
+use super::record::Record;
+use super::respond;
+use super::route;
+use super::sink::Tee;
+use super::split;
+use super::stop::{merge_headers, Header, Stop};
+use super::target;
+use super::usage::{self, StripUsage, UsageSink};
+use crate::config::policy::{Lane, Route};
+use crate::config::Policy;
+use pingora::proxy::Session;
+use sluice_plugins::cache::PromptCache;
+use sluice_plugins::limits::gate::GatePermit;
+use sluice_plugins::limits::shared::SharedBuckets;
+use sluice_plugins::metrics::CacheResult;
+use std::sync::Arc;
+
+/// The engines that outlive a policy: the forwarder's pools, the cache tiers and flights, the
+/// Redis buckets of shared limits.
+pub struct Engines {
+    pub forwarder: Forwarder,
+    /// When a route caches.
+    pub cache: Option<Arc<PromptCache>>,
+    /// When a limit is shared.
+    pub shared_limits: Option<Arc<SharedBuckets>>,
+}
+
+impl Engines {
+    fn shared(&self) -> Option<&SharedBuckets> {
+        self.shared_limits.as_deref()
+    }
+}
+
+/// Runs the phases under `policy`; a gateway-made answer is written here. `Err` says why the
+/// client connection must be dropped (a response cut short, a client gone).
+pub async fn run(
+    engines: &Engines,
+    policy: &Policy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), String> {
+    let mut headers = Vec::new();
+    let outcome = match enter(session, policy).await {
+        Err(stop) => Err(stop),
+        Ok(routed) => {
+            ctx.enter_route(routed.index, routed.route);
+            let mut reserved = None;
+            let on = On {
+                engines,
+                policy,
+                route: routed.route,
+            };
+            let outcome = on
+                .serve(
+                    routed.body,
+                    session,
+                    &mut ctx.record,
+                    &mut headers,
+                    &mut reserved,
+                )
+                .await;
+            // Refused or failed before an upstream answered: what it held goes back.
+            if let Some(reserved) = reserved {
+                limits::release(engines.shared(), routed.route, reserved).await;
+            }
+            outcome
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Stop::Respond {
+            error,
+            headers: more,
+        }) => {
+            merge_headers(&mut headers, more);
+            let route = ctx.record.route.and_then(|i| policy.routes.get(i));
+            let name = route.map(|r| r.name.as_str());
+            respond::error(session, &mut ctx.record, name, &error, headers).await;
+            Ok(())
+        }
+        Err(Stop::Aborted(why)) => Err(why),
+    }
+}
+
+async fn enter<'p>(session: &mut Session, policy: &'p Policy) -> Result<route::Routed<'p>, Stop> {
+    target::normalize(session.req_header_mut())?;
+    route::select(session, policy).await
+}
+
+/// One request on its route.
+struct On<'a> {
+    engines: &'a Engines,
+    policy: &'a Policy,
+    route: &'a Route,
+}
+
+/// What the phases before the forward hand it.
+struct Handoff {
+    recorder: Option<CacheRecorder>,
+    strip_usage: bool,
+    permit: Option<GatePermit>,
+}
+
+impl On<'_> {
+    async fn serve(
+        &self,
+        mut body: Body,
+        session: &mut Session,
+        record: &mut Record,
+        headers: &mut Vec<Header>,
+        reserved: &mut Option<Reserved>,
+    ) -> Result<(), Stop> {
+        let (route, shared) = (self.route, self.engines.shared());
+        if route.reads_body {
+            body.read_if_streamed(session, self.policy.max_body_bytes)
+                .await?;
+        }
+        record.bytes_in = body.len();
+        let chosen = split::choose(route.split.as_ref(), session.req_header_mut(), &mut body)?;
+        let lane = route.lanes.get(chosen.lane).ok_or_else(|| {
+            Stop::Aborted(format!("route {} has no lane {}", route.name, chosen.lane))
+        })?;
+        record.lane = Some(chosen.lane);
+        headers.extend(chosen.header);
+        if let Some(limits) = &route.limits {
+            let more = limits::admit_requests(shared, route, limits, session, &mut body).await?;
+            merge_headers(headers, more);
+        }
+        let recorder = match (&self.engines.cache, &route.cache) {
+            (Some(cache), Some(_)) => {
+                let now = unix_ms();
+                match cache::lookup(cache, session, route, lane, &mut body, headers, now).await? {
+                    Lookup::Answered(answered) => {
+                        record.cache = answered.result.name();
+                        record.answered_locally(answered.status, answered.written);
+                        limits::charge_hit(shared, route, session, &mut body, answered.tokens)
+                            .await;
+                        return Ok(());
+                    }
+                    Lookup::Miss(recorder) => {
+                        note_cache(record, headers, CacheResult::Miss);
+                        Some(recorder)
+                    }
+                    Lookup::Bypass => {
+                        note_cache(record, headers, CacheResult::Bypass);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(limits) = &route.limits {
+            let (held, more) =
+                limits::reserve_tokens(shared, route, limits, session, &mut body).await?;
+            *reserved = held;
+            merge_headers(headers, more);
+        }
+        let strip_usage = route.meters_usage && usage::ask_for_usage(&mut body)?;
+        let watch = !body.is_streamed();
+        let permit = admission::admit(session, &lane.upstream, &route.limit_metrics, watch).await?;
+        let handoff = Handoff {
+            recorder,
+            strip_usage,
+            permit,
+        };
+        self.forward(lane, body, session, record, headers, reserved, handoff)
+            .await
+    }
+
+    /// Forwards through a tee that feeds the recorder and the meter, then settles the token
+    /// reservations and counts the usage.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        lane: &Lane,
+        mut body: Body,
+        session: &mut Session,
+        record: &mut Record,
+        headers: &mut Vec<Header>,
+        reserved: &mut Option<Reserved>,
+        handoff: Handoff,
+    ) -> Result<(), Stop> {
+        let route = self.route;
+        let Handoff {
+            mut recorder,
+            strip_usage,
+            permit,
+        } = handoff;
+        let mut meter = (reserved.is_some() || route.meters_usage).then(UsageSink::default);
+        let mut strip = strip_usage.then(StripUsage::default);
+        let mut tee = Tee::new(std::mem::take(headers));
+        if let Some(r) = recorder.as_mut() {
+            tee.add(r);
+        }
+        if let Some(m) = meter.as_mut() {
+            tee.add(m);
+        }
+        if let Some(s) = strip.as_mut() {
+            tee.filter_client(s);
+        }
+        let max_body = self.policy.max_body_bytes;
+        let forwarder = &self.engines.forwarder;
+        let attempt = forwarder
+            .forward(session, route, lane, &body, max_body, &mut tee)
+            .await;
+        // What was not sent goes on an answer made instead.
+        *headers = tee.take_headers();
+        drop(tee);
+        drop(recorder);
+        drop(permit);
+        if let Some(held) = reserved.take() {
+            limits::settle(self.engines.shared(), route, held, meter.as_mut()).await;
+        }
+        if let Some(meter) = meter.as_mut().filter(|_| route.meters_usage) {
+            usage::count(lane, &self.policy.pricing, &mut body, meter);
+        }
+        record_attempt(record, attempt)
+    }
+}
+
+/// Takes in what the forwarder did; its outcome is the request's.
+fn record_attempt(record: &mut Record, attempt: Attempt) -> Result<(), Stop> {
+    if let Some(status) = attempt.status {
+        record.status = Some(status);
+        record.served = true;
+    }
+    record.bytes_out += attempt.bytes_out;
+    record.upstream = Some(attempt.tried);
+    attempt.outcome
+}
+
+/// A lookup that leaves the request to the upstream: logged, and named on the answer.
+fn note_cache(record: &mut Record, headers: &mut Vec<Header>, result: CacheResult) {
+    record.cache = result.name();
+    headers.push(cache::header(result));
+}
+
+/// The wall clock in Unix ms: cache entries age across instances, so they use real time.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
