@@ -2,6 +2,7 @@
 
 use pingora::proxy::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpListener;
 
 /// A session whose request head (and whatever body follows) is `raw`; the other end is the
 /// client, to read the answer from.
@@ -29,4 +30,23 @@ pub fn post(path: &str, extra_headers: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// An upstream on a real socket that answers every request on a connection with `answer`.
+pub async fn upstream(answer: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || conn.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
 }

@@ -225,47 +225,4 @@ fn backoff(policy: &RetryPolicy, n: u32) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_max_with_jitter_in_the_upper_half() {
-        let ms = Duration::from_millis;
-        let policy = RetryPolicy {
-            backoff: Some((ms(20), ms(100))),
-            ..RetryPolicy::default()
-        };
-        for _ in 0..200 {
-            let first = backoff(&policy, 0).unwrap();
-            assert!(first >= ms(10) && first <= ms(20), "{first:?}");
-            let third = backoff(&policy, 2).unwrap();
-            assert!(third >= ms(40) && third <= ms(80), "{third:?}");
-            let capped = backoff(&policy, 30).unwrap();
-            assert!(capped >= ms(50) && capped <= ms(100), "{capped:?}");
-        }
-        let waits: std::collections::HashSet<_> = (0..20).map(|_| backoff(&policy, 0)).collect();
-        assert!(waits.len() > 10, "jittered: {waits:?}");
-        assert_eq!(backoff(&RetryPolicy::default(), 0), None);
-    }
-
-    #[test]
-    fn a_failed_connect_is_retried_outside_the_budget_while_an_endpoint_is_left() {
-        let p = crate::config::policy::compile_text(
-            "upstreams:\n  u:\n    endpoints: [ { url: \"http://127.0.0.1:1\" }, { url: \"http://127.0.0.1:2\" } ]\n    retry: { attempts: 1, on: [connect, 503], budget: { ratio: 0, min_per_second: 0 } }\nroutes:\n  - { name: r, upstream: u }\n",
-        )
-        .unwrap();
-        let up = &p.routes[0].lanes[0].upstream;
-        let now = Instant::now();
-        for _ in 0..100 {
-            assert!(retry_granted(up, Some(TryFailure::Connect), &[0], now));
-        }
-        assert_eq!(up.budget_exhausted.get(), 0, "the budget was not asked");
-        assert!(
-            !retry_granted(up, Some(TryFailure::Connect), &[0, 1], now),
-            "no endpoint left: the budget decides, and it is empty"
-        );
-        assert!(!retry_granted(up, Some(TryFailure::Reset), &[0], now));
-        assert!(!retry_granted(up, None, &[0], now));
-        assert_eq!(up.budget_exhausted.get(), 3, "each refusal counted");
-    }
-}
+mod tests;
