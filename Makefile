@@ -65,7 +65,7 @@ test: build venv
 
 # Each fuzz target for FUZZ_SECONDS (nightly and cargo-fuzz, installed when missing); the corpus
 # grows in fuzz/corpus/, findings land in fuzz/artifacts/ (add each as a regression case).
-FUZZ_TARGETS := head_scan config_load exposition canonical_json request_target
+FUZZ_TARGETS := head_scan config_load exposition canonical_json request_target sse
 FUZZ_SECONDS ?= 600
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

@@ -16,14 +16,7 @@ use std::borrow::Cow;
 /// may name either). The first bytes of
 /// the input choose the split points.
 pub fn head_scan(data: &[u8]) {
-    let (cuts, bytes) = match data.split_first() {
-        Some((&n, rest)) => {
-            let n = usize::from(n % 8).min(rest.len());
-            let cuts: Vec<usize> = rest[..n].iter().map(|&b| usize::from(b)).collect();
-            (cuts, &rest[n..])
-        }
-        None => (Vec::new(), data),
-    };
+    let (cuts, bytes) = cut_points(data);
     let limits = ServerLimits {
         max_header_bytes: 256,
         max_uri_bytes: 64,
@@ -91,6 +84,48 @@ pub fn exposition(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(scrape) = sluice_plugins::ab::exposition::parse(&text) {
         let _ = sluice_plugins::ab::exposition::totals("chat", &scrape);
+    }
+}
+
+/// SSE: never panics; cutting the stream into chunks anywhere (the first bytes choose where,
+/// and byte by byte) yields the events of the whole, their bytes add up to the stream, and each
+/// event's data reads the same.
+pub fn sse(data: &[u8]) {
+    let (cuts, stream) = cut_points(data);
+    let whole: Vec<(Vec<u8>, bool, Option<Vec<u8>>)> = sluice_plugins::sse::events(stream)
+        .map(|e| (e.raw.to_vec(), e.terminated, e.data().map(|d| d.into_owned())))
+        .collect();
+    let joined: Vec<u8> = whole.iter().flat_map(|(raw, _, _)| raw.clone()).collect();
+    assert_eq!(joined, stream, "the events' bytes are not the stream");
+    let every_byte: Vec<usize> = (1..stream.len()).collect();
+    for cuts in [cuts, every_byte] {
+        let mut splitter = sluice_plugins::sse::Splitter::default();
+        let mut pieces = Vec::new();
+        let mut each = |e: sluice_plugins::sse::Event<'_>| {
+            pieces.push((e.raw.to_vec(), e.terminated, e.data().map(|d| d.into_owned())));
+        };
+        let mut start = 0;
+        for cut in cuts.iter().copied().filter(|&c| c <= stream.len()) {
+            let cut = cut.max(start);
+            splitter.push(&stream[start..cut], &mut each);
+            start = cut;
+        }
+        splitter.push(&stream[start..], &mut each);
+        splitter.finish(&mut each);
+        assert_eq!(pieces, whole, "split at {cuts:?}: {stream:?}");
+    }
+}
+
+/// The first byte says how many of the next bytes are cut points; the rest is the input.
+fn cut_points(data: &[u8]) -> (Vec<usize>, &[u8]) {
+    match data.split_first() {
+        Some((&n, rest)) => {
+            let n = usize::from(n % 8).min(rest.len());
+            let mut cuts: Vec<usize> = rest[..n].iter().map(|&b| usize::from(b)).collect();
+            cuts.sort_unstable();
+            (cuts, &rest[n..])
+        }
+        None => (Vec::new(), data),
     }
 }
 

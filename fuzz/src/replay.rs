@@ -49,3 +49,8 @@ fn canonical_json() {
 fn request_target() {
     replay("request_target", crate::request_target);
 }
+
+#[test]
+fn sse() {
+    replay("sse", crate::sse);
+}

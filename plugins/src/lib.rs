@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openai_error;
 mod outage;
 pub mod outlier;
+pub mod own_thread;
 pub mod redis_link;
 pub mod request_target;
 pub mod retry_budget;

@@ -7,6 +7,7 @@ pub use super::limit_buckets::LimitBuckets;
 
 use super::errors::Errors;
 use super::locate::{field_path, Seg};
+use super::needs::Needs;
 use super::spec::{LimitSpec, RouteSpec};
 use super::units::header_name;
 use http::header::HeaderName;
@@ -67,14 +68,18 @@ pub struct RouteLimits {
 }
 
 impl RouteLimits {
-    /// Whether a limit needs the request body (token estimates, `body:user` keys).
+    /// Token budgets estimate from the body and settle on the answer's usage; a `body:user`
+    /// key reads the body.
     #[must_use]
-    pub fn reads_body(&self) -> bool {
-        !self.tokens.is_empty()
-            || self
-                .requests
+    pub fn needs(&self) -> Needs {
+        if !self.tokens.is_empty() {
+            return Needs::USAGE;
+        }
+        Needs::body_if(
+            self.requests
                 .iter()
-                .any(|l| l.common.key == LimitKey::BodyUser)
+                .any(|l| l.common.key == LimitKey::BodyUser),
+        )
     }
 
     /// Whether any limit lives in Redis.
@@ -349,7 +354,7 @@ routes:
             (tpm.default_max_tokens, tpm.charge_cache_hits),
             (512, false)
         );
-        assert!(tpm.common.shared && route.reads_body);
+        assert!(tpm.common.shared && route.needs.body);
         assert!(
             p.limits_redis.is_some(),
             "a shared limit needs the redis connection"
@@ -363,11 +368,11 @@ routes:
     fn a_request_limit_on_the_header_alone_does_not_read_the_body() {
         let text = with_limits("      - { name: rps, key: ip, requests_per_minute: 60 }\n");
         let p = compile_text(&text.replace("    queue: { max: 4, timeout: 300ms }\n", "")).unwrap();
-        assert!(!p.routes[0].reads_body);
+        assert!(!p.routes[0].needs.body);
         assert!(p.limits_redis.is_none(), "no shared limit, no connection");
         let p = compile_text(&text).unwrap();
         assert!(
-            p.routes[0].reads_body,
+            p.routes[0].needs.body,
             "a queued request watches its client: body read"
         );
     }

@@ -19,7 +19,7 @@ use super::limits::check_limits;
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::LoadedSpec;
 use super::locate::{field_path, Seg};
-use super::secret::redacted_view;
+use super::redacted::redacted_view;
 use super::spec::{MatchSpec, Spec};
 use super::split::{check_split, compile_pricing, Pricing};
 use super::units::header_name;
@@ -30,6 +30,7 @@ use sluice_plugins::metrics::StatusCounters;
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 /// A compiled, immutable configuration snapshot.
@@ -62,7 +63,14 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         .redis
         .as_ref()
         .and_then(|r| compile_redis(&mut errors, r));
-    let tiers = compile_tiers(&mut errors, loaded, redis.as_ref());
+    let config_dir = Path::new(&loaded.file).parent().unwrap_or(Path::new(""));
+    let tiers = compile_tiers(
+        &mut errors,
+        spec.cache.as_ref(),
+        redis.as_ref(),
+        spec.redis.is_some(),
+        config_dir,
+    );
     let checked_routes = check_routes(&mut errors, spec, redis.is_some());
     let pricing = compile_pricing(&mut errors, &spec.pricing);
     errors.finish(())?;
@@ -281,7 +289,7 @@ routes:
         let p = compile_text(GOOD).unwrap();
         assert_eq!(p.routes.len(), 1);
         assert_eq!(p.max_body_bytes, 10 * 1024 * 1024);
-        assert!(p.routes[0].reads_body, "a model glob reads the body");
+        assert!(p.routes[0].needs.body, "a model glob reads the body");
         assert!(p.routes[0].cache.is_none());
         assert!(p.cache_tiers.is_none(), "no route caches");
         let up = &p.routes[0].lanes[0].upstream;

@@ -1,9 +1,10 @@
-//! A compiled route: its lanes (one per A/B variant), split, cache, limits and what the
-//! request path needs to know about its body, built from a route that passed every check.
+//! A compiled route: its lanes (one per A/B variant), split, cache, limits and what its
+//! features need from a request, built from a route that passed every check.
 
 use super::cache::RouteCache;
 use super::lane::{Lane, LanePlan};
 use super::limits::{CheckedLimit, RouteLimits};
+use super::needs::Needs;
 use super::shared::SharedState;
 use super::spec::RouteSpec;
 use super::split::{CheckedSplit, RouteSplit};
@@ -27,11 +28,8 @@ pub struct Route {
     pub limits: Option<RouteLimits>,
     /// Tokens reserved and charged, requests refused (by limits or the upstream's queue).
     pub limit_metrics: RouteLimitMetrics,
-    /// Some phase needs the request body (a model glob, a cache policy, a token budget, an
-    /// upstream queue, a split), so the proxy reads it.
-    pub reads_body: bool,
-    /// Answers are metered for `sluice_tokens_total` and `sluice_cost_usd_total`.
-    pub meters_usage: bool,
+    /// What its features need from a request: the union of each one's `needs()`.
+    pub needs: Needs,
 }
 
 impl Route {
@@ -97,31 +95,27 @@ pub(super) fn build_route(
             })
             .collect(),
     };
-    // A queued request notices its client leaving only once its body is read.
-    let reads_body = r.matcher.model.is_some()
-        || r.cache.is_some()
-        || limits.as_ref().is_some_and(RouteLimits::reads_body)
-        || plans
-            .iter()
-            .any(|p| p.upstream.admission.as_ref().is_some_and(|a| a.queues))
-        // A fallback replays the body, so it is read whole.
-        || !r.spec.fallback.is_empty();
-    // A plain passthrough streams its body untouched, so only a read body is metered; a
-    // split always is (its variants are compared on tokens and cost), and so it reads it.
-    let meters_usage = split.is_some()
-        || limits.as_ref().is_some_and(|l| !l.tokens.is_empty())
-        || (reads_body && priced);
+    // A model glob and a fallback (which replays the body) read the body whole.
+    let needs = [
+        Needs::body_if(r.matcher.model.is_some() || !r.spec.fallback.is_empty()),
+        r.cache.as_ref().map_or(Needs::NONE, RouteCache::needs),
+        limits.as_ref().map_or(Needs::NONE, RouteLimits::needs),
+        split.as_ref().map_or(Needs::NONE, RouteSplit::needs),
+    ]
+    .into_iter()
+    .chain(plans.iter().map(|p| p.upstream.needs()))
+    .fold(Needs::NONE, |a, b| a | b)
+    .with_pricing(priced);
     let lanes = plans
         .into_iter()
-        .map(|p| Lane::new(name, p, &fallbacks, meters_usage, &shared.metrics))
+        .map(|p| Lane::new(name, p, &fallbacks, needs.usage, &shared.metrics))
         .collect();
     let route = Route {
         name: name.clone(),
         lanes,
         split,
         unassigned: shared.metrics.route(name, "", ""),
-        reads_body: reads_body || meters_usage,
-        meters_usage,
+        needs,
         limits,
         limit_metrics: shared.metrics.route_limits(name),
         cache: r.cache,

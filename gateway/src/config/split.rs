@@ -3,6 +3,7 @@
 
 use super::errors::Errors;
 use super::locate::{field_path, Seg};
+use super::needs::Needs;
 use super::spec::{PriceSpec, SplitSpec};
 use super::units::header_name;
 use http::header::{HeaderName, HeaderValue};
@@ -37,6 +38,12 @@ pub struct RouteSplit {
 }
 
 impl RouteSplit {
+    /// Variants are compared on tokens and cost, so their answers are metered.
+    #[must_use]
+    pub fn needs(&self) -> Needs {
+        Needs::USAGE
+    }
+
     /// The variant named `name`, for an override header.
     #[must_use]
     pub fn by_name(&self, name: &[u8]) -> Option<usize> {
@@ -268,7 +275,7 @@ routes:
         assert_eq!(names, [("control", "a"), ("small", "b")]);
         let split = route.split.as_ref().unwrap();
         assert_eq!(split.sticky, Some(StickyKey::Cookie("uid".into())));
-        assert!(split.allow_override && route.reads_body && route.meters_usage);
+        assert!(split.allow_override && route.needs.body && route.needs.usage);
         assert_eq!(split.by_name(b"small"), Some(1));
         assert_eq!(route.lanes[1].headers.len(), 1);
         assert!(route.lanes[0].headers.is_empty());

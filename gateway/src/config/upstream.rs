@@ -5,6 +5,7 @@
 use super::endpoint::{parse_endpoint_url, Endpoint, EndpointUrl, PeerTemplate, Timeouts};
 use super::errors::Errors;
 use super::locate::{field_path, Seg};
+use super::needs::Needs;
 use super::resilience::{compile_health, compile_outlier};
 use super::shared::SharedState;
 use super::spec::{BalanceSpec, RetryOnSpec, UpstreamSpec};
@@ -78,6 +79,12 @@ impl RetryPolicy {
 }
 
 impl Upstream {
+    /// A queued request notices its client leaving only once its body is read.
+    #[must_use]
+    pub fn needs(&self) -> Needs {
+        Needs::body_if(self.admission.as_ref().is_some_and(|a| a.queues))
+    }
+
     /// Spends one retry from the budget; a refusal is counted.
     pub fn spend_retry(&self, now: Instant) -> bool {
         let granted = self.retry_budget.try_retry(now);

@@ -125,7 +125,7 @@ impl On<'_> {
         reserved: &mut Option<Reserved>,
     ) -> Result<(), Stop> {
         let (route, shared) = (self.route, self.engines.shared());
-        if route.reads_body {
+        if route.needs.body {
             body.read_if_streamed(session, self.policy.max_body_bytes)
                 .await?;
         }
@@ -169,7 +169,7 @@ impl On<'_> {
             *reserved = held;
             merge_headers(headers, more);
         }
-        let strip_usage = route.meters_usage && usage::ask_for_usage(&mut body)?;
+        let strip_usage = route.needs.usage && usage::ask_for_usage(&mut body)?;
         let watch = !body.is_streamed();
         let permit = admission::admit(session, &lane.upstream, &route.limit_metrics, watch).await?;
         let handoff = Handoff {
@@ -200,7 +200,7 @@ impl On<'_> {
             strip_usage,
             permit,
         } = handoff;
-        let mut meter = (reserved.is_some() || route.meters_usage).then(UsageSink::default);
+        let mut meter = (reserved.is_some() || route.needs.usage).then(UsageSink::default);
         let mut strip = strip_usage.then(StripUsage::default);
         let mut tee = Tee::new(std::mem::take(headers));
         if let Some(r) = recorder.as_mut() {
@@ -225,7 +225,7 @@ impl On<'_> {
         if let Some(held) = reserved.take() {
             limits::settle(self.engines.shared(), route, held, meter.as_mut()).await;
         }
-        if let Some(meter) = meter.as_mut().filter(|_| route.meters_usage) {
+        if let Some(meter) = meter.as_mut().filter(|_| route.needs.usage) {
             usage::count(lane, &self.policy.pricing, &mut body, meter);
         }
         record_attempt(record, attempt)

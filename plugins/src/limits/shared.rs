@@ -37,26 +37,16 @@ impl SharedBuckets {
     /// timeout for Redis's first answer. Only a malformed URL is an error: an unreachable
     /// Redis starts as an outage. `errors` counts failed Redis operations.
     pub fn connect(config: &RedisConfig, errors: IntCounter) -> Result<Arc<SharedBuckets>, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(RUNTIME_THREAD)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start its runtime: {e}"))?;
-        match RedisLink::start(config, "limits", errors, runtime.handle()) {
-            Ok(link) => Ok(Arc::new(SharedBuckets {
-                link,
-                reserve: Arc::new(script(include_str!("shared/reserve.lua"))),
-                settle: Arc::new(script(include_str!("shared/settle.lua"))),
-                handle: runtime.handle().clone(),
-                runtime: Some(runtime),
-            })),
-            Err(e) => {
-                // Dropping a runtime in async context panics; the caller may be in one.
-                runtime.shutdown_background();
-                Err(e)
-            }
-        }
+        let (runtime, link) = crate::own_thread::start(RUNTIME_THREAD, |runtime| {
+            RedisLink::start(config, "limits", errors, runtime.handle())
+        })?;
+        Ok(Arc::new(SharedBuckets {
+            link,
+            reserve: Arc::new(script(include_str!("shared/reserve.lua"))),
+            settle: Arc::new(script(include_str!("shared/settle.lua"))),
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        }))
     }
 
     /// Whether calls go to Redis now; while false they fail at once.

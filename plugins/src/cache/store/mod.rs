@@ -80,23 +80,11 @@ impl CacheStore {
     /// disk file is set aside and the tier starts empty; a disk path that cannot be opened
     /// otherwise is an error naming the path.
     pub fn open(config: &StoreConfig, metrics: &Metrics) -> Result<CacheStore, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(RUNTIME_THREAD)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start its runtime: {e}"))?;
-        match Self::open_tiers(config, metrics, runtime.handle()) {
-            Ok(mut store) => {
-                store.runtime = Some(runtime);
-                Ok(store)
-            }
-            Err(e) => {
-                // Dropping a runtime in async context panics; the caller may be in one.
-                runtime.shutdown_background();
-                Err(e)
-            }
-        }
+        let (runtime, mut store) = crate::own_thread::start(RUNTIME_THREAD, |runtime| {
+            Self::open_tiers(config, metrics, runtime.handle())
+        })?;
+        store.runtime = Some(runtime);
+        Ok(store)
     }
 
     /// The tiers, their writers and housekeeping on `handle`; the caller adds the runtime.
