@@ -48,6 +48,8 @@ pub struct RouteCache {
     pub max_ttl: Duration,
     /// Hits extend the entry's TTL up to `max_ttl`.
     pub adaptive: bool,
+    /// Clients' `cache-control` and `x-sluice-cache-ttl` are honoured.
+    pub client_controls: bool,
     /// The body fields in the key and how they are normalized.
     pub key: KeyPolicy,
     pub scope: CacheScope,
@@ -231,6 +233,7 @@ pub(super) fn compile_route_cache(
         ttl,
         max_ttl,
         adaptive: spec.adaptive,
+        client_controls: spec.client_controls,
         key: KeyPolicy::new(
             spec.key.include.clone(),
             spec.key.normalize.whitespace == WhitespaceSpec::Collapse,
@@ -336,10 +339,18 @@ pub struct RouteCacheSpec {
     /// Hits extend the entry's TTL, up to `max_ttl`.
     #[serde(default)]
     pub adaptive: bool,
+    /// Honour clients' `cache-control: no-cache / no-store` and `x-sluice-cache-ttl`; false
+    /// keeps the route's cache and TTL in force whatever a client sends.
+    #[serde(default = "honoured")]
+    pub client_controls: bool,
     #[serde(default)]
     pub key: CacheKeySpec,
     /// Cache only requests meeting one of these conditions.
     pub when: Option<CacheWhenSpec>,
+}
+
+fn honoured() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -37,6 +37,7 @@ fn a_caching_route_gets_defaults_and_the_memory_tier() {
             ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(600),
             adaptive: false,
+            client_controls: true,
             key: KeyPolicy::new(None, false),
             scope: CacheScope::ApiKey,
             when: CacheCondition::default(),
@@ -50,7 +51,7 @@ fn every_field_compiles() {
             "redis:\n  url: rediss://:pw@cache:6380/1\n  timeout: 250ms\n  prefix: gw\n\
              cache:\n  memory: {{ max_bytes: 64MiB }}\n  redis: true\n  disk: {{ path: ./data/cache, max_bytes: 2GiB }}\n{}",
             route_cache(
-                "      ttl: 10m\n      max_ttl: 1h\n      adaptive: true\n      key:\n        include: [model, messages]\n        normalize: { whitespace: collapse }\n        scope: header:X-Team\n      when: { max_temperature: 0, seed: true }\n"
+                "      ttl: 10m\n      max_ttl: 1h\n      adaptive: true\n      client_controls: false\n      key:\n        include: [model, messages]\n        normalize: { whitespace: collapse }\n        scope: header:X-Team\n      when: { max_temperature: 0, seed: true }\n"
             )
         );
     let p = compile_text(&text).unwrap();
@@ -75,6 +76,7 @@ fn every_field_compiles() {
             ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(3600),
             adaptive: true,
+            client_controls: false,
             key: KeyPolicy::new(Some(vec!["model".into(), "messages".into()]), true),
             scope: CacheScope::Header(HeaderName::from_static("x-team")),
             when: CacheCondition {

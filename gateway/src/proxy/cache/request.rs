@@ -20,9 +20,13 @@ pub struct Directives {
 pub const X_SLUICE_CACHE_TTL: &str = "x-sluice-cache-ttl";
 
 impl Directives {
+    /// None when the route ignores clients' controls (`client_controls: false`).
     #[must_use]
     pub fn from_headers(headers: &HeaderMap, policy: &RouteCache) -> Self {
         let mut d = Directives::default();
+        if !policy.client_controls {
+            return d;
+        }
         for value in headers.get_all(http::header::CACHE_CONTROL) {
             for token in value.to_str().unwrap_or("").split(',') {
                 match token.trim().to_ascii_lowercase().as_str() {
@@ -66,6 +70,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(600),
             adaptive: false,
+            client_controls: true,
             key: sluice_plugins::cache::key::KeyPolicy::new(None, false),
             scope: CacheScope::ApiKey,
             when: sluice_plugins::cache::key::CacheCondition::default(),
@@ -85,6 +90,22 @@ mod tests {
         let d = Directives::from_headers(&h, &policy());
         assert!(d.no_store && !d.no_cache);
         assert_eq!(d.ttl, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_route_without_client_controls_ignores_them() {
+        let mut h = HeaderMap::new();
+        h.insert("cache-control", "no-cache, no-store".parse().unwrap());
+        h.insert(X_SLUICE_CACHE_TTL, "5s".parse().unwrap());
+        let fixed = RouteCache {
+            client_controls: false,
+            ..policy()
+        };
+        assert_eq!(Directives::from_headers(&h, &fixed), Directives::default());
+        assert_ne!(
+            Directives::from_headers(&h, &policy()),
+            Directives::default()
+        );
     }
 
     #[test]
