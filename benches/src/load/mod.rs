@@ -3,7 +3,9 @@
 //! throughput, our own open-loop generator for latency at fixed rates, and a report.
 
 pub mod idle;
+pub mod oneshot;
 pub mod openloop;
 pub mod procs;
 pub mod report;
+pub mod sluice;
 pub mod wrk;
