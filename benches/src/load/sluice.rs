@@ -77,6 +77,17 @@ pub fn start_pinned(
     })
 }
 
+/// A [`PinnedSluice`] with one plain route (no match, so no body is read) to `up_port`.
+pub fn start_plain_sluice(
+    d: &Path,
+    name: &str,
+    up_port: u16,
+    sluice_bin: &Path,
+) -> Result<PinnedSluice, String> {
+    let routes = "  - name: passthrough\n    upstream: up\n";
+    start_pinned(d, name, sluice_bin, &one_endpoint(up_port), routes)
+}
+
 /// A [`PinnedSluice`] named `sluice-<name>` whose one route `chat` caches every POST to
 /// `/v1/chat/completions` for everyone (`scope: none`).
 pub fn start_cache_sluice(

@@ -1,8 +1,12 @@
 //! `make bench`: measures sluice against direct and nginx in one run, alternating systems so
 //! drift hits all alike. `BENCH_QUICK=1` for a short run. Needs release builds of sluice and
 //! mock-llm, and nginx + wrk (installed by `make deps`).
+//!
+//! `loadbench compare OLD_SLUICE NEW_SLUICE` (`make bench-compare`) measures two sluice builds
+//! against each other instead; see the compare module.
 
 mod closed_loop;
+mod compare;
 mod feature_scenarios;
 mod open_loop;
 
@@ -41,8 +45,16 @@ struct Proxies {
     nginx: Running,
 }
 
+const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)";
+
 fn main() {
-    if let Err(e) = benchmark() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => benchmark(),
+        ["compare", old, new] => compare::run(Path::new(old), Path::new(new)),
+        _ => Err(USAGE.into()),
+    };
+    if let Err(e) = outcome {
         eprintln!("loadbench: {e}");
         std::process::exit(1);
     }
