@@ -9,7 +9,7 @@ PYTHON := $(VENV)/bin/python
 BUILD_PACKAGES := cmake:cmake
 APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
 
-.PHONY: deps deps-build venv build build-release run test lint bench fuzz clean
+.PHONY: deps deps-build venv build build-release run test lint bench bench-compare fuzz clean
 
 deps-build:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BUILD_PACKAGES)" FONTS=no
@@ -90,6 +90,15 @@ bench: deps
 	else \
 	  $(CARGO) bench -p sluice-benches --bench hot_path; \
 	fi
+
+# Two sluice builds against each other, per core (report in target/bench/compare.md):
+# `make bench-compare OLD=path/to/old/sluice [NEW=...]`; BENCH_QUICK=1, BENCH_ROUNDS and
+# BENCH_SECONDS shorten or lengthen it.
+NEW ?= target/release/sluice
+bench-compare: deps
+	@[ -n "$(OLD)" ] || { echo "make bench-compare: set OLD to the old sluice binary"; exit 1; }
+	$(CARGO) build --release --bin sluice --bin loadbench
+	./target/release/loadbench compare "$(OLD)" "$(NEW)"
 
 clean:
 	$(CARGO) clean

@@ -53,6 +53,26 @@ pub fn spawn(
     })
 }
 
+/// Writes `<dir>/<name>.conf` and runs nginx on it pinned to `cpus`, logging to
+/// `<dir>/<name>.log`; `conf` is what [`nginx_conf`] makes.
+pub fn spawn_nginx(dir: &Path, name: &str, cpus: &str, conf: &str) -> Result<Running, String> {
+    let file = dir.join(format!("{name}.conf"));
+    std::fs::write(&file, conf).map_err(|e| format!("{}: {e}", file.display()))?;
+    spawn(
+        name,
+        cpus,
+        Path::new("/usr/sbin/nginx"),
+        &["-c", path_str(&file)?, "-p", path_str(dir)?],
+        &dir.join(format!("{name}.log")),
+    )
+}
+
+/// `p` as a command-line argument.
+pub fn path_str(p: &Path) -> Result<&str, String> {
+    p.to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()))
+}
+
 /// Waits until something accepts on `port`.
 pub fn wait_port(port: u16, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;

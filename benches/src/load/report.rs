@@ -58,6 +58,21 @@ impl CacheMixRow {
     }
 }
 
+/// The machine line of a report: cores and CPU model.
+#[must_use]
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {model}")
+}
+
 /// Everything one run measured.
 #[derive(Debug, Default)]
 pub struct Report {

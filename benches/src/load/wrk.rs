@@ -1,6 +1,6 @@
 //! Closed-loop throughput with `wrk`, and parsing its report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,6 +20,16 @@ pub fn post_script(body_file: &Path) -> String {
         "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nlocal f = io.open(\"{}\", \"rb\")\nwrk.body = f:read(\"*a\")\nf:close()\n",
         body_file.display()
     )
+}
+
+/// Writes `body` to `<dir>/<name>` and, beside it, the wrk script that POSTs it; the script's path.
+pub fn write_post_script(dir: &Path, name: &str, body: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    std::fs::write(&path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+    let script = dir.join(format!("{name}.lua"));
+    std::fs::write(&script, post_script(&path))
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    Ok(script)
 }
 
 /// Runs wrk pinned to `cpus` with one thread and `connections` connections.
