@@ -145,6 +145,7 @@ pub fn write(f: &Finished<'_>) {
         bytes_out = f.bytes_out,
         cache = f.cache,
         variant = f.lane.map_or("", |l| l.variant.as_str()),
+        key = f.key.map_or("", |k| k.name.as_str()),
         error = f.error.unwrap_or(""),
         "request"
     );

@@ -160,6 +160,11 @@ impl AdminApp {
                     serde_json::to_vec_pretty(&self.store.load().redacted).unwrap_or_default();
                 (StatusCode::OK, json_type, body)
             }
+            (&Method::GET, "/admin/keys") => {
+                let body = serde_json::to_vec_pretty(&self.store.load().keys.admin_view())
+                    .unwrap_or_default();
+                (StatusCode::OK, json_type, body)
+            }
             (&Method::POST, "/admin/reload") => match self.store.reload("admin") {
                 Ok(()) => (
                     StatusCode::OK,
@@ -193,7 +198,7 @@ impl AdminApp {
 /// The one method each admin path takes; `None` for an unknown path.
 fn allowed_method(path: &str) -> Option<Method> {
     match path {
-        "/metrics" | "/healthz" | "/readyz" | "/admin/config" => Some(Method::GET),
+        "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/keys" => Some(Method::GET),
         "/admin/reload" | "/admin/cache/purge" => Some(Method::POST),
         _ => None,
     }

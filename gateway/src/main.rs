@@ -92,6 +92,24 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Client key commands.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh client key (shown only this once) and the `keys:` entry that admits it:
+    /// the config keeps only its hash.
+    New {
+        /// The key's name in metrics, logs and /admin/keys.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        team: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +197,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Keys {
+            command: KeysCommand::New { name, team },
+        } => match sluice::config::keys::new_key() {
+            Ok(key) => {
+                let team = team.map_or(String::new(), |t| format!(", team: {t}"));
+                println!("key (shown once; give it to the client): {key}");
+                println!("config entry (under keys:):");
+                println!(
+                    "  - {{ name: {name}{team}, hash: \"{}\" }}",
+                    sluice::config::keys::hash_line(&key)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice keys new: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cache {
             command:
                 CacheCommand::Warm {

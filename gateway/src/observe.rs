@@ -1,6 +1,7 @@
 //! What a finished request was, as one record: the access log and the metrics both read it,
 //! so neither learns how the proxy is built and logging records nothing as a side effect.
 
+use crate::config::keys::ClientKey;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct Finished<'a> {
     /// `hit`, `miss`, `bypass`, `coalesced`, or empty when the route does not cache.
     pub cache: &'static str,
     pub error: Option<&'a str>,
+    /// The caller's gateway key, when it presented one of `keys:`.
+    pub key: Option<&'a ClientKey>,
 }
 
 /// Sets the per-endpoint gauges (healthy, in flight, latency estimate) from the endpoints'

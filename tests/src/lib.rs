@@ -50,6 +50,11 @@ pub fn workspace() -> PathBuf {
 /// `make test` creates `.venv` with the openai SDK.
 #[must_use]
 pub fn run_python_check(script: &str, gateway: &Gateway) -> String {
+    run_python_check_with(script, gateway, &[])
+}
+
+/// [`run_python_check`] with more arguments after the gateway's URL.
+pub fn run_python_check_with(script: &str, gateway: &Gateway, args: &[&str]) -> String {
     let python = std::env::var_os("SLUICE_PYTHON")
         .map_or_else(|| workspace().join(".venv/bin/python"), PathBuf::from);
     assert!(
@@ -60,6 +65,7 @@ pub fn run_python_check(script: &str, gateway: &Gateway) -> String {
     let out = Command::new(python)
         .arg(workspace().join("tests/python").join(script))
         .arg(&gateway.url)
+        .args(args)
         .output()
         .expect("run python");
     let (stdout, stderr) = (

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod endpoint;
 pub mod errors;
+pub mod keys;
 pub mod lane;
 pub mod limit_buckets;
 pub mod limits;

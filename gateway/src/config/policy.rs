@@ -15,6 +15,7 @@ pub use super::upstream::{RetryPolicy, Upstream};
 
 use super::cache::{compile_redis, compile_route_cache, compile_tiers};
 use super::errors::{ConfigErrors, Errors};
+use super::keys::{check_auth, compile_keys, Keys};
 use super::limits::check_limits;
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::LoadedSpec;
@@ -45,6 +46,8 @@ pub struct Policy {
     pub limits_redis: Option<RedisSettings>,
     /// Prices by model, for `sluice_cost_usd_total`.
     pub pricing: Pricing,
+    /// The gateway's client keys.
+    pub keys: Keys,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -73,6 +76,8 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     );
     let checked_routes = check_routes(&mut errors, spec, redis.is_some());
     let pricing = compile_pricing(&mut errors, &spec.pricing);
+    let route_names: HashSet<&str> = spec.routes.iter().map(|r| r.name.as_str()).collect();
+    let keys = compile_keys(&mut errors, &spec.keys, &route_names);
     errors.finish(())?;
 
     let upstreams: HashMap<&str, Arc<Upstream>> = checked_upstreams
@@ -83,7 +88,9 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     let mut routes = Vec::new();
     for r in checked_routes {
         // Every route's upstream was checked to exist and to have compiled.
-        if let Some((route, matcher)) = build_route(r, &upstreams, !pricing.is_empty(), shared) {
+        let auth_needs = keys.needs(r.spec.auth);
+        let priced = !pricing.is_empty();
+        if let Some((route, matcher)) = build_route(r, &upstreams, priced, auth_needs, shared) {
             routes.push(route);
             matchers.push(matcher);
         }
@@ -111,6 +118,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         cache_tiers: any_cache.then_some(tiers),
         limits_redis: redis.filter(|_| any_shared),
         pricing,
+        keys,
         redacted: redacted_view(spec),
     })
 }
@@ -196,6 +204,7 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec
             .as_ref()
             .and_then(|c| compile_route_cache(errors, &base, c));
         let limits = check_limits(errors, &base, route, has_redis);
+        check_auth(errors, &base, route.auth, &spec.keys);
         let split = route
             .split
             .as_ref()

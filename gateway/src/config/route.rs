@@ -2,6 +2,7 @@
 //! features need from a request, built from a route that passed every check.
 
 use super::cache::RouteCache;
+use super::keys::Auth;
 use super::lane::{Lane, LanePlan};
 use super::limits::{CheckedLimit, RouteLimits};
 use super::needs::Needs;
@@ -30,6 +31,8 @@ pub struct Route {
     pub limit_metrics: RouteLimitMetrics,
     /// What its features need from a request: the union of each one's `needs()`.
     pub needs: Needs,
+    /// Whether a caller needs one of the gateway's keys.
+    pub auth: Auth,
 }
 
 impl Route {
@@ -60,6 +63,7 @@ pub(super) fn build_route(
     r: CheckedRoute<'_>,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     priced: bool,
+    auth_needs: Needs,
     shared: &SharedState,
 ) -> Option<(Route, RouteMatcher)> {
     let upstream = upstreams.get(r.spec.upstream.as_str())?;
@@ -98,6 +102,7 @@ pub(super) fn build_route(
     // A model glob and a fallback (which replays the body) read the body whole.
     let needs = [
         Needs::body_if(r.matcher.model.is_some() || !r.spec.fallback.is_empty()),
+        auth_needs,
         r.cache.as_ref().map_or(Needs::NONE, RouteCache::needs),
         limits.as_ref().map_or(Needs::NONE, RouteLimits::needs),
         split.as_ref().map_or(Needs::NONE, RouteSplit::needs),
@@ -116,6 +121,7 @@ pub(super) fn build_route(
         split,
         unassigned: shared.metrics.route(name, "", ""),
         needs,
+        auth: r.spec.auth,
         limits,
         limit_metrics: shared.metrics.route_limits(name),
         cache: r.cache,

@@ -1,12 +1,23 @@
-//! Who is asking: the caller's API key (cache scopes and limit keys hash it, so the secret never
-//! enters key material or Redis) and the bucket key a limit draws from.
+//! Who is asking: the caller's gateway key (by name, once the auth phase found it) or else the
+//! API key it sent (cache scopes and limit keys hash it, so the secret never enters key material
+//! or Redis), and the bucket key a limit draws from.
 
+use crate::config::keys::ClientKey;
 use crate::config::policy::LimitKey;
 use crate::config::split::StickyKey;
 use http::HeaderMap;
 use pingora::proxy::Session;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The gateway key the caller presented, when it is one of `keys:` (found by the auth phase,
+/// which then takes the credential off the request).
+pub type Caller<'p> = Option<&'p Arc<ClientKey>>;
+
+/// Seed of the hashes of a gateway key's name: apart from those of a raw API key, so no value a
+/// client sends can stand for a named key.
+pub const NAMED_KEY_SEED: u64 = 6;
 
 /// The caller's API key: `Authorization: Bearer`, `api-key` (Azure) or `x-api-key`.
 pub fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
@@ -22,11 +33,19 @@ pub fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// The bucket a request draws from for a limit keyed by `key`. Requests without the key (no
 /// API key, no such header, no `user`) share one bucket, so leaving it out evades nothing.
-pub fn bucket_key(key: &LimitKey, session: &Session, body: Option<&Map<String, Value>>) -> u64 {
+pub fn bucket_key(
+    key: &LimitKey,
+    session: &Session,
+    caller: Caller<'_>,
+    body: Option<&Map<String, Value>>,
+) -> u64 {
     let headers = &session.req_header().headers;
     let ip;
     let (seed, material): (u64, Option<&[u8]>) = match key {
-        LimitKey::ApiKey => (1, api_key(headers)),
+        LimitKey::ApiKey => match caller {
+            Some(named) => (NAMED_KEY_SEED, Some(named.name.as_bytes())),
+            None => (1, api_key(headers)),
+        },
         LimitKey::Header(name) => (2, headers.get(name).map(http::HeaderValue::as_bytes)),
         LimitKey::Ip => {
             ip = session
@@ -45,10 +64,13 @@ pub fn bucket_key(key: &LimitKey, session: &Session, body: Option<&Map<String, V
 pub fn sticky_key<'a>(
     key: &StickyKey,
     headers: &'a HeaderMap,
+    caller: Caller<'a>,
     body: Option<&'a Map<String, Value>>,
 ) -> Option<&'a [u8]> {
     match key {
-        StickyKey::ApiKey => api_key(headers),
+        StickyKey::ApiKey => caller
+            .map(|k| k.name.as_bytes())
+            .or_else(|| api_key(headers)),
         StickyKey::Header(name) => headers.get(name).map(http::HeaderValue::as_bytes),
         StickyKey::Cookie(name) => cookie(headers, name),
         StickyKey::BodyUser => body_user(body),
@@ -84,11 +106,14 @@ mod tests {
         h.append(http::header::COOKIE, "a=1; uid=u-42".parse().unwrap());
         h.append(http::header::COOKIE, "b=2".parse().unwrap());
         let key = StickyKey::Cookie("uid".into());
-        assert_eq!(sticky_key(&key, &h, None), Some(&b"u-42"[..]));
+        assert_eq!(sticky_key(&key, &h, None, None), Some(&b"u-42"[..]));
         assert_eq!(
-            sticky_key(&StickyKey::Cookie("b".into()), &h, None),
+            sticky_key(&StickyKey::Cookie("b".into()), &h, None, None),
             Some(&b"2"[..])
         );
-        assert_eq!(sticky_key(&StickyKey::Cookie("u".into()), &h, None), None);
+        assert_eq!(
+            sticky_key(&StickyKey::Cookie("u".into()), &h, None, None),
+            None
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! into one [`Finished`](crate::observe::Finished) for the metrics and the access log.
 
 mod admission;
+mod auth;
 mod body;
 mod cache;
 mod ctx;

@@ -1,5 +1,6 @@
 //! The request path, in order: normalize the target → route (reading the body when a model
-//! glob needs it) → read the body (when the route's features need it) → split (A/B lane) →
+//! glob needs it) → who is calling (the route's `auth:`, the key's routes) → read the body (when
+//! the route's features need it) → the key's models → split (A/B lane) →
 //! request rates → cache lookup → token reservations, the usage ask and the upstream's
 //! concurrency slot (after a miss) → forward → settle. This is the one module that knows every
 //! phase: each phase takes what it reads and returns what it makes, and the hand-offs between
@@ -7,6 +8,7 @@
 //! phase that stops the request ends it; a route without a feature pays nothing for its phase.
 
 use super::admission;
+use super::auth;
 use super::body::Body;
 use super::cache::{self, CacheRecorder, Lookup};
 use super::ctx::RequestCtx;
@@ -125,30 +127,44 @@ impl On<'_> {
         reserved: &mut Option<Reserved>,
     ) -> Result<(), Stop> {
         let (route, shared) = (self.route, self.engines.shared());
+        let caller = auth::authenticate(&self.policy.keys, route, session.req_header_mut())?;
+        record.key = caller.cloned();
         if route.needs.body {
             body.read_if_streamed(session, self.policy.max_body_bytes)
                 .await?;
         }
         record.bytes_in = body.len();
-        let chosen = split::choose(route.split.as_ref(), session.req_header_mut(), &mut body)?;
+        auth::allow_model(caller, route, &mut body)?;
+        let req = session.req_header_mut();
+        let chosen = split::choose(route.split.as_ref(), req, caller, &mut body)?;
         let lane = route.lanes.get(chosen.lane).ok_or_else(|| {
             Stop::Aborted(format!("route {} has no lane {}", route.name, chosen.lane))
         })?;
         record.lane = Some(chosen.lane);
         headers.extend(chosen.header);
         if let Some(limits) = &route.limits {
-            let more = limits::admit_requests(shared, route, limits, session, &mut body).await?;
+            let more =
+                limits::admit_requests(shared, route, limits, session, caller, &mut body).await?;
             merge_headers(headers, more);
         }
         let recorder = match (&self.engines.cache, &route.cache) {
             (Some(cache), Some(_)) => {
                 let now = unix_ms();
-                match cache::lookup(cache, session, route, lane, &mut body, headers, now).await? {
+                let looked =
+                    cache::lookup(cache, session, route, lane, caller, &mut body, headers, now);
+                match looked.await? {
                     Lookup::Answered(answered) => {
                         record.cache = answered.result.name();
                         record.answered_locally(answered.status, answered.written);
-                        limits::charge_hit(shared, route, session, &mut body, answered.tokens)
-                            .await;
+                        limits::charge_hit(
+                            shared,
+                            route,
+                            session,
+                            caller,
+                            &mut body,
+                            answered.tokens,
+                        )
+                        .await;
                         return Ok(());
                     }
                     Lookup::Miss(recorder) => {
@@ -165,7 +181,7 @@ impl On<'_> {
         };
         if let Some(limits) = &route.limits {
             let (held, more) =
-                limits::reserve_tokens(shared, route, limits, session, &mut body).await?;
+                limits::reserve_tokens(shared, route, limits, session, caller, &mut body).await?;
             *reserved = held;
             merge_headers(headers, more);
         }

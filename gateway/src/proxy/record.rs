@@ -1,9 +1,11 @@
 //! What the access log and the metrics read about a request: phases report into it through
 //! the pipeline, and `logging` turns it into one [`Finished`] record.
 
+use crate::config::keys::ClientKey;
 use crate::config::Policy;
 use crate::observe::Finished;
 use pingora::proxy::Session;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which upstream and endpoint the forwarder tried last, and how soon it answered.
@@ -32,6 +34,8 @@ pub struct Record {
     pub cache: &'static str,
     pub upstream: Option<UpstreamTry>,
     pub error: Option<String>,
+    /// The gateway key the caller presented, once the auth phase found it.
+    pub key: Option<Arc<ClientKey>>,
 }
 
 impl Record {
@@ -48,6 +52,7 @@ impl Record {
             cache: "",
             upstream: None,
             error: None,
+            key: None,
         }
     }
 
@@ -83,6 +88,7 @@ impl Record {
             bytes_out: self.bytes_out,
             cache: self.cache,
             error: self.error.as_deref(),
+            key: self.key.as_deref(),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use super::body::Body;
 use super::headers::X_SLUICE_VARIANT;
-use super::identity::sticky_key;
+use super::identity::{sticky_key, Caller};
 use super::random::random_u64;
 use super::stop::{Header, Stop};
 use crate::config::split::{RouteSplit, StickyKey};
@@ -24,6 +24,7 @@ pub struct Chosen {
 pub fn choose(
     split: Option<&RouteSplit>,
     req: &mut RequestHeader,
+    caller: Caller<'_>,
     body: &mut Body,
 ) -> Result<Chosen, Stop> {
     let Some(split) = split else {
@@ -32,7 +33,7 @@ pub fn choose(
             header: None,
         });
     };
-    let index = pick(split, req, body)?;
+    let index = pick(split, req, caller, body)?;
     let variant = &split.variants[index];
     // The override is for sluice; the upstream never sees it.
     req.remove_header(X_SLUICE_VARIANT);
@@ -54,7 +55,12 @@ pub fn choose(
 }
 
 /// The override when the route allows it, else the sticky key's variant, else a draw.
-fn pick(split: &RouteSplit, req: &RequestHeader, body: &mut Body) -> Result<usize, Stop> {
+fn pick(
+    split: &RouteSplit,
+    req: &RequestHeader,
+    caller: Caller<'_>,
+    body: &mut Body,
+) -> Result<usize, Stop> {
     let headers = &req.headers;
     if let Some(asked) = headers
         .get(X_SLUICE_VARIANT)
@@ -77,7 +83,7 @@ fn pick(split: &RouteSplit, req: &RequestHeader, body: &mut Body) -> Result<usiz
         StickyKey::BodyUser => body.json().ok().flatten(),
         _ => None,
     };
-    Ok(match sticky_key(key, headers, json) {
+    Ok(match sticky_key(key, headers, caller, json) {
         Some(material) => split.assign.assign(material),
         None => split.assign.draw(random_u64()),
     })
@@ -105,14 +111,14 @@ mod tests {
         let split = p.routes[0].split.as_ref();
         let mut req = request(&[("x-sluice-variant", "small")]);
         let mut body = Body::of(Bytes::from_static(br#"{"model":"big"}"#));
-        let chosen = choose(split, &mut req, &mut body).unwrap();
+        let chosen = choose(split, &mut req, None, &mut body).unwrap();
         assert_eq!(chosen.lane, 1);
         assert_eq!(chosen.header.unwrap().1, "small");
         assert!(req.headers.get(X_SLUICE_VARIANT).is_none());
         assert_eq!(body.json().unwrap().unwrap()["model"], "m");
 
         let mut req = request(&[("x-sluice-variant", "nope")]);
-        match choose(split, &mut req, &mut Body::default()) {
+        match choose(split, &mut req, None, &mut Body::default()) {
             Err(Stop::Respond { error, .. }) => {
                 assert_eq!((error.status, error.code), (400, "unknown_variant"))
             }
@@ -128,6 +134,7 @@ mod tests {
             choose(
                 split,
                 &mut request(&[("x-user", user)]),
+                None,
                 &mut Body::default(),
             )
             .unwrap()
@@ -139,7 +146,7 @@ mod tests {
         let lanes: std::collections::HashSet<_> =
             (0..64).map(|i| lane(&format!("user-{i}"))).collect();
         assert_eq!(lanes.len(), 2, "users spread over both variants");
-        let none = choose(None, &mut request(&[]), &mut Body::default()).unwrap();
+        let none = choose(None, &mut request(&[]), None, &mut Body::default()).unwrap();
         assert_eq!((none.lane, none.header.is_none()), (0, true));
     }
 }

@@ -1,10 +1,14 @@
 //! `Spec`: serde structs mirroring the user's YAML one to one. Unknown fields are errors, so a
 //! typo is reported with its line instead of being silently ignored.
 
+mod keys;
+mod limits;
 mod resilience;
 mod server_limits;
 mod split;
 
+pub use keys::{AuthSpec, KeySpec};
+pub use limits::LimitSpec;
 pub use resilience::{HealthSpec, OutlierSpec};
 pub use server_limits::ServerLimitsSpec;
 pub use split::{PriceSpec, SplitSpec, VariantSpec};
@@ -27,6 +31,9 @@ pub struct Spec {
     pub cache: Option<CacheSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Gateway-issued client keys (stored as hashes); a route's `auth:` says whether it needs one.
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
     /// US dollars per million prompt (`input`) and completion (`output`) tokens, by model.
     #[serde(default)]
     pub pricing: BTreeMap<String, PriceSpec>,
@@ -343,42 +350,9 @@ pub struct RouteSpec {
     pub fallback: Vec<String>,
     /// A/B variants of this route.
     pub split: Option<SplitSpec>,
-}
-
-/// One limit: a request rate (`requests_per_*`) or a token budget (`tokens_per_*`) per key.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitSpec {
-    pub name: String,
-    /// `api_key`, `header:NAME`, `ip`, `body:user` or `route`.
-    #[serde(default = "default_limit_key")]
-    pub key: String,
-    pub requests_per_second: Option<u64>,
-    pub requests_per_minute: Option<u64>,
-    pub requests_per_hour: Option<u64>,
-    /// Requests admitted at once; defaults to the count per period.
-    pub burst: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub tokens_per_hour: Option<u64>,
-    pub tokens_per_day: Option<u64>,
-    /// Completion tokens reserved when a request sets no `max_tokens`.
-    pub default_max_tokens: Option<u64>,
-    /// Whether answers from the cache count against the token budget.
+    /// Whether a caller needs one of the gateway's `keys:`.
     #[serde(default)]
-    pub charge_cache_hits: bool,
-    /// Keep the bucket in Redis so every gateway shares it.
-    #[serde(default)]
-    pub shared: bool,
-    /// Gateways sharing the limit: each enforces limit / instances while Redis is unreachable.
-    #[serde(default = "default_instances")]
-    pub instances: u64,
-}
-
-fn default_limit_key() -> String {
-    "api_key".into()
-}
-fn default_instances() -> u64 {
-    1
+    pub auth: AuthSpec,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

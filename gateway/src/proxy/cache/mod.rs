@@ -8,6 +8,7 @@ mod request;
 
 use super::body::Body;
 use super::headers::X_SLUICE_CACHE;
+use super::identity::Caller;
 use super::stop::{Header, Stop};
 use crate::config::policy::{Lane, Route};
 use http::header::{HeaderName, HeaderValue};
@@ -45,11 +46,13 @@ pub struct Answered {
 
 /// Looks the request up on the route's cache; a hit or a coalesced answer is written with
 /// `headers` (the phases' so far) plus `x-sluice-cache`. Counted in the lane's cache metrics.
+#[allow(clippy::too_many_arguments)]
 pub async fn lookup(
     cache: &PromptCache,
     session: &mut Session,
     route: &Route,
     lane: &Lane,
+    caller: Caller<'_>,
     body: &mut Body,
     headers: &[Header],
     now_ms: u64,
@@ -59,7 +62,7 @@ pub async fn lookup(
     };
     let req = session.req_header();
     let directives = Directives::from_headers(&req.headers, policy);
-    let scope = request::scope(&req.headers, &policy.scope);
+    let scope = request::scope(&req.headers, &policy.scope, caller);
     let path = req.uri.path().to_string();
     let keyed = body
         .json()?

@@ -3,8 +3,10 @@
 
 use crate::config::policy::{CacheScope, RouteCache};
 use crate::config::units::parse_duration;
+use crate::proxy::identity::{api_key, Caller, NAMED_KEY_SEED};
 use http::HeaderMap;
 use std::time::Duration;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_seed};
 
 /// The request's cache directives.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,7 @@ impl Directives {
 
 /// The bytes the key is scoped by: a hash of the API key, a header's value, or nothing.
 #[must_use]
-pub fn scope(headers: &HeaderMap, scope: &CacheScope) -> Vec<u8> {
+pub fn scope(headers: &HeaderMap, scope: &CacheScope, caller: Caller<'_>) -> Vec<u8> {
     match scope {
         CacheScope::None => Vec::new(),
         CacheScope::Header(name) => headers
@@ -55,9 +57,14 @@ pub fn scope(headers: &HeaderMap, scope: &CacheScope) -> Vec<u8> {
             .map(|v| v.as_bytes().to_vec())
             .unwrap_or_default(),
         // Hashed so the key material never holds the secret itself.
-        CacheScope::ApiKey => crate::proxy::identity::api_key(headers)
-            .map(|k| xxhash_rust::xxh3::xxh3_128(k).to_le_bytes().to_vec())
-            .unwrap_or_default(),
+        CacheScope::ApiKey => match caller {
+            Some(named) => xxh3_128_with_seed(named.name.as_bytes(), NAMED_KEY_SEED)
+                .to_le_bytes()
+                .to_vec(),
+            None => api_key(headers)
+                .map(|k| xxh3_128(k).to_le_bytes().to_vec())
+                .unwrap_or_default(),
+        },
     }
 }
 
@@ -114,10 +121,10 @@ mod tests {
         a.insert("authorization", "Bearer sk-a".parse().unwrap());
         let mut b = HeaderMap::new();
         b.insert("authorization", "Bearer sk-b".parse().unwrap());
-        let sa = scope(&a, &CacheScope::ApiKey);
+        let sa = scope(&a, &CacheScope::ApiKey, None);
         assert_eq!(sa.len(), 16);
         assert!(!sa.windows(4).any(|w| w == b"sk-a"));
-        assert_ne!(sa, scope(&b, &CacheScope::ApiKey));
-        assert!(scope(&a, &CacheScope::None).is_empty());
+        assert_ne!(sa, scope(&b, &CacheScope::ApiKey, None));
+        assert!(scope(&a, &CacheScope::None, None).is_empty());
     }
 }

@@ -40,6 +40,7 @@ async fn look(cache: &PromptCache, extra: &str, body: &str) -> (Lookup, String) 
         &mut s,
         route,
         &route.lanes[0],
+        None,
         &mut body,
         &here,
         now_ms(),

@@ -7,7 +7,7 @@ mod buckets;
 mod headers;
 
 use super::body::Body;
-use super::identity::bucket_key;
+use super::identity::{bucket_key, Caller};
 use super::stop::{Header, Stop};
 use super::usage::UsageSink;
 use crate::config::policy::{LimitKey, Route, RouteLimits};
@@ -29,12 +29,13 @@ pub async fn admit_requests(
     route: &Route,
     limits: &RouteLimits,
     session: &Session,
+    caller: Caller<'_>,
     body: &mut Body,
 ) -> Result<Vec<Header>, Stop> {
     let mut out = Vec::new();
     let mut tightest: Option<LimitState> = None;
     for limit in &limits.requests {
-        let key = key_of(&limit.common.key, session, body)?;
+        let key = key_of(&limit.common.key, session, caller, body)?;
         let decision = buckets::check(shared, &route.name, limit, key).await;
         limit.common.metrics.decided(decision.is_allowed());
         tightest = headers::tighter(tightest, decision.state());
@@ -57,7 +58,7 @@ pub async fn admit_requests(
     let now = Instant::now();
     let mut budgets: Option<LimitState> = None;
     for limit in limits.tokens.iter().filter(|l| !l.common.shared) {
-        let key = key_of(&limit.common.key, session, body)?;
+        let key = key_of(&limit.common.key, session, caller, body)?;
         budgets = headers::tighter(budgets, limit.local.peek(key, now));
     }
     if let Some(state) = budgets {
@@ -74,6 +75,7 @@ pub async fn reserve_tokens(
     route: &Route,
     limits: &RouteLimits,
     session: &Session,
+    caller: Caller<'_>,
     body: &mut Body,
 ) -> Result<(Option<Reserved>, Vec<Header>), Stop> {
     if limits.tokens.is_empty() {
@@ -91,7 +93,7 @@ pub async fn reserve_tokens(
     let mut tightest: Option<LimitState> = None;
     let now = Instant::now();
     for (index, limit) in limits.tokens.iter().enumerate() {
-        let key = bucket_key(&limit.common.key, session, Some(json));
+        let key = bucket_key(&limit.common.key, session, caller, Some(json));
         let want = prompt + completion.unwrap_or(limit.default_max_tokens);
         let reserved_now =
             buckets::reserve(shared, &route.name, limit, index, key, want, now).await;
@@ -143,6 +145,7 @@ pub async fn charge_hit(
     shared: Option<&SharedBuckets>,
     route: &Route,
     session: &Session,
+    caller: Caller<'_>,
     body: &mut Body,
     tokens: u64,
 ) {
@@ -158,7 +161,7 @@ pub async fn charge_hit(
     let mut reserved = Reserved::default();
     for (index, limit) in limits.tokens.iter().enumerate() {
         if limit.charge_cache_hits {
-            let key = bucket_key(&limit.common.key, session, json);
+            let key = bucket_key(&limit.common.key, session, caller, json);
             reserved.reservations.push(Reservation::charge_only(
                 shared,
                 &route.name,
@@ -173,12 +176,17 @@ pub async fn charge_hit(
 }
 
 /// The bucket a request draws from; the body is parsed only for a `body:user` key.
-fn key_of(key: &LimitKey, session: &Session, body: &mut Body) -> Result<u64, Stop> {
+fn key_of(
+    key: &LimitKey,
+    session: &Session,
+    caller: Caller<'_>,
+    body: &mut Body,
+) -> Result<u64, Stop> {
     let json = match key {
         LimitKey::BodyUser => body.json()?,
         _ => None,
     };
-    Ok(bucket_key(key, session, json))
+    Ok(bucket_key(key, session, caller, json))
 }
 
 /// The 429 a refusing limit answers, with where the limit stands.

@@ -32,15 +32,15 @@ async fn a_request_limit_counts_per_key_and_refuses_with_its_headers() {
     let raw = post("/v1/chat/completions", "authorization: Bearer k1\r\n", "{}");
     let (s, _c) = session(&raw).await;
     let mut body = Body::default();
-    let first = admit_requests(None, route, limits, &s, &mut body)
+    let first = admit_requests(None, route, limits, &s, None, &mut body)
         .await
         .unwrap();
     assert_eq!(header(&first, "x-ratelimit-remaining-requests"), Some("1"));
-    admit_requests(None, route, limits, &s, &mut body)
+    admit_requests(None, route, limits, &s, None, &mut body)
         .await
         .unwrap();
     let (status, headers) = refused(
-        admit_requests(None, route, limits, &s, &mut body)
+        admit_requests(None, route, limits, &s, None, &mut body)
             .await
             .unwrap_err(),
     );
@@ -52,7 +52,7 @@ async fn a_request_limit_counts_per_key_and_refuses_with_its_headers() {
     let other = post("/v1/chat/completions", "authorization: Bearer k2\r\n", "{}");
     let (s2, _c2) = session(&other).await;
     assert!(
-        admit_requests(None, route, limits, &s2, &mut body)
+        admit_requests(None, route, limits, &s2, None, &mut body)
             .await
             .is_ok(),
         "another key, another bucket"
@@ -67,7 +67,7 @@ async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
     let mut body = Body::of(Bytes::from_static(
         br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":400}"#,
     ));
-    let (reserved, headers) = reserve_tokens(None, route, limits, &s, &mut body)
+    let (reserved, headers) = reserve_tokens(None, route, limits, &s, None, &mut body)
         .await
         .unwrap();
     let left: u64 = header(&headers, "x-ratelimit-remaining-tokens")
@@ -79,7 +79,7 @@ async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
     // A second request wants more than is left: refused, and it holds nothing.
     let mut big = Body::of(Bytes::from_static(br#"{"messages":[],"max_tokens":900}"#));
     let (status, h) = refused(
-        reserve_tokens(None, route, limits, &s, &mut big)
+        reserve_tokens(None, route, limits, &s, None, &mut big)
             .await
             .unwrap_err(),
     );
@@ -89,7 +89,7 @@ async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
     );
     // Nothing was used (no upstream answered): all of it comes back.
     settle(None, route, reserved.unwrap(), None).await;
-    let (again, headers) = reserve_tokens(None, route, limits, &s, &mut big)
+    let (again, headers) = reserve_tokens(None, route, limits, &s, None, &mut big)
         .await
         .unwrap();
     assert!(again.is_some());
@@ -107,7 +107,7 @@ async fn without_a_token_budget_or_a_read_body_nothing_is_reserved() {
     let p = policy("      - { name: rpm, key: ip, requests_per_minute: 5 }\n");
     let (route, limits) = (&p.routes[0], p.routes[0].limits.as_ref().unwrap());
     let (s, _c) = session(&post("/v1/chat/completions", "", "{}")).await;
-    let (reserved, headers) = reserve_tokens(None, route, limits, &s, &mut Body::default())
+    let (reserved, headers) = reserve_tokens(None, route, limits, &s, None, &mut Body::default())
         .await
         .unwrap();
     assert!(reserved.is_none() && headers.is_empty());

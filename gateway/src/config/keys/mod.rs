@@ -1,0 +1,197 @@
+//! Gateway-issued client keys: `keys:` compiled into a table looked up by the sha256 of what a
+//! caller presents, and each route's `auth:`. Only hashes are kept, so neither the config nor
+//! `/admin/config` holds a usable key.
+
+use super::errors::Errors;
+use super::locate::{field_path, Seg};
+use super::needs::Needs;
+use super::spec::{AuthSpec, KeySpec};
+use sha2::{Digest, Sha256};
+use sluice_plugins::glob::Glob;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+pub use super::spec::AuthSpec as Auth;
+
+/// One key as the request path checks it.
+#[derive(Debug)]
+pub struct ClientKey {
+    pub name: String,
+    pub team: Option<String>,
+    /// `None`: every route.
+    pub routes: Option<HashSet<String>>,
+    /// `None`: every model.
+    pub models: Option<Vec<Glob>>,
+    /// As configured, for `/admin/keys`.
+    pub model_patterns: Option<Vec<String>>,
+}
+
+impl ClientKey {
+    /// Whether the key may use route `name`.
+    #[must_use]
+    pub fn allows_route(&self, name: &str) -> bool {
+        self.routes.as_ref().is_none_or(|r| r.contains(name))
+    }
+
+    /// Whether the key may ask for `model` (a request without one passes only an open key).
+    #[must_use]
+    pub fn allows_model(&self, model: Option<&str>) -> bool {
+        match (&self.models, model) {
+            (None, _) => true,
+            (Some(globs), Some(model)) => globs.iter().any(|g| g.matches(model)),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Every key, by the sha256 of the key string.
+#[derive(Debug, Default)]
+pub struct Keys {
+    by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// In config order, for `/admin/keys`.
+    pub all: Vec<Arc<ClientKey>>,
+}
+
+impl Keys {
+    /// The key whose hash is the sha256 of `presented`.
+    #[must_use]
+    pub fn find(&self, presented: &[u8]) -> Option<&Arc<ClientKey>> {
+        if self.by_hash.is_empty() {
+            return None;
+        }
+        let hash: [u8; 32] = Sha256::digest(presented).into();
+        self.by_hash.get(&hash)
+    }
+
+    /// `GET /admin/keys`: each key's name, team, routes and model globs (never its hash).
+    #[must_use]
+    pub fn admin_view(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .all
+            .iter()
+            .map(|k| {
+                let mut routes: Option<Vec<&String>> =
+                    k.routes.as_ref().map(|r| r.iter().collect());
+                if let Some(r) = routes.as_mut() {
+                    r.sort();
+                }
+                serde_json::json!({
+                    "name": k.name,
+                    "team": k.team,
+                    "routes": routes,
+                    "models": k.model_patterns,
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// What a route with `auth` needs from a request: a model rule is checked on the body.
+    #[must_use]
+    pub fn needs(&self, auth: Auth) -> Needs {
+        Needs::body_if(auth != Auth::None && self.all.iter().any(|k| k.models.is_some()))
+    }
+}
+
+/// `sha256:` and the lower-case hex of the key string's sha256: the form `hash:` takes.
+#[must_use]
+pub fn hash_line(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// A fresh key: `sk-sluice-` and 256 random bits from the OS, base64url.
+pub fn new_key() -> Result<String, String> {
+    use base64::Engine;
+    let mut bits = [0u8; 32];
+    getrandom::fill(&mut bits).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bits);
+    Ok(format!("sk-sluice-{text}"))
+}
+
+/// Checks `keys:`; `routes` are the route names the file defines.
+pub(super) fn compile_keys(errors: &mut Errors, specs: &[KeySpec], routes: &HashSet<&str>) -> Keys {
+    let mut keys = Keys::default();
+    let mut names = HashSet::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let at = |field: &str| field_path!["keys", i, field];
+        let before = errors.count();
+        if let Err(m) = check_label(&spec.name) {
+            errors.at(&at("name"), m);
+        } else if !names.insert(spec.name.as_str()) {
+            errors.at(&at("name"), format!("duplicate key name `{}`", spec.name));
+        }
+        if let Some(Err(m)) = spec.team.as_deref().map(check_label) {
+            errors.at(&at("team"), m);
+        }
+        let hash = parse_hash(&spec.hash).map_err(|m| errors.at(&at("hash"), m));
+        if let Ok(hash) = hash {
+            if keys.by_hash.contains_key(&hash) {
+                errors.at(&at("hash"), "the same hash as an earlier key");
+            }
+        }
+        for (r, route) in spec.routes.iter().flatten().enumerate() {
+            if !routes.contains(route.as_str()) {
+                errors.at(
+                    &field_path!["keys", i, "routes", r],
+                    format!("unknown route `{route}`"),
+                );
+            }
+        }
+        for (m, model) in spec.models.iter().flatten().enumerate() {
+            if model.trim().is_empty() {
+                errors.at(&field_path!["keys", i, "models", m], "must not be empty");
+            }
+        }
+        let (Ok(hash), true) = (hash, errors.count() == before) else {
+            continue;
+        };
+        let key = Arc::new(ClientKey {
+            name: spec.name.clone(),
+            team: spec.team.clone(),
+            routes: spec.routes.as_ref().map(|r| r.iter().cloned().collect()),
+            models: spec
+                .models
+                .as_ref()
+                .map(|m| m.iter().map(|g| Glob::new(g)).collect()),
+            model_patterns: spec.models.clone(),
+        });
+        keys.by_hash.insert(hash, Arc::clone(&key));
+        keys.all.push(key);
+    }
+    keys
+}
+
+/// A key or team name: it becomes a metric label value and a log field, so it stays short
+/// and plain.
+fn check_label(name: &str) -> Result<(), String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
+        return Err(format!(
+            "`{name}` must be 1 to 64 letters, digits, `-`, `_` or `.`"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_hash(text: &str) -> Result<[u8; 32], String> {
+    let hex_digits = text
+        .strip_prefix("sha256:")
+        .ok_or("must start with `sha256:` (as `sluice keys new` prints)")?;
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut hash)
+        .map_err(|_| "must be `sha256:` and 64 hex digits".to_string())?;
+    Ok(hash)
+}
+
+/// The `auth:` of route `base` is checked against `keys:`: requiring keys needs some.
+pub(super) fn check_auth(errors: &mut Errors, base: &[Seg], auth: AuthSpec, keys: &[KeySpec]) {
+    if auth == AuthSpec::Required && keys.is_empty() {
+        errors.at(
+            &field_path![base; "auth"],
+            "`required` needs the top-level `keys:` (no caller could pass)",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,31 @@
+//! The YAML of the gateway's client keys (`keys:`) and of a route's `auth:`.
+
+use serde::{Deserialize, Serialize};
+
+/// One client key, known by the sha256 of the key string: the key itself is never stored.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Shown in metrics, logs and `/admin/keys`.
+    pub name: String,
+    pub team: Option<String>,
+    /// `sha256:` and 64 hex digits, as `sluice keys new` prints.
+    pub hash: String,
+    /// The routes it may use; absent: every route.
+    pub routes: Option<Vec<String>>,
+    /// Globs on the request's `model`; absent: every model.
+    pub models: Option<Vec<String>>,
+}
+
+/// A route's `auth:`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSpec {
+    /// Every caller needs a known key.
+    Required,
+    /// A caller without a key passes; one with an unknown key does not.
+    Optional,
+    /// Anyone passes; a known key is still recognized (its name keys limits and the cache).
+    #[default]
+    None,
+}
