@@ -132,6 +132,8 @@ pub fn flush(within: Duration) {
 pub fn write(f: &Finished<'_>) {
     tracing::info!(
         target: "access",
+        request_id = f.request_id,
+        trace_id = f.trace.map(|t| tracing::field::display(t.trace_id())),
         method = f.method,
         path = f.path,
         route = f.route.map_or("", |r| r.name.as_str()),

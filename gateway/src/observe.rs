@@ -4,6 +4,7 @@
 use crate::config::keys::ClientKey;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
+use sluice_plugins::trace_context::TraceParent;
 use std::time::{Duration, Instant};
 
 /// One request, from the first byte in to the last byte out.
@@ -29,6 +30,10 @@ pub struct Finished<'a> {
     pub error: Option<&'a str>,
     /// The caller's gateway key, when it presented one of `keys:`.
     pub key: Option<&'a ClientKey>,
+    /// `x-request-id` as the client and the upstream saw it (empty if never stamped).
+    pub request_id: &'a str,
+    /// The trace the request belongs to, with sluice's span.
+    pub trace: Option<&'a TraceParent>,
 }
 
 /// Sets the per-endpoint gauges (healthy, in flight, latency estimate) from the endpoints'

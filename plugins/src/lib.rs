@@ -23,3 +23,4 @@ pub mod router;
 pub mod sse;
 #[cfg(test)]
 mod test_redis;
+pub mod trace_context;

@@ -26,6 +26,10 @@ pub const X_SLUICE_CACHE: &str = "x-sluice-cache";
 pub const X_SLUICE_FALLBACK: &str = "x-sluice-fallback";
 /// The A/B variant that answered; from a client, the variant it asks for (when allowed).
 pub const X_SLUICE_VARIANT: &str = "x-sluice-variant";
+/// The request's id, on the answer and on the upstream's request.
+pub const X_REQUEST_ID: &str = "x-request-id";
+/// An upstream's own request id (OpenAI sends one), kept beside sluice's.
+pub const X_UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 
 /// The hop-by-hop headers present in `headers`, including those its `Connection` names.
 fn hop_by_hop(headers: &http::HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {

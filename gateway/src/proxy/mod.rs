@@ -22,6 +22,7 @@ mod stop;
 mod target;
 #[cfg(test)]
 mod test_session;
+mod trace;
 mod usage;
 
 use crate::reload::PolicyStore;

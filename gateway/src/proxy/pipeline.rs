@@ -13,6 +13,7 @@ use super::body::Body;
 use super::cache::{self, CacheRecorder, Lookup};
 use super::ctx::RequestCtx;
 use super::forward::{Attempt, Forwarder};
+use super::headers::X_REQUEST_ID;
 use super::limits::{self, Reserved};
 use super::record::Record;
 use super::respond;
@@ -21,9 +22,11 @@ use super::sink::Tee;
 use super::split;
 use super::stop::{merge_headers, Header, Stop};
 use super::target;
+use super::trace;
 use super::usage::{self, StripUsage, UsageSink};
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
+use http::header::HeaderName;
 use pingora::proxy::Session;
 use sluice_plugins::cache::PromptCache;
 use sluice_plugins::limits::gate::GatePermit;
@@ -55,7 +58,12 @@ pub async fn run(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<(), String> {
-    let mut headers = Vec::new();
+    let ids = trace::stamp(session.req_header_mut());
+    let mut headers = vec![(
+        HeaderName::from_static(X_REQUEST_ID),
+        ids.request_id.clone(),
+    )];
+    ctx.record.ids = Some(ids);
     let outcome = match enter(session, policy).await {
         Err(stop) => Err(stop),
         Ok(routed) => {

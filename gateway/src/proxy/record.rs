@@ -1,6 +1,7 @@
 //! What the access log and the metrics read about a request: phases report into it through
 //! the pipeline, and `logging` turns it into one [`Finished`] record.
 
+use super::trace::Ids;
 use crate::config::keys::ClientKey;
 use crate::config::Policy;
 use crate::observe::Finished;
@@ -34,6 +35,8 @@ pub struct Record {
     pub cache: &'static str,
     pub upstream: Option<UpstreamTry>,
     pub error: Option<String>,
+    /// The request id and trace, stamped before any phase runs.
+    pub ids: Option<Ids>,
     /// The gateway key the caller presented, once the auth phase found it.
     pub key: Option<Arc<ClientKey>>,
 }
@@ -53,6 +56,7 @@ impl Record {
             upstream: None,
             error: None,
             key: None,
+            ids: None,
         }
     }
 
@@ -89,6 +93,12 @@ impl Record {
             cache: self.cache,
             error: self.error.as_deref(),
             key: self.key.as_deref(),
+            request_id: self
+                .ids
+                .as_ref()
+                .and_then(|i| i.request_id.to_str().ok())
+                .unwrap_or(""),
+            trace: self.ids.as_ref().map(|i| &i.trace),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! alone sees, and phases add response headers (`x-sluice-cache`, `x-ratelimit-*`). The copy
 //! loop never learns what a cache or a limiter is; a request with none pays for empty `Vec`s.
 
+use super::headers::{X_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -116,7 +117,13 @@ impl<'a> Tee<'a> {
         for s in &mut self.sinks {
             s.on_head(&head);
         }
-        for (name, value) in std::mem::take(&mut self.headers) {
+        let headers = std::mem::take(&mut self.headers);
+        if headers.iter().any(|(name, _)| name == X_REQUEST_ID) {
+            if let Some(theirs) = head.remove_header(X_REQUEST_ID) {
+                let _ = head.insert_header(X_UPSTREAM_REQUEST_ID, theirs);
+            }
+        }
+        for (name, value) in headers {
             let _ = head.append_header(name, value);
         }
         self.sse = is_event_stream(&head);
