@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod upgrade;
+pub mod usage_log;
 pub mod warm;

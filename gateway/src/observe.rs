@@ -34,6 +34,19 @@ pub struct Finished<'a> {
     pub request_id: &'a str,
     /// The trace the request belongs to, with sluice's span.
     pub trace: Option<&'a TraceParent>,
+    /// What the answer used, on a route that meters usage.
+    pub usage: Option<&'a RequestUsage>,
+}
+
+/// One answer's tokens and cost, as counted in `sluice_tokens_total` and `sluice_cost_usd_total`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestUsage {
+    /// The request's `model`.
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// `None` when `pricing:` has no price for the model.
+    pub cost_usd: Option<f64>,
 }
 
 /// Sets the per-endpoint gauges (healthy, in flight, latency estimate) from the endpoints'

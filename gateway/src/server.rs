@@ -66,6 +66,10 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     };
     let cache = open_cache(&policy, &shared)?;
     let shared_limits = open_shared_limits(&policy, &shared)?;
+    let usage_log = match &policy.telemetry.usage_log {
+        Some(target) => Some(crate::usage_log::UsageLog::open(target)?),
+        None => None,
+    };
     let store = Arc::new(PolicyStore::new(config.to_path_buf(), policy, shared));
 
     let grace = spec.server.grace_period.0;
@@ -112,6 +116,7 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
         Arc::clone(&active),
         cache.clone(),
         shared_limits,
+        usage_log,
     );
     // Our listener reads each request head within server.limits, then hands it to the proxy.
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);

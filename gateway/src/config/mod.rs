@@ -21,6 +21,7 @@ pub mod server_limits;
 pub mod shared;
 pub mod spec;
 pub mod split;
+pub mod telemetry;
 pub mod units;
 pub mod upstream;
 

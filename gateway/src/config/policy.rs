@@ -23,6 +23,7 @@ use super::locate::{field_path, Seg};
 use super::redacted::redacted_view;
 use super::spec::{MatchSpec, Spec};
 use super::split::{check_split, compile_pricing, Pricing};
+use super::telemetry::{compile_telemetry, Telemetry};
 use super::units::header_name;
 use super::upstream::compile_upstream;
 use http::Method;
@@ -48,6 +49,8 @@ pub struct Policy {
     pub pricing: Pricing,
     /// The gateway's client keys.
     pub keys: Keys,
+    /// Where usage records go (read at start).
+    pub telemetry: Telemetry,
     /// The running spec with secrets replaced, for `GET /admin/config`.
     pub redacted: serde_json::Value,
 }
@@ -78,6 +81,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     let pricing = compile_pricing(&mut errors, &spec.pricing);
     let route_names: HashSet<&str> = spec.routes.iter().map(|r| r.name.as_str()).collect();
     let keys = compile_keys(&mut errors, &spec.keys, &route_names);
+    let telemetry = compile_telemetry(&mut errors, spec.telemetry.as_ref(), config_dir);
     errors.finish(())?;
 
     let upstreams: HashMap<&str, Arc<Upstream>> = checked_upstreams
@@ -88,9 +92,9 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     let mut routes = Vec::new();
     for r in checked_routes {
         // Every route's upstream was checked to exist and to have compiled.
-        let auth_needs = keys.needs(r.spec.auth);
+        let policy_needs = keys.needs(r.spec.auth) | telemetry.needs();
         let priced = !pricing.is_empty();
-        if let Some((route, matcher)) = build_route(r, &upstreams, priced, auth_needs, shared) {
+        if let Some((route, matcher)) = build_route(r, &upstreams, priced, policy_needs, shared) {
             routes.push(route);
             matchers.push(matcher);
         }
@@ -119,6 +123,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         limits_redis: redis.filter(|_| any_shared),
         pricing,
         keys,
+        telemetry,
         redacted: redacted_view(spec),
     })
 }

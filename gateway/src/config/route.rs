@@ -58,12 +58,13 @@ pub(super) struct CheckedRoute<'a> {
     pub split: Option<CheckedSplit<'a>>,
 }
 
-/// Builds the route on the attached upstreams; `None` if its upstream is missing (checked before).
+/// Builds the route on the attached upstreams (`policy_needs`: what the key rules and the
+/// usage log need of every request); `None` if its upstream is missing (checked before).
 pub(super) fn build_route(
     r: CheckedRoute<'_>,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     priced: bool,
-    auth_needs: Needs,
+    policy_needs: Needs,
     shared: &SharedState,
 ) -> Option<(Route, RouteMatcher)> {
     let upstream = upstreams.get(r.spec.upstream.as_str())?;
@@ -102,7 +103,7 @@ pub(super) fn build_route(
     // A model glob and a fallback (which replays the body) read the body whole.
     let needs = [
         Needs::body_if(r.matcher.model.is_some() || !r.spec.fallback.is_empty()),
-        auth_needs,
+        policy_needs,
         r.cache.as_ref().map_or(Needs::NONE, RouteCache::needs),
         limits.as_ref().map_or(Needs::NONE, RouteLimits::needs),
         split.as_ref().map_or(Needs::NONE, RouteSplit::needs),

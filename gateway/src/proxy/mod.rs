@@ -26,6 +26,7 @@ mod trace;
 mod usage;
 
 use crate::reload::PolicyStore;
+use crate::usage_log::UsageLog;
 use async_trait::async_trait;
 pub use ctx::{ActiveRequests, RequestCtx};
 pub use forward::Forwarder;
@@ -42,6 +43,7 @@ pub struct Gateway {
     store: Arc<PolicyStore>,
     engines: Engines,
     active: Arc<ActiveRequests>,
+    usage_log: Option<UsageLog>,
 }
 
 impl Gateway {
@@ -52,6 +54,7 @@ impl Gateway {
         active: Arc<ActiveRequests>,
         cache: Option<Arc<PromptCache>>,
         shared_limits: Option<Arc<SharedBuckets>>,
+        usage_log: Option<UsageLog>,
     ) -> Self {
         Gateway {
             store,
@@ -61,6 +64,7 @@ impl Gateway {
                 shared_limits,
             },
             active,
+            usage_log,
         }
     }
 }
@@ -122,5 +126,8 @@ impl ProxyHttp for Gateway {
         let finished = ctx.record.finished(policy, session);
         crate::observe::record_metrics(&finished, policy);
         crate::access_log::write(&finished);
+        if let Some(log) = &self.usage_log {
+            log.write(&finished);
+        }
     }
 }

@@ -250,7 +250,7 @@ impl On<'_> {
             limits::settle(self.engines.shared(), route, held, meter.as_mut()).await;
         }
         if let Some(meter) = meter.as_mut().filter(|_| route.needs.usage) {
-            usage::count(lane, &self.policy.pricing, &mut body, meter);
+            record.usage = usage::count(lane, &self.policy.pricing, &mut body, meter);
         }
         record_attempt(record, attempt)
     }

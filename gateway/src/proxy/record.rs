@@ -4,7 +4,7 @@
 use super::trace::Ids;
 use crate::config::keys::ClientKey;
 use crate::config::Policy;
-use crate::observe::Finished;
+use crate::observe::{Finished, RequestUsage};
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ pub struct Record {
     pub cache: &'static str,
     pub upstream: Option<UpstreamTry>,
     pub error: Option<String>,
+    /// What the answer used, on a route that meters usage.
+    pub usage: Option<RequestUsage>,
     /// The request id and trace, stamped before any phase runs.
     pub ids: Option<Ids>,
     /// The gateway key the caller presented, once the auth phase found it.
@@ -57,6 +59,7 @@ impl Record {
             error: None,
             key: None,
             ids: None,
+            usage: None,
         }
     }
 
@@ -99,6 +102,7 @@ impl Record {
                 .and_then(|i| i.request_id.to_str().ok())
                 .unwrap_or(""),
             trace: self.ids.as_ref().map(|i| &i.trace),
+            usage: self.usage.as_ref(),
         }
     }
 }

@@ -7,6 +7,7 @@ use super::sink::{is_event_stream, ClientFilter, ResponseSink, StreamEnd};
 use super::stop::Stop;
 use crate::config::policy::Lane;
 use crate::config::split::Pricing;
+use crate::observe::RequestUsage;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use sluice_plugins::limits::usage::{
@@ -23,23 +24,30 @@ pub fn ask_for_usage(body: &mut Body) -> Result<bool, Stop> {
     body.rewrite_json(ensure_include_usage)
 }
 
-/// Counts the answer's tokens and, for a priced model, its cost in the lane's counters.
-pub fn count(lane: &Lane, pricing: &Pricing, body: &mut Body, meter: &mut UsageSink) {
-    let Some(usage) = &lane.usage else {
-        return;
-    };
-    let Ok(Some(json)) = body.json() else {
-        return;
-    };
-    let Some((prompt, completion)) = meter.tokens(|| estimate_prompt_tokens(json)) else {
-        return;
-    };
+/// Counts the answer's tokens and, for a priced model, its cost in the lane's counters, and
+/// returns what it counted.
+pub fn count(
+    lane: &Lane,
+    pricing: &Pricing,
+    body: &mut Body,
+    meter: &mut UsageSink,
+) -> Option<RequestUsage> {
+    let usage = lane.usage.as_ref()?;
+    let json = body.json().ok()??;
+    let (prompt, completion) = meter.tokens(|| estimate_prompt_tokens(json))?;
     usage.prompt.inc_by(prompt);
     usage.completion.inc_by(completion);
     let model = json.get("model").and_then(serde_json::Value::as_str);
-    if let Some(cost) = model.and_then(|m| pricing.cost(m, prompt, completion)) {
+    let cost = model.and_then(|m| pricing.cost(m, prompt, completion));
+    if let Some(cost) = cost {
         usage.cost_usd.inc_by(cost);
     }
+    Some(RequestUsage {
+        model: model.unwrap_or_default().to_string(),
+        input_tokens: prompt,
+        output_tokens: completion,
+        cost_usd: cost,
+    })
 }
 
 /// Meters one response: its reported usage, or the completion tokens it streamed.
@@ -153,7 +161,11 @@ mod tests {
         ));
         meter.on_end(StreamEnd::Complete);
         let mut body = Body::of(Bytes::from_static(br#"{"model":"m"}"#));
-        count(lane, &p.pricing, &mut body, &mut meter);
+        let counted = count(lane, &p.pricing, &mut body, &mut meter).unwrap();
+        assert_eq!(
+            (counted.model.as_str(), counted.input_tokens),
+            ("m", 1_000_000)
+        );
         let usage = lane.usage.as_ref().unwrap();
         assert_eq!(
             (usage.prompt.get(), usage.completion.get()),

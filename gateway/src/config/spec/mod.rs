@@ -6,12 +6,14 @@ mod limits;
 mod resilience;
 mod server_limits;
 mod split;
+mod telemetry;
 
 pub use keys::{AuthSpec, KeySpec};
 pub use limits::LimitSpec;
 pub use resilience::{HealthSpec, OutlierSpec};
 pub use server_limits::ServerLimitsSpec;
 pub use split::{PriceSpec, SplitSpec, VariantSpec};
+pub use telemetry::TelemetrySpec;
 
 use super::cache::{CacheSpec, RedisSpec, RouteCacheSpec};
 use super::units::{ByteSize, HumanDuration};
@@ -34,6 +36,8 @@ pub struct Spec {
     /// Gateway-issued client keys (stored as hashes); a route's `auth:` says whether it needs one.
     #[serde(default)]
     pub keys: Vec<KeySpec>,
+    /// Per-request usage records.
+    pub telemetry: Option<TelemetrySpec>,
     /// US dollars per million prompt (`input`) and completion (`output`) tokens, by model.
     #[serde(default)]
     pub pricing: BTreeMap<String, PriceSpec>,
