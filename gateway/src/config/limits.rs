@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Completion tokens reserved for a request that sets no `max_tokens`, unless configured.
-const DEFAULT_MAX_TOKENS: u64 = 512;
+pub const DEFAULT_MAX_TOKENS: u64 = 512;
 
 /// Whose bucket a request draws from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ pub use super::upstream::{RetryPolicy, Upstream};
 
 use super::cache::{compile_redis, compile_route_cache, compile_tiers};
 use super::errors::{ConfigErrors, Errors};
-use super::keys::{check_auth, compile_keys, Keys};
+use super::keys::{attach_keys, check_auth, check_keys, Keys};
 use super::limits::check_limits;
 pub use super::limits::{LimitBuckets, LimitKey, RequestLimit, RouteLimits, TokenLimit};
 use super::load::LoadedSpec;
@@ -80,10 +80,11 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     let checked_routes = check_routes(&mut errors, spec, redis.is_some());
     let pricing = compile_pricing(&mut errors, &spec.pricing);
     let route_names: HashSet<&str> = spec.routes.iter().map(|r| r.name.as_str()).collect();
-    let keys = compile_keys(&mut errors, &spec.keys, &route_names);
+    let checked_keys = check_keys(&mut errors, &spec.keys, &route_names);
     let telemetry = compile_telemetry(&mut errors, spec.telemetry.as_ref(), config_dir);
     errors.finish(())?;
 
+    let keys = attach_keys(checked_keys, shared, redis.is_some());
     let upstreams: HashMap<&str, Arc<Upstream>> = checked_upstreams
         .into_iter()
         .map(|(name, up)| (name, Arc::new(up.attach(shared))))
@@ -111,9 +112,10 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         .collect();
     shared.metrics.set_split_weights(&weights);
     let any_cache = routes.iter().any(|r| r.cache.is_some());
-    let any_shared = routes
-        .iter()
-        .any(|r| r.limits.as_ref().is_some_and(RouteLimits::any_shared));
+    let any_shared = keys.any_shared()
+        || routes
+            .iter()
+            .any(|r| r.limits.as_ref().is_some_and(RouteLimits::any_shared));
     Ok(Policy {
         router: Router::new(matchers),
         routes,

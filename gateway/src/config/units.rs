@@ -32,7 +32,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in `{s}`: use ms, s, m or h")),
+        "d" => n * 86_400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in `{s}`: use ms, s, m, h or d"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{s}` is too long"))
 }
@@ -129,6 +134,10 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         // Found by the config_load fuzz target: this panicked instead of being refused.
         let huge = format!("{}h", "9".repeat(400));
         assert_eq!(

@@ -1,7 +1,7 @@
-//! The request path, in order: normalize the target → route (reading the body when a model
-//! glob needs it) → who is calling (the route's `auth:`, the key's routes) → read the body (when
-//! the route's features need it) → the key's models → split (A/B lane) →
-//! request rates → cache lookup → token reservations, the usage ask and the upstream's
+//! The request path, in order: ids → normalize the target → route (reading the body when a
+//! model glob needs it) → who is calling (the route's `auth:`, the key's routes) → read the body
+//! (when the route's features need it) → the key's models → split (A/B lane) → request rates →
+//! cache lookup → token reservations, the key's budget, the usage ask and the upstream's
 //! concurrency slot (after a miss) → forward → settle. This is the one module that knows every
 //! phase: each phase takes what it reads and returns what it makes, and the hand-offs between
 //! them (body, headers, reservations, recorder, permit) live on this module's stack. The first
@@ -14,7 +14,7 @@ use super::cache::{self, CacheRecorder, Lookup};
 use super::ctx::RequestCtx;
 use super::forward::{Attempt, Forwarder};
 use super::headers::X_REQUEST_ID;
-use super::limits::{self, Reserved};
+use super::limits::{self, BudgetHold, Reserved};
 use super::record::Record;
 use super::respond;
 use super::route;
@@ -24,6 +24,7 @@ use super::stop::{merge_headers, Header, Stop};
 use super::target;
 use super::trace;
 use super::usage::{self, StripUsage, UsageSink};
+use crate::config::keys::Auth;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
 use http::header::HeaderName;
@@ -68,7 +69,7 @@ pub async fn run(
         Err(stop) => Err(stop),
         Ok(routed) => {
             ctx.enter_route(routed.index, routed.route);
-            let mut reserved = None;
+            let mut holds = Holds::default();
             let on = On {
                 engines,
                 policy,
@@ -80,12 +81,15 @@ pub async fn run(
                     session,
                     &mut ctx.record,
                     &mut headers,
-                    &mut reserved,
+                    &mut holds,
                 )
                 .await;
             // Refused or failed before an upstream answered: what it held goes back.
-            if let Some(reserved) = reserved {
+            if let Some(reserved) = holds.tokens {
                 limits::release(engines.shared(), routed.route, reserved).await;
+            }
+            if let Some(hold) = holds.budget {
+                limits::release_budget(engines.shared(), hold).await;
             }
             outcome
         }
@@ -118,6 +122,13 @@ struct On<'a> {
     route: &'a Route,
 }
 
+/// What a request holds in token budgets and its key's dollar budget until its answer ends.
+#[derive(Default)]
+struct Holds {
+    tokens: Option<Reserved>,
+    budget: Option<BudgetHold>,
+}
+
 /// What the phases before the forward hand it.
 struct Handoff {
     recorder: Option<CacheRecorder>,
@@ -132,7 +143,7 @@ impl On<'_> {
         session: &mut Session,
         record: &mut Record,
         headers: &mut Vec<Header>,
-        reserved: &mut Option<Reserved>,
+        holds: &mut Holds,
     ) -> Result<(), Stop> {
         let (route, shared) = (self.route, self.engines.shared());
         let caller = auth::authenticate(&self.policy.keys, route, session.req_header_mut())?;
@@ -190,8 +201,12 @@ impl On<'_> {
         if let Some(limits) = &route.limits {
             let (held, more) =
                 limits::reserve_tokens(shared, route, limits, session, caller, &mut body).await?;
-            *reserved = held;
+            holds.tokens = held;
             merge_headers(headers, more);
+        }
+        if route.auth != Auth::None {
+            let pricing = &self.policy.pricing;
+            holds.budget = limits::reserve_budget(shared, caller, pricing, &mut body).await?;
         }
         let strip_usage = route.needs.usage && usage::ask_for_usage(&mut body)?;
         let watch = !body.is_streamed();
@@ -201,7 +216,7 @@ impl On<'_> {
             strip_usage,
             permit,
         };
-        self.forward(lane, body, session, record, headers, reserved, handoff)
+        self.forward(lane, body, session, record, headers, holds, handoff)
             .await
     }
 
@@ -215,7 +230,7 @@ impl On<'_> {
         session: &mut Session,
         record: &mut Record,
         headers: &mut Vec<Header>,
-        reserved: &mut Option<Reserved>,
+        holds: &mut Holds,
         handoff: Handoff,
     ) -> Result<(), Stop> {
         let route = self.route;
@@ -224,7 +239,7 @@ impl On<'_> {
             strip_usage,
             permit,
         } = handoff;
-        let mut meter = (reserved.is_some() || route.needs.usage).then(UsageSink::default);
+        let mut meter = (holds.tokens.is_some() || route.needs.usage).then(UsageSink::default);
         let mut strip = strip_usage.then(StripUsage::default);
         let mut tee = Tee::new(std::mem::take(headers));
         if let Some(r) = recorder.as_mut() {
@@ -246,11 +261,16 @@ impl On<'_> {
         drop(tee);
         drop(recorder);
         drop(permit);
-        if let Some(held) = reserved.take() {
-            limits::settle(self.engines.shared(), route, held, meter.as_mut()).await;
+        let shared = self.engines.shared();
+        if let Some(held) = holds.tokens.take() {
+            limits::settle(shared, route, held, meter.as_mut()).await;
         }
         if let Some(meter) = meter.as_mut().filter(|_| route.needs.usage) {
             record.usage = usage::count(lane, &self.policy.pricing, &mut body, meter);
+        }
+        if let Some(hold) = holds.budget.take() {
+            let cost = record.usage.as_ref().and_then(|u| u.cost_usd);
+            limits::settle_budget(shared, hold, cost).await;
         }
         record_attempt(record, attempt)
     }

@@ -3,7 +3,8 @@
 
 use super::{Metrics, LATENCY_BUCKETS};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts,
 };
 
 #[derive(Clone)]
@@ -17,6 +18,7 @@ pub(super) struct LimitFamilies {
     queue_depth: IntGaugeVec,
     queue_wait: HistogramVec,
     redis_errors: IntCounter,
+    key_spend: CounterVec,
 }
 
 impl LimitFamilies {
@@ -76,6 +78,13 @@ impl LimitFamilies {
                 "sluice_ratelimit_redis_errors_total",
                 "Failed Redis operations of the shared limits",
             )?,
+            key_spend: CounterVec::new(
+                Opts::new(
+                    "sluice_key_spend_usd_total",
+                    "US dollars spent by each client key with a budget, at pricing: prices",
+                ),
+                &["key", "team"],
+            )?,
         })
     }
 
@@ -90,6 +99,7 @@ impl LimitFamilies {
             Box::new(self.queue_depth.clone()),
             Box::new(self.queue_wait.clone()),
             Box::new(self.redis_errors.clone()),
+            Box::new(self.key_spend.clone()),
         ]
     }
 }
@@ -176,6 +186,12 @@ impl Metrics {
             fallback: l.fallbacks.with_label_values(&[route, limit]),
             keys: l.keys.with_label_values(&[route, limit]),
         }
+    }
+
+    /// The spend counter of client key `key` (of `team`, or empty).
+    #[must_use]
+    pub fn key_spend(&self, key: &str, team: &str) -> Counter {
+        self.limits.key_spend.with_label_values(&[key, team])
     }
 
     /// A route's token and rejection handles.

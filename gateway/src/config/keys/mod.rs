@@ -3,19 +3,26 @@
 //! `/admin/config` holds a usable key.
 
 use super::errors::Errors;
+use super::limits::{LimitCommon, LimitKey, RouteLimits, TokenLimit};
 use super::locate::{field_path, Seg};
 use super::needs::Needs;
-use super::spec::{AuthSpec, KeySpec};
+use super::shared::SharedState;
+use super::spec::{AuthSpec, BudgetSpec, KeySpec};
+use prometheus::Counter;
 use sha2::{Digest, Sha256};
 use sluice_plugins::glob::Glob;
+use sluice_plugins::limits::Rate;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use super::spec::AuthSpec as Auth;
 
 /// One key as the request path checks it.
 #[derive(Debug)]
 pub struct ClientKey {
+    /// What it may spend, when it has a budget.
+    pub budget: Option<KeyBudget>,
     pub name: String,
     pub team: Option<String>,
     /// `None`: every route.
@@ -25,6 +32,50 @@ pub struct ClientKey {
     /// As configured, for `/admin/keys`.
     pub model_patterns: Option<Vec<String>>,
 }
+
+/// A key's dollar budget: a token bucket whose units are micro-dollars (GCRA, refilling over
+/// `per`), in Redis when `redis:` is configured, so every instance spends from one budget.
+pub struct KeyBudget {
+    pub usd: f64,
+    pub per: Duration,
+    /// One token limit, `budget`, keyed by the route label `key:NAME`.
+    pub limits: RouteLimits,
+    /// The bucket's scope in Redis and in the limit metrics: `key:NAME`.
+    pub scope: String,
+    /// `sluice_key_spend_usd_total{key,team}`.
+    pub spend: Counter,
+}
+
+impl KeyBudget {
+    /// The budget, what this instance charged to it since it started, and what is left: read
+    /// from the local bucket, so only for a budget that is not in Redis (`null` there).
+    fn admin_view(&self) -> serde_json::Value {
+        let shared = self.limits.any_shared();
+        let left =
+            self.limits.tokens.first().filter(|_| !shared).map(|l| {
+                l.local.peek(0, std::time::Instant::now()).remaining as f64 / MICROS_PER_USD
+            });
+        serde_json::json!({
+            "usd": self.usd,
+            "per_seconds": self.per.as_secs(),
+            "shared": shared,
+            "spent_usd": self.spend.get(),
+            "left_usd": left,
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyBudget")
+            .field("usd", &self.usd)
+            .field("per", &self.per)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Micro-dollars per US dollar: the budget bucket's unit.
+pub const MICROS_PER_USD: f64 = 1e6;
 
 impl ClientKey {
     /// Whether the key may use route `name`.
@@ -80,16 +131,33 @@ impl Keys {
                     "team": k.team,
                     "routes": routes,
                     "models": k.model_patterns,
+                    "budget": k.budget.as_ref().map(KeyBudget::admin_view),
                 })
             })
             .collect();
         serde_json::json!({ "keys": keys })
     }
 
-    /// What a route with `auth` needs from a request: a model rule is checked on the body.
+    /// What a route with `auth` needs from a request: a model rule is checked on the body, a
+    /// budget is reserved from it and charged from the answer's usage.
     #[must_use]
     pub fn needs(&self, auth: Auth) -> Needs {
-        Needs::body_if(auth != Auth::None && self.all.iter().any(|k| k.models.is_some()))
+        if auth == Auth::None {
+            return Needs::NONE;
+        }
+        if self.all.iter().any(|k| k.budget.is_some()) {
+            return Needs::USAGE;
+        }
+        Needs::body_if(self.all.iter().any(|k| k.models.is_some()))
+    }
+
+    /// Whether any key's budget lives in Redis.
+    #[must_use]
+    pub fn any_shared(&self) -> bool {
+        self.all
+            .iter()
+            .filter_map(|k| k.budget.as_ref())
+            .any(|b| b.limits.any_shared())
     }
 }
 
@@ -108,9 +176,22 @@ pub fn new_key() -> Result<String, String> {
     Ok(format!("sk-sluice-{text}"))
 }
 
+/// A key that passed every check, waiting for its budget's bucket and metrics.
+pub(super) struct CheckedKey {
+    hash: [u8; 32],
+    key: ClientKey,
+    /// (usd, per, rate in micro-dollars)
+    budget: Option<(f64, Duration, Rate)>,
+}
+
 /// Checks `keys:`; `routes` are the route names the file defines.
-pub(super) fn compile_keys(errors: &mut Errors, specs: &[KeySpec], routes: &HashSet<&str>) -> Keys {
-    let mut keys = Keys::default();
+pub(super) fn check_keys(
+    errors: &mut Errors,
+    specs: &[KeySpec],
+    routes: &HashSet<&str>,
+) -> Vec<CheckedKey> {
+    let mut checked: Vec<CheckedKey> = Vec::new();
+    let mut hashes = HashSet::new();
     let mut names = HashSet::new();
     for (i, spec) in specs.iter().enumerate() {
         let at = |field: &str| field_path!["keys", i, field];
@@ -125,7 +206,7 @@ pub(super) fn compile_keys(errors: &mut Errors, specs: &[KeySpec], routes: &Hash
         }
         let hash = parse_hash(&spec.hash).map_err(|m| errors.at(&at("hash"), m));
         if let Ok(hash) = hash {
-            if keys.by_hash.contains_key(&hash) {
+            if !hashes.insert(hash) {
                 errors.at(&at("hash"), "the same hash as an earlier key");
             }
         }
@@ -142,10 +223,15 @@ pub(super) fn compile_keys(errors: &mut Errors, specs: &[KeySpec], routes: &Hash
                 errors.at(&field_path!["keys", i, "models", m], "must not be empty");
             }
         }
+        let budget = spec
+            .budget
+            .as_ref()
+            .and_then(|b| check_budget(errors, &field_path!["keys", i, "budget"], b));
         let (Ok(hash), true) = (hash, errors.count() == before) else {
             continue;
         };
-        let key = Arc::new(ClientKey {
+        let key = ClientKey {
+            budget: None,
             name: spec.name.clone(),
             team: spec.team.clone(),
             routes: spec.routes.as_ref().map(|r| r.iter().cloned().collect()),
@@ -154,12 +240,88 @@ pub(super) fn compile_keys(errors: &mut Errors, specs: &[KeySpec], routes: &Hash
                 .as_ref()
                 .map(|m| m.iter().map(|g| Glob::new(g)).collect()),
             model_patterns: spec.models.clone(),
+        };
+        checked.push(CheckedKey { hash, key, budget });
+    }
+    checked
+}
+
+fn check_budget(errors: &mut Errors, at: &[Seg], b: &BudgetSpec) -> Option<(f64, Duration, Rate)> {
+    let before = errors.count();
+    if !(b.usd.is_finite() && b.usd > 0.0 && b.usd <= 1e9) {
+        errors.at(
+            &field_path![at; "usd"],
+            "must be more than 0 (and at most 1e9)",
+        );
+    }
+    if b.per.0.is_zero() {
+        errors.at(&field_path![at; "per"], "must be more than 0");
+    }
+    if errors.count() > before {
+        return None;
+    }
+    let micros = (b.usd * MICROS_PER_USD).ceil() as u64;
+    match Rate::per(micros.max(1), b.per.0, micros.max(1)) {
+        Some(rate) => Some((b.usd, b.per.0, rate)),
+        None => {
+            errors.at(at, "too much money for too short a period to enforce");
+            None
+        }
+    }
+}
+
+/// Builds the keys, their budgets on buckets that survive reloads; `shared` budgets (with
+/// `redis:`) live in Redis.
+pub(super) fn attach_keys(checked: Vec<CheckedKey>, state: &SharedState, shared: bool) -> Keys {
+    let mut keys = Keys::default();
+    for CheckedKey {
+        hash,
+        mut key,
+        budget,
+    } in checked
+    {
+        key.budget = budget.map(|(usd, per, rate)| {
+            let scope = format!("key:{}", key.name);
+            let metrics = state.metrics.limit(&scope, BUDGET_LIMIT);
+            let local = state.limit_buckets.tokens(
+                (scope.clone(), BUDGET_LIMIT.to_string()),
+                rate,
+                metrics.keys.clone(),
+            );
+            let limit = TokenLimit {
+                common: LimitCommon {
+                    name: BUDGET_LIMIT.to_string(),
+                    key: LimitKey::Route,
+                    rate,
+                    shared,
+                    metrics,
+                },
+                default_max_tokens: 0,
+                charge_cache_hits: false,
+                local,
+            };
+            KeyBudget {
+                usd,
+                per,
+                limits: RouteLimits {
+                    requests: Vec::new(),
+                    tokens: vec![limit],
+                },
+                spend: state
+                    .metrics
+                    .key_spend(&key.name, key.team.as_deref().unwrap_or("")),
+                scope,
+            }
         });
+        let key = Arc::new(key);
         keys.by_hash.insert(hash, Arc::clone(&key));
         keys.all.push(key);
     }
     keys
 }
+
+/// The name of a key's budget in the limit metrics.
+pub const BUDGET_LIMIT: &str = "budget";
 
 /// A key or team name: it becomes a metric label value and a log field, so it stays short
 /// and plain.

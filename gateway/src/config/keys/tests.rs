@@ -109,3 +109,41 @@ fn new_keys_are_long_random_and_admitted_by_their_hash_line() {
     let p = compile_text(&config(&keys, "required")).unwrap();
     assert!(p.keys.find(a.as_bytes()).is_some() && p.keys.find(b.as_bytes()).is_none());
 }
+
+#[test]
+fn a_budget_is_checked_and_makes_its_routes_meter_usage() {
+    let ok = format!(
+        "  - {{ name: a, hash: \"{}\", budget: {{ usd: 50, per: 30d }} }}\n",
+        hash_line(KEY_A)
+    );
+    let p = compile_text(&config(&ok, "required")).unwrap();
+    let budget = p
+        .keys
+        .find(KEY_A.as_bytes())
+        .unwrap()
+        .budget
+        .as_ref()
+        .unwrap();
+    assert_eq!((budget.usd, budget.scope.as_str()), (50.0, "key:a"));
+    assert_eq!(
+        p.routes[0].needs,
+        Needs::USAGE,
+        "a budget is charged from usage"
+    );
+    assert_eq!(
+        p.routes[1].needs,
+        Needs::NONE,
+        "auth: none enforces no budget"
+    );
+    let bad = format!(
+        "  - {{ name: a, hash: \"{}\", budget: {{ usd: -1, per: 0s }} }}\n",
+        hash_line(KEY_A)
+    );
+    assert_eq!(
+        errors_of(&config(&bad, "required")),
+        [
+            "g.yaml:11:107: keys[0].budget.usd: must be more than 0 (and at most 1e9)",
+            "g.yaml:11:116: keys[0].budget.per: must be more than 0",
+        ]
+    );
+}

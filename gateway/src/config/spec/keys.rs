@@ -1,5 +1,6 @@
 //! The YAML of the gateway's client keys (`keys:`) and of a route's `auth:`.
 
+use crate::config::units::HumanDuration;
 use serde::{Deserialize, Serialize};
 
 /// One client key, known by the sha256 of the key string: the key itself is never stored.
@@ -15,6 +16,16 @@ pub struct KeySpec {
     pub routes: Option<Vec<String>>,
     /// Globs on the request's `model`; absent: every model.
     pub models: Option<Vec<String>>,
+    /// What the key may spend in a period, at `pricing:` prices.
+    pub budget: Option<BudgetSpec>,
+}
+
+/// `budget: { usd: 50, per: 30d }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    pub usd: f64,
+    pub per: HumanDuration,
 }
 
 /// A route's `auth:`.

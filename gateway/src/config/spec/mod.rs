@@ -8,7 +8,7 @@ mod server_limits;
 mod split;
 mod telemetry;
 
-pub use keys::{AuthSpec, KeySpec};
+pub use keys::{AuthSpec, BudgetSpec, KeySpec};
 pub use limits::LimitSpec;
 pub use resilience::{HealthSpec, OutlierSpec};
 pub use server_limits::ServerLimitsSpec;

@@ -4,6 +4,7 @@
 //! the engines live in `sluice_plugins::limits`, this is the adapter.
 
 mod buckets;
+mod budget;
 mod headers;
 
 use super::body::Body;
@@ -13,6 +14,7 @@ use super::usage::UsageSink;
 use crate::config::policy::{LimitKey, Route, RouteLimits};
 use buckets::Reservation;
 pub use buckets::Reserved;
+pub use budget::{release_budget, reserve_budget, settle_budget, BudgetHold};
 use headers::{rate_headers, Kind};
 use pingora::proxy::Session;
 use sluice_plugins::limits::shared::SharedBuckets;
