@@ -124,3 +124,82 @@ async fn only_known_keys_pass_and_the_upstream_sees_only_its_own_key() {
     assert_eq!(status(echo(Some(KEY_B), "x-api-key")).await, 401, "revoked");
     assert_eq!(status(echo(Some(KEY_A), "authorization")).await, 200);
 }
+
+/// The resident set of process `pid` in bytes (`VmRSS` in /proc).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test]
+async fn twenty_thousand_made_up_keys_cost_no_memory_and_no_redis_writes() {
+    use futures_util::{stream, StreamExt};
+    const SPRAYED: usize = 20_000;
+    let mock = Mock::start("m", &[]);
+    let redis = sluice_e2e::RedisServer::start();
+    let yaml = config(
+        &[&mock.url],
+        "",
+        "  - name: chat\n    upstream: up\n    auth: required\n    limits:\n      \
+         - { name: per-key, key: api_key, requests_per_hour: 10, shared: true }\n      \
+         - { name: per-key-local, key: api_key, requests_per_hour: 10 }\n",
+    ) + &format!(
+        "keys:\n  - {{ name: app-a, hash: \"{}\" }}\nredis:\n  url: \"{}\"\n",
+        hash_line(KEY_A),
+        redis.url()
+    );
+    let gw = Gateway::start(&yaml);
+    let client = reqwest::Client::new();
+    let send = |key: String| {
+        client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(key)
+            .body(r#"{"model":"m","messages":[]}"#)
+            .send()
+    };
+    assert_eq!(send(KEY_A.to_string()).await.unwrap().status(), 200);
+    let warm = stream::iter(0..500)
+        .map(|i| send(format!("sk-warm-{i}")))
+        .buffer_unordered(32)
+        .count()
+        .await;
+    assert_eq!(warm, 500);
+    let pid = gw.proc.child.id();
+    let (before, redis_before) = (rss(pid), redis_keys(&redis));
+    let refused = stream::iter(0..SPRAYED)
+        .map(|i| send(format!("sk-sprayed-{i}")))
+        .buffer_unordered(32)
+        .filter(|r| std::future::ready(r.as_ref().is_ok_and(|r| r.status() == 401)))
+        .count()
+        .await;
+    assert_eq!(refused, SPRAYED, "every made-up key is refused");
+    let growth = rss(pid).saturating_sub(before);
+    assert!(
+        growth < 8 << 20,
+        "RSS grew {growth} bytes for {SPRAYED} made-up keys"
+    );
+    assert_eq!(redis_keys(&redis), redis_before, "no Redis writes");
+    let held = metric_value(
+        &gw.metrics().await,
+        "sluice_ratelimit_keys{limit=\"per-key-local\",route=\"chat\"}",
+    );
+    assert!(held <= 1.0, "no limit bucket for a made-up key: {held}");
+}
+
+/// Keys in `redis` (DBSIZE).
+fn redis_keys(redis: &sluice_e2e::RedisServer) -> u64 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port())).expect("redis");
+    s.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").expect("DBSIZE");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("reply");
+    line.trim_end()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .expect("an integer reply")
+}
