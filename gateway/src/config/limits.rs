@@ -8,13 +8,13 @@ pub use super::limit_buckets::LimitBuckets;
 use super::errors::Errors;
 use super::locate::{field_path, Seg};
 use super::needs::Needs;
-use super::spec::{LimitSpec, RouteSpec};
+use super::spec::LimitSpec;
 use super::units::header_name;
 use http::header::HeaderName;
 use sluice_plugins::limits::rate::RequestRate;
 use sluice_plugins::limits::tokens::TokenBucket;
 use sluice_plugins::limits::Rate;
-use sluice_plugins::metrics::{LimitMetrics, Metrics};
+use sluice_plugins::metrics::{LimitMetrics, Metrics, RouteLimitMetrics};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +59,15 @@ pub struct TokenLimit {
     pub default_max_tokens: u64,
     pub charge_cache_hits: bool,
     pub local: Arc<TokenBucket>,
+}
+
+/// Limits as one scope enforces them: a route's, or a client key's (`key:NAME`) over every route
+/// it calls. `name` names its buckets (in Redis too) and its metrics.
+#[derive(Clone, Copy)]
+pub struct LimitScope<'a> {
+    pub name: &'a str,
+    pub limits: &'a RouteLimits,
+    pub metrics: &'a RouteLimitMetrics,
 }
 
 /// A route's limits.
@@ -107,16 +116,17 @@ pub(super) struct CheckedLimit {
     kind: Kind,
 }
 
-/// Checks a route's `limits:`; `has_redis` says whether `shared: true` can work.
+/// Checks the `limits:` at `base` (a route's or a key's); `has_redis` says whether
+/// `shared: true` can work.
 pub(super) fn check_limits(
     errors: &mut Errors,
     base: &[Seg],
-    route: &RouteSpec,
+    specs: &[LimitSpec],
     has_redis: bool,
 ) -> Vec<CheckedLimit> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
-    for (i, spec) in route.limits.iter().enumerate() {
+    for (i, spec) in specs.iter().enumerate() {
         let at = |field: &str| field_path![base; "limits", i, field];
         let before = errors.count();
         if spec.name.is_empty() {

@@ -80,7 +80,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
     let checked_routes = check_routes(&mut errors, spec, redis.is_some());
     let pricing = compile_pricing(&mut errors, &spec.pricing);
     let route_names: HashSet<&str> = spec.routes.iter().map(|r| r.name.as_str()).collect();
-    let checked_keys = check_keys(&mut errors, &spec.keys, &route_names);
+    let checked_keys = check_keys(&mut errors, &spec.keys, &route_names, redis.is_some());
     let telemetry = compile_telemetry(&mut errors, spec.telemetry.as_ref(), config_dir);
     errors.finish(())?;
 
@@ -210,7 +210,7 @@ fn check_routes<'a>(errors: &mut Errors, spec: &'a Spec, has_redis: bool) -> Vec
             .cache
             .as_ref()
             .and_then(|c| compile_route_cache(errors, &base, c));
-        let limits = check_limits(errors, &base, route, has_redis);
+        let limits = check_limits(errors, &base, &route.limits, has_redis);
         check_auth(errors, &base, route.auth, &spec.keys);
         let split = route
             .split

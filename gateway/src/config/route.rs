@@ -4,7 +4,7 @@
 use super::cache::RouteCache;
 use super::keys::Auth;
 use super::lane::{Lane, LanePlan};
-use super::limits::{CheckedLimit, RouteLimits};
+use super::limits::{CheckedLimit, LimitScope, RouteLimits};
 use super::needs::Needs;
 use super::shared::SharedState;
 use super::spec::RouteSpec;
@@ -36,6 +36,16 @@ pub struct Route {
 }
 
 impl Route {
+    /// The route's limits as the limits phase takes them, if it has any.
+    #[must_use]
+    pub fn limit_scope(&self) -> Option<LimitScope<'_>> {
+        Some(LimitScope {
+            name: &self.name,
+            limits: self.limits.as_ref()?,
+            metrics: &self.limit_metrics,
+        })
+    }
+
     /// Lane `i`, or the first for an index out of range.
     #[must_use]
     pub fn lane(&self, i: usize) -> &Lane {

@@ -25,6 +25,7 @@ use super::target;
 use super::trace;
 use super::usage::{self, StripUsage, UsageSink};
 use crate::config::keys::Auth;
+use crate::config::limits::LimitScope;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
 use http::header::HeaderName;
@@ -85,8 +86,8 @@ pub async fn run(
                 )
                 .await;
             // Refused or failed before an upstream answered: what it held goes back.
-            if let Some(reserved) = holds.tokens {
-                limits::release(engines.shared(), routed.route, reserved).await;
+            for (scope, reserved) in holds.tokens {
+                limits::release(engines.shared(), scope, reserved).await;
             }
             if let Some(hold) = holds.budget {
                 limits::release_budget(engines.shared(), hold).await;
@@ -122,10 +123,11 @@ struct On<'a> {
     route: &'a Route,
 }
 
-/// What a request holds in token budgets and its key's dollar budget until its answer ends.
+/// What a request holds in token budgets (the route's, its key's) and its key's dollar budget
+/// until its answer ends.
 #[derive(Default)]
-struct Holds {
-    tokens: Option<Reserved>,
+struct Holds<'p> {
+    tokens: Vec<(LimitScope<'p>, Reserved)>,
     budget: Option<BudgetHold>,
 }
 
@@ -136,14 +138,14 @@ struct Handoff {
     permit: Option<GatePermit>,
 }
 
-impl On<'_> {
+impl<'a> On<'a> {
     async fn serve(
         &self,
         mut body: Body,
         session: &mut Session,
         record: &mut Record,
         headers: &mut Vec<Header>,
-        holds: &mut Holds,
+        holds: &mut Holds<'a>,
     ) -> Result<(), Stop> {
         let (route, shared) = (self.route, self.engines.shared());
         let caller = auth::authenticate(&self.policy.keys, route, session.req_header_mut())?;
@@ -161,9 +163,13 @@ impl On<'_> {
         })?;
         record.lane = Some(chosen.lane);
         headers.extend(chosen.header);
-        if let Some(limits) = &route.limits {
-            let more =
-                limits::admit_requests(shared, route, limits, session, caller, &mut body).await?;
+        // The route's limits, then (on a route with auth:) the caller's key's own.
+        let key_scope = caller
+            .filter(|_| route.auth != Auth::None)
+            .and_then(|k| k.limit_scope());
+        let scopes = [route.limit_scope(), key_scope];
+        for scope in scopes.into_iter().flatten() {
+            let more = limits::admit_requests(shared, scope, session, caller, &mut body).await?;
             merge_headers(headers, more);
         }
         let recorder = match (&self.engines.cache, &route.cache) {
@@ -175,15 +181,11 @@ impl On<'_> {
                     Lookup::Answered(answered) => {
                         record.cache = answered.result.name();
                         record.answered_locally(answered.status, answered.written);
-                        limits::charge_hit(
-                            shared,
-                            route,
-                            session,
-                            caller,
-                            &mut body,
-                            answered.tokens,
-                        )
-                        .await;
+                        let tokens = answered.tokens;
+                        for scope in scopes.into_iter().flatten() {
+                            limits::charge_hit(shared, scope, session, caller, &mut body, tokens)
+                                .await;
+                        }
                         return Ok(());
                     }
                     Lookup::Miss(recorder) => {
@@ -198,10 +200,10 @@ impl On<'_> {
             }
             _ => None,
         };
-        if let Some(limits) = &route.limits {
+        for scope in scopes.into_iter().flatten() {
             let (held, more) =
-                limits::reserve_tokens(shared, route, limits, session, caller, &mut body).await?;
-            holds.tokens = held;
+                limits::reserve_tokens(shared, scope, session, caller, &mut body).await?;
+            holds.tokens.extend(held.map(|h| (scope, h)));
             merge_headers(headers, more);
         }
         if route.auth != Auth::None {
@@ -230,7 +232,7 @@ impl On<'_> {
         session: &mut Session,
         record: &mut Record,
         headers: &mut Vec<Header>,
-        holds: &mut Holds,
+        holds: &mut Holds<'a>,
         handoff: Handoff,
     ) -> Result<(), Stop> {
         let route = self.route;
@@ -239,7 +241,7 @@ impl On<'_> {
             strip_usage,
             permit,
         } = handoff;
-        let mut meter = (holds.tokens.is_some() || route.needs.usage).then(UsageSink::default);
+        let mut meter = (!holds.tokens.is_empty() || route.needs.usage).then(UsageSink::default);
         let mut strip = strip_usage.then(StripUsage::default);
         let mut tee = Tee::new(std::mem::take(headers));
         if let Some(r) = recorder.as_mut() {
@@ -262,8 +264,8 @@ impl On<'_> {
         drop(recorder);
         drop(permit);
         let shared = self.engines.shared();
-        if let Some(held) = holds.tokens.take() {
-            limits::settle(shared, route, held, meter.as_mut()).await;
+        for (scope, held) in holds.tokens.drain(..) {
+            limits::settle(shared, scope, held, meter.as_mut()).await;
         }
         if let Some(meter) = meter.as_mut().filter(|_| route.needs.usage) {
             record.usage = usage::count(lane, &self.policy.pricing, &mut body, meter);

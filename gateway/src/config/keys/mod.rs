@@ -3,7 +3,9 @@
 //! `/admin/config` holds a usable key.
 
 use super::errors::Errors;
-use super::limits::{LimitCommon, LimitKey, RouteLimits, TokenLimit};
+use super::limits::{
+    attach, check_limits, CheckedLimit, LimitCommon, LimitKey, LimitScope, RouteLimits, TokenLimit,
+};
 use super::locate::{field_path, Seg};
 use super::needs::Needs;
 use super::shared::SharedState;
@@ -12,6 +14,7 @@ use prometheus::Counter;
 use sha2::{Digest, Sha256};
 use sluice_plugins::glob::Glob;
 use sluice_plugins::limits::Rate;
+use sluice_plugins::metrics::RouteLimitMetrics;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +26,8 @@ pub use super::spec::AuthSpec as Auth;
 pub struct ClientKey {
     /// What it may spend, when it has a budget.
     pub budget: Option<KeyBudget>,
+    /// Its own request rates and token budgets over every route it calls.
+    pub limits: Option<KeyLimits>,
     pub name: String,
     pub team: Option<String>,
     /// `None`: every route.
@@ -74,10 +79,36 @@ impl std::fmt::Debug for KeyBudget {
     }
 }
 
+/// A key's `limits:`, scoped `key:NAME`.
+pub struct KeyLimits {
+    pub scope: String,
+    pub limits: RouteLimits,
+    pub metrics: RouteLimitMetrics,
+}
+
+impl std::fmt::Debug for KeyLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLimits")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Micro-dollars per US dollar: the budget bucket's unit.
 pub const MICROS_PER_USD: f64 = 1e6;
 
 impl ClientKey {
+    /// The key's own limits as the limits phase takes them, if it has any.
+    #[must_use]
+    pub fn limit_scope(&self) -> Option<LimitScope<'_>> {
+        let l = self.limits.as_ref()?;
+        Some(LimitScope {
+            name: &l.scope,
+            limits: &l.limits,
+            metrics: &l.metrics,
+        })
+    }
+
     /// Whether the key may use route `name`.
     #[must_use]
     pub fn allows_route(&self, name: &str) -> bool {
@@ -145,19 +176,21 @@ impl Keys {
         if auth == Auth::None {
             return Needs::NONE;
         }
+        let limits = self.all.iter().filter_map(|k| k.limits.as_ref());
+        let limit_needs = limits.fold(Needs::NONE, |n, l| n | l.limits.needs());
         if self.all.iter().any(|k| k.budget.is_some()) {
             return Needs::USAGE;
         }
-        Needs::body_if(self.all.iter().any(|k| k.models.is_some()))
+        limit_needs | Needs::body_if(self.all.iter().any(|k| k.models.is_some()))
     }
 
-    /// Whether any key's budget lives in Redis.
+    /// Whether any key's budget or limit lives in Redis.
     #[must_use]
     pub fn any_shared(&self) -> bool {
-        self.all
-            .iter()
-            .filter_map(|k| k.budget.as_ref())
-            .any(|b| b.limits.any_shared())
+        self.all.iter().any(|k| {
+            k.budget.as_ref().is_some_and(|b| b.limits.any_shared())
+                || k.limits.as_ref().is_some_and(|l| l.limits.any_shared())
+        })
     }
 }
 
@@ -182,6 +215,7 @@ pub(super) struct CheckedKey {
     key: ClientKey,
     /// (usd, per, rate in micro-dollars)
     budget: Option<(f64, Duration, Rate)>,
+    limits: Vec<CheckedLimit>,
 }
 
 /// Checks `keys:`; `routes` are the route names the file defines.
@@ -189,6 +223,7 @@ pub(super) fn check_keys(
     errors: &mut Errors,
     specs: &[KeySpec],
     routes: &HashSet<&str>,
+    has_redis: bool,
 ) -> Vec<CheckedKey> {
     let mut checked: Vec<CheckedKey> = Vec::new();
     let mut hashes = HashSet::new();
@@ -227,11 +262,13 @@ pub(super) fn check_keys(
             .budget
             .as_ref()
             .and_then(|b| check_budget(errors, &field_path!["keys", i, "budget"], b));
+        let limits = check_limits(errors, &field_path!["keys", i], &spec.limits, has_redis);
         let (Ok(hash), true) = (hash, errors.count() == before) else {
             continue;
         };
         let key = ClientKey {
             budget: None,
+            limits: None,
             name: spec.name.clone(),
             team: spec.team.clone(),
             routes: spec.routes.as_ref().map(|r| r.iter().cloned().collect()),
@@ -241,7 +278,12 @@ pub(super) fn check_keys(
                 .map(|m| m.iter().map(|g| Glob::new(g)).collect()),
             model_patterns: spec.models.clone(),
         };
-        checked.push(CheckedKey { hash, key, budget });
+        checked.push(CheckedKey {
+            hash,
+            key,
+            budget,
+            limits,
+        });
     }
     checked
 }
@@ -278,10 +320,17 @@ pub(super) fn attach_keys(checked: Vec<CheckedKey>, state: &SharedState, shared:
         hash,
         mut key,
         budget,
+        limits,
     } in checked
     {
+        let scope = format!("key:{}", key.name);
+        key.limits =
+            attach(&scope, limits, &state.limit_buckets, &state.metrics).map(|l| KeyLimits {
+                metrics: state.metrics.route_limits(&scope),
+                scope: scope.clone(),
+                limits: l,
+            });
         key.budget = budget.map(|(usd, per, rate)| {
-            let scope = format!("key:{}", key.name);
             let metrics = state.metrics.limit(&scope, BUDGET_LIMIT);
             let local = state.limit_buckets.tokens(
                 (scope.clone(), BUDGET_LIMIT.to_string()),

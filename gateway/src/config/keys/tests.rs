@@ -147,3 +147,38 @@ fn a_budget_is_checked_and_makes_its_routes_meter_usage() {
         ]
     );
 }
+
+#[test]
+fn a_keys_limits_are_checked_at_the_keys_place() {
+    let keys = format!(
+        "  - {{ name: a, hash: \"{}\", limits: [{{ name: x }}, {{ name: s, requests_per_minute: 5, shared: true }}] }}\n",
+        hash_line(KEY_A)
+    );
+    let errs = errors_of(&config(&keys, "required"));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].contains("keys[0].limits[0].name: a limit needs one of"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("keys[0].limits[1].shared: a shared limit needs a top-level `redis:`"),
+        "{errs:?}"
+    );
+    let ok = format!(
+        "  - {{ name: a, hash: \"{}\", limits: [{{ name: tpm, tokens_per_minute: 100 }}] }}\n",
+        hash_line(KEY_A)
+    );
+    let p = compile_text(&config(&ok, "required")).unwrap();
+    let scope = p
+        .keys
+        .find(KEY_A.as_bytes())
+        .unwrap()
+        .limit_scope()
+        .unwrap();
+    assert_eq!(scope.name, "key:a");
+    assert_eq!(
+        p.routes[0].needs,
+        Needs::USAGE,
+        "a key's token budget settles on usage"
+    );
+}

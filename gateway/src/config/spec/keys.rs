@@ -1,5 +1,6 @@
 //! The YAML of the gateway's client keys (`keys:`) and of a route's `auth:`.
 
+use super::limits::LimitSpec;
 use crate::config::units::HumanDuration;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,9 @@ pub struct KeySpec {
     pub models: Option<Vec<String>>,
     /// What the key may spend in a period, at `pricing:` prices.
     pub budget: Option<BudgetSpec>,
+    /// Its own request rates and token budgets over every route it calls, beside each route's.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
 }
 
 /// `budget: { usd: 50, per: 30d }`.

@@ -11,7 +11,8 @@ use super::body::Body;
 use super::identity::{bucket_key, Caller};
 use super::stop::{Header, Stop};
 use super::usage::UsageSink;
-use crate::config::policy::{LimitKey, Route, RouteLimits};
+use crate::config::limits::LimitScope;
+use crate::config::policy::LimitKey;
 use buckets::Reservation;
 pub use buckets::Reserved;
 pub use budget::{release_budget, reserve_budget, settle_budget, BudgetHold};
@@ -24,25 +25,25 @@ use sluice_plugins::metrics::Rejection;
 use sluice_plugins::openai_error::GatewayError;
 use std::time::{Duration, Instant};
 
-/// Checks every request limit of the route; the first that refuses answers 429. Returns the
+/// Checks every request limit of the scope; the first that refuses answers 429. Returns the
 /// `x-ratelimit-*` headers of the tightest request limit and of the local token budgets.
 pub async fn admit_requests(
     shared: Option<&SharedBuckets>,
-    route: &Route,
-    limits: &RouteLimits,
+    scope: LimitScope<'_>,
     session: &Session,
     caller: Caller<'_>,
     body: &mut Body,
 ) -> Result<Vec<Header>, Stop> {
+    let limits = scope.limits;
     let mut out = Vec::new();
     let mut tightest: Option<LimitState> = None;
     for limit in &limits.requests {
         let key = key_of(&limit.common.key, session, caller, body)?;
-        let decision = buckets::check(shared, &route.name, limit, key).await;
+        let decision = buckets::check(shared, scope.name, limit, key).await;
         limit.common.metrics.decided(decision.is_allowed());
         tightest = headers::tighter(tightest, decision.state());
         if let Decision::Limited { state, retry_after } = decision {
-            route.limit_metrics.reject(Rejection::RateLimit);
+            scope.metrics.reject(Rejection::RateLimit);
             return Err(refuse(
                 &limit.common.name,
                 Kind::Requests,
@@ -74,12 +75,12 @@ pub async fn admit_requests(
 /// headers, which replace the peek `admit_requests` made.
 pub async fn reserve_tokens(
     shared: Option<&SharedBuckets>,
-    route: &Route,
-    limits: &RouteLimits,
+    scope: LimitScope<'_>,
     session: &Session,
     caller: Caller<'_>,
     body: &mut Body,
 ) -> Result<(Option<Reserved>, Vec<Header>), Stop> {
+    let limits = scope.limits;
     if limits.tokens.is_empty() {
         return Ok((None, Vec::new()));
     }
@@ -97,18 +98,17 @@ pub async fn reserve_tokens(
     for (index, limit) in limits.tokens.iter().enumerate() {
         let key = bucket_key(&limit.common.key, session, caller, Some(json));
         let want = prompt + completion.unwrap_or(limit.default_max_tokens);
-        let reserved_now =
-            buckets::reserve(shared, &route.name, limit, index, key, want, now).await;
+        let reserved_now = buckets::reserve(shared, scope.name, limit, index, key, want, now).await;
         limit.common.metrics.decided(reserved_now.is_ok());
         match reserved_now {
             Ok((state, r)) => {
                 tightest = headers::tighter(tightest, state);
-                route.limit_metrics.reserved.inc_by(r.amount());
+                scope.metrics.reserved.inc_by(r.amount());
                 reserved.reservations.push(r);
             }
             Err((state, retry_after)) => {
-                route.limit_metrics.reject(Rejection::TokenBudget);
-                buckets::release(shared, &route.name, limits, reserved).await;
+                scope.metrics.reject(Rejection::TokenBudget);
+                buckets::release(shared, scope.name, limits, reserved).await;
                 return Err(refuse(&limit.common.name, Kind::Tokens, state, retry_after));
             }
         }
@@ -122,38 +122,31 @@ pub async fn reserve_tokens(
 /// upstream answered or it answered an error.
 pub async fn settle(
     shared: Option<&SharedBuckets>,
-    route: &Route,
+    scope: LimitScope<'_>,
     reserved: Reserved,
     used: Option<&mut UsageSink>,
 ) {
-    let Some(limits) = &route.limits else {
-        return;
-    };
     let charged = used.map_or(0, |u| u.charged(reserved.prompt_estimate));
-    route.limit_metrics.charged.inc_by(charged);
-    buckets::settle(shared, &route.name, limits, reserved, charged).await;
+    scope.metrics.charged.inc_by(charged);
+    buckets::settle(shared, scope.name, scope.limits, reserved, charged).await;
 }
 
 /// Gives back what a request reserved but never used (it was refused or failed before the
 /// upstream answered).
-pub async fn release(shared: Option<&SharedBuckets>, route: &Route, reserved: Reserved) {
-    if let Some(limits) = &route.limits {
-        buckets::release(shared, &route.name, limits, reserved).await;
-    }
+pub async fn release(shared: Option<&SharedBuckets>, scope: LimitScope<'_>, reserved: Reserved) {
+    buckets::release(shared, scope.name, scope.limits, reserved).await;
 }
 
 /// Charges a cache answer's `tokens` to the budgets that count hits (hits are never refused).
 pub async fn charge_hit(
     shared: Option<&SharedBuckets>,
-    route: &Route,
+    scope: LimitScope<'_>,
     session: &Session,
     caller: Caller<'_>,
     body: &mut Body,
     tokens: u64,
 ) {
-    let Some(limits) = &route.limits else {
-        return;
-    };
+    let limits = scope.limits;
     if tokens == 0 || !limits.tokens.iter().any(|l| l.charge_cache_hits) {
         return;
     }
@@ -165,16 +158,12 @@ pub async fn charge_hit(
         if limit.charge_cache_hits {
             let key = bucket_key(&limit.common.key, session, caller, json);
             reserved.reservations.push(Reservation::charge_only(
-                shared,
-                &route.name,
-                limit,
-                index,
-                key,
+                shared, scope.name, limit, index, key,
             ));
         }
     }
-    route.limit_metrics.charged.inc_by(tokens);
-    buckets::settle(shared, &route.name, limits, reserved, tokens).await;
+    scope.metrics.charged.inc_by(tokens);
+    buckets::settle(shared, scope.name, limits, reserved, tokens).await;
 }
 
 /// The bucket a request draws from; the body is parsed only for a `body:user` key.

@@ -28,19 +28,19 @@ fn refused(stop: Stop) -> (u16, Vec<Header>) {
 #[tokio::test]
 async fn a_request_limit_counts_per_key_and_refuses_with_its_headers() {
     let p = policy("      - { name: rpm, key: api_key, requests_per_minute: 2 }\n");
-    let (route, limits) = (&p.routes[0], p.routes[0].limits.as_ref().unwrap());
+    let scope = p.routes[0].limit_scope().unwrap();
     let raw = post("/v1/chat/completions", "authorization: Bearer k1\r\n", "{}");
     let (s, _c) = session(&raw).await;
     let mut body = Body::default();
-    let first = admit_requests(None, route, limits, &s, None, &mut body)
+    let first = admit_requests(None, scope, &s, None, &mut body)
         .await
         .unwrap();
     assert_eq!(header(&first, "x-ratelimit-remaining-requests"), Some("1"));
-    admit_requests(None, route, limits, &s, None, &mut body)
+    admit_requests(None, scope, &s, None, &mut body)
         .await
         .unwrap();
     let (status, headers) = refused(
-        admit_requests(None, route, limits, &s, None, &mut body)
+        admit_requests(None, scope, &s, None, &mut body)
             .await
             .unwrap_err(),
     );
@@ -52,7 +52,7 @@ async fn a_request_limit_counts_per_key_and_refuses_with_its_headers() {
     let other = post("/v1/chat/completions", "authorization: Bearer k2\r\n", "{}");
     let (s2, _c2) = session(&other).await;
     assert!(
-        admit_requests(None, route, limits, &s2, None, &mut body)
+        admit_requests(None, scope, &s2, None, &mut body)
             .await
             .is_ok(),
         "another key, another bucket"
@@ -62,12 +62,12 @@ async fn a_request_limit_counts_per_key_and_refuses_with_its_headers() {
 #[tokio::test]
 async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
     let p = policy("      - { name: tpm, key: route, tokens_per_minute: 1000 }\n");
-    let (route, limits) = (&p.routes[0], p.routes[0].limits.as_ref().unwrap());
+    let scope = p.routes[0].limit_scope().unwrap();
     let (s, _c) = session(&post("/v1/chat/completions", "", "{}")).await;
     let mut body = Body::of(Bytes::from_static(
         br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":400}"#,
     ));
-    let (reserved, headers) = reserve_tokens(None, route, limits, &s, None, &mut body)
+    let (reserved, headers) = reserve_tokens(None, scope, &s, None, &mut body)
         .await
         .unwrap();
     let left: u64 = header(&headers, "x-ratelimit-remaining-tokens")
@@ -75,11 +75,11 @@ async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
         .parse()
         .unwrap();
     assert!(left < 600, "the prompt and max_tokens are held: {left}");
-    assert_eq!(route.limit_metrics.reserved.get(), 1000 - left);
+    assert_eq!(scope.metrics.reserved.get(), 1000 - left);
     // A second request wants more than is left: refused, and it holds nothing.
     let mut big = Body::of(Bytes::from_static(br#"{"messages":[],"max_tokens":900}"#));
     let (status, h) = refused(
-        reserve_tokens(None, route, limits, &s, None, &mut big)
+        reserve_tokens(None, scope, &s, None, &mut big)
             .await
             .unwrap_err(),
     );
@@ -88,8 +88,8 @@ async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
         (429, true)
     );
     // Nothing was used (no upstream answered): all of it comes back.
-    settle(None, route, reserved.unwrap(), None).await;
-    let (again, headers) = reserve_tokens(None, route, limits, &s, None, &mut big)
+    settle(None, scope, reserved.unwrap(), None).await;
+    let (again, headers) = reserve_tokens(None, scope, &s, None, &mut big)
         .await
         .unwrap();
     assert!(again.is_some());
@@ -105,9 +105,9 @@ async fn tokens_are_reserved_then_settled_at_what_the_answer_cost() {
 #[tokio::test]
 async fn without_a_token_budget_or_a_read_body_nothing_is_reserved() {
     let p = policy("      - { name: rpm, key: ip, requests_per_minute: 5 }\n");
-    let (route, limits) = (&p.routes[0], p.routes[0].limits.as_ref().unwrap());
+    let scope = p.routes[0].limit_scope().unwrap();
     let (s, _c) = session(&post("/v1/chat/completions", "", "{}")).await;
-    let (reserved, headers) = reserve_tokens(None, route, limits, &s, None, &mut Body::default())
+    let (reserved, headers) = reserve_tokens(None, scope, &s, None, &mut Body::default())
         .await
         .unwrap();
     assert!(reserved.is_none() && headers.is_empty());

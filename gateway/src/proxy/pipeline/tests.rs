@@ -59,3 +59,33 @@ async fn the_phases_run_in_order_and_the_first_that_stops_answers() {
     assert!(answer.starts_with("http/1.1 400"), "{answer}");
     assert_eq!(record.status, Some(400));
 }
+
+#[tokio::test]
+async fn a_keys_own_limits_hold_across_routes_and_other_keys_are_untouched() {
+    let port = upstream(ANSWER).await;
+    let hash = |k: &str| crate::config::keys::hash_line(k);
+    let policy = compile_text(&format!(
+        "upstreams:\n  u: {{ endpoints: [ {{ url: \"http://127.0.0.1:{port}\" }} ] }}\n\
+         routes:\n  - {{ name: a, upstream: u, auth: required, match: {{ path_prefix: /a }} }}\n\
+         \x20 - {{ name: b, upstream: u, auth: required, match: {{ path_prefix: /b }} }}\n\
+         keys:\n  - {{ name: one, hash: \"{}\", limits: [ {{ name: rpm, requests_per_minute: 2 }} ] }}\n\
+         \x20 - {{ name: two, hash: \"{}\" }}\n",
+        hash("sk-one"),
+        hash("sk-two")
+    ))
+    .unwrap();
+    let call =
+        |path: &str, key: &str| post(path, &format!("authorization: Bearer {key}\r\n"), "{}");
+    for path in ["/a", "/b"] {
+        let (_, answer) = run_one(&policy, &call(path, "sk-one")).await;
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    }
+    let (record, answer) = run_one(&policy, &call("/a", "sk-one")).await;
+    assert!(
+        answer.starts_with("http/1.1 429"),
+        "the key's rpm spans routes: {answer}"
+    );
+    assert_eq!(record.key.as_ref().map(|k| k.name.as_str()), Some("one"));
+    let (_, answer) = run_one(&policy, &call("/a", "sk-two")).await;
+    assert!(answer.starts_with("http/1.1 200"), "another key: {answer}");
+}
