@@ -10,6 +10,7 @@ pub mod config;
 pub mod health;
 pub mod listener;
 pub mod observe;
+pub mod otlp;
 pub mod proxy;
 pub mod reload;
 pub mod server;

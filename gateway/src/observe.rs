@@ -4,6 +4,7 @@
 use crate::config::keys::ClientKey;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
+use crate::proxy::TryRecord;
 use sluice_plugins::trace_context::TraceParent;
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,14 @@ pub struct Finished<'a> {
     pub request_id: &'a str,
     /// The trace the request belongs to, with sluice's span.
     pub trace: Option<&'a TraceParent>,
+    /// The client's span, the parent of sluice's, when it sent one.
+    pub parent_span: Option<[u8; 8]>,
     /// What the answer used, on a route that meters usage.
     pub usage: Option<&'a RequestUsage>,
+    /// When the request started, for the instants of its tries.
+    pub start: Instant,
+    /// Every try at an upstream, in order.
+    pub tries: &'a [TryRecord],
 }
 
 /// One answer's tokens and cost, as counted in `sluice_tokens_total` and `sluice_cost_usd_total`.

@@ -70,6 +70,10 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
         Some(target) => Some(crate::usage_log::UsageLog::open(target)?),
         None => None,
     };
+    let otlp = match &policy.telemetry.otlp_traces {
+        Some(url) => Some(crate::otlp::OtlpExporter::start(url.clone())?),
+        None => None,
+    };
     let store = Arc::new(PolicyStore::new(config.to_path_buf(), policy, shared));
 
     let grace = spec.server.grace_period.0;
@@ -117,6 +121,7 @@ pub fn run(config: &Path, upgrade: bool) -> Result<(), String> {
         cache.clone(),
         shared_limits,
         usage_log,
+        otlp,
     );
     // Our listener reads each request head within server.limits, then hands it to the proxy.
     let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);

@@ -1,8 +1,10 @@
-//! `telemetry:` compiled: where the usage log goes. Read at start, like the cache tiers.
+//! `telemetry:` compiled: where the usage log and trace spans go. Read at start, like the
+//! cache tiers.
 
 use super::errors::Errors;
 use super::locate::field_path;
 use super::needs::Needs;
+use super::secret::redact_url;
 use super::spec::TelemetrySpec;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,8 @@ pub enum UsageLogTarget {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Telemetry {
     pub usage_log: Option<UsageLogTarget>,
+    /// The OTLP/HTTP traces URL (`<endpoint>/v1/traces`).
+    pub otlp_traces: Option<String>,
 }
 
 impl Telemetry {
@@ -50,7 +54,25 @@ pub(super) fn compile_telemetry(
             "-" => Some(UsageLogTarget::Stdout),
             _ => Some(UsageLogTarget::File(dir.join(path))),
         });
-    Telemetry { usage_log }
+    let otlp_traces = spec.and_then(|s| s.otlp.as_ref()).and_then(|o| {
+        let endpoint = o.endpoint.trim().trim_end_matches('/');
+        if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+            Some(format!("{endpoint}/v1/traces"))
+        } else {
+            errors.at(
+                &field_path!["telemetry", "otlp", "endpoint"],
+                format!(
+                    "`{}` must start with http:// or https://",
+                    redact_url(endpoint)
+                ),
+            );
+            None
+        }
+    });
+    Telemetry {
+        usage_log,
+        otlp_traces,
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +96,14 @@ mod tests {
         assert_eq!(p.telemetry.usage_log, Some(UsageLogTarget::Stdout));
         assert_eq!(p.routes[0].needs, Needs::USAGE, "every answer is metered");
         assert_eq!(compile_text(BASE).unwrap().telemetry, Telemetry::default());
+        let p = compile_text(&format!(
+            "{BASE}telemetry: {{ otlp: {{ endpoint: \"http://127.0.0.1:4318/\" }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.telemetry.otlp_traces.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
         let errs = compile_text(&format!("{BASE}telemetry: {{ usage_log: \"\" }}\n")).err();
         assert_eq!(
             errs.unwrap(),

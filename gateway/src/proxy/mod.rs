@@ -25,6 +25,7 @@ mod test_session;
 mod trace;
 mod usage;
 
+use crate::otlp::OtlpExporter;
 use crate::reload::PolicyStore;
 use crate::usage_log::UsageLog;
 use async_trait::async_trait;
@@ -34,6 +35,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use pipeline::Engines;
+pub use record::TryRecord;
 use sluice_plugins::cache::PromptCache;
 use sluice_plugins::limits::shared::SharedBuckets;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ pub struct Gateway {
     engines: Engines,
     active: Arc<ActiveRequests>,
     usage_log: Option<UsageLog>,
+    otlp: Option<OtlpExporter>,
 }
 
 impl Gateway {
@@ -55,6 +58,7 @@ impl Gateway {
         cache: Option<Arc<PromptCache>>,
         shared_limits: Option<Arc<SharedBuckets>>,
         usage_log: Option<UsageLog>,
+        otlp: Option<OtlpExporter>,
     ) -> Self {
         Gateway {
             store,
@@ -65,6 +69,7 @@ impl Gateway {
             },
             active,
             usage_log,
+            otlp,
         }
     }
 }
@@ -128,6 +133,9 @@ impl ProxyHttp for Gateway {
         crate::access_log::write(&finished);
         if let Some(log) = &self.usage_log {
             log.write(&finished);
+        }
+        if let Some(otlp) = &self.otlp {
+            otlp.export(&finished);
         }
     }
 }

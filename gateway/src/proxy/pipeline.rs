@@ -286,6 +286,7 @@ fn record_attempt(record: &mut Record, attempt: Attempt) -> Result<(), Stop> {
     }
     record.bytes_out += attempt.bytes_out;
     record.upstream = Some(attempt.tried);
+    record.tries = attempt.tries;
     attempt.outcome
 }
 

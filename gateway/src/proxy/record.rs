@@ -18,6 +18,20 @@ pub struct UpstreamTry {
     pub ttfb: Option<Duration>,
 }
 
+/// One try at an upstream endpoint, for its trace span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryRecord {
+    pub hop: usize,
+    pub endpoint: usize,
+    /// The try's span id (never 0): the `traceparent` parent the endpoint saw.
+    pub span: u64,
+    pub start: Instant,
+    pub end: Instant,
+    pub status: Option<u16>,
+    /// Why it failed (`connect`, `timeout`, `5xx`...), if it did.
+    pub failure: Option<&'static str>,
+}
+
 /// The request as it will be logged.
 #[derive(Debug)]
 pub struct Record {
@@ -37,6 +51,8 @@ pub struct Record {
     pub error: Option<String>,
     /// What the answer used, on a route that meters usage.
     pub usage: Option<RequestUsage>,
+    /// Every try at an upstream, in order.
+    pub tries: Vec<TryRecord>,
     /// The request id and trace, stamped before any phase runs.
     pub ids: Option<Ids>,
     /// The gateway key the caller presented, once the auth phase found it.
@@ -60,6 +76,7 @@ impl Record {
             key: None,
             ids: None,
             usage: None,
+            tries: Vec::new(),
         }
     }
 
@@ -102,7 +119,10 @@ impl Record {
                 .and_then(|i| i.request_id.to_str().ok())
                 .unwrap_or(""),
             trace: self.ids.as_ref().map(|i| &i.trace),
+            parent_span: self.ids.as_ref().and_then(|i| i.parent),
             usage: self.usage.as_ref(),
+            start: self.start,
+            tries: &self.tries,
         }
     }
 }

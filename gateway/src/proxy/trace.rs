@@ -9,7 +9,8 @@ use http::HeaderValue;
 use pingora::http::RequestHeader;
 use sluice_plugins::trace_context::{sane_request_id, TraceParent};
 
-const TRACEPARENT: &str = "traceparent";
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// What a request is known by.
 #[derive(Debug, Clone)]
@@ -17,14 +18,18 @@ pub struct Ids {
     pub request_id: HeaderValue,
     /// The trace, with sluice's span as the parent of the upstream's.
     pub trace: TraceParent,
+    /// The client's span, when it sent a valid `traceparent`: the parent of sluice's.
+    pub parent: Option<[u8; 8]>,
 }
 
 /// Reads the request's ids (or makes them) and stamps them on what the upstream will get.
 pub fn stamp(req: &mut RequestHeader) -> Ids {
-    let trace = req
+    let incoming = req
         .headers
         .get(TRACEPARENT)
-        .and_then(|v| TraceParent::parse(v.as_bytes()))
+        .and_then(|v| TraceParent::parse(v.as_bytes()));
+    let parent = incoming.map(|t| t.span_id);
+    let trace = incoming
         .unwrap_or_else(|| TraceParent::new_trace([random_u64(), random_u64(), random_u64()]))
         .with_span(random_u64());
     let request_id = match req.headers.get(X_REQUEST_ID) {
@@ -34,7 +39,11 @@ pub fn stamp(req: &mut RequestHeader) -> Ids {
     };
     let _ = req.insert_header(X_REQUEST_ID, request_id.clone());
     let _ = req.insert_header(TRACEPARENT, trace.to_string());
-    Ids { request_id, trace }
+    Ids {
+        request_id,
+        trace,
+        parent,
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub use limits::LimitSpec;
 pub use resilience::{HealthSpec, OutlierSpec};
 pub use server_limits::ServerLimitsSpec;
 pub use split::{PriceSpec, SplitSpec, VariantSpec};
-pub use telemetry::TelemetrySpec;
+pub use telemetry::{OtlpSpec, TelemetrySpec};
 
 use super::cache::{CacheSpec, RedisSpec, RouteCacheSpec};
 use super::units::{ByteSize, HumanDuration};

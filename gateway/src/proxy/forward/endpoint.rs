@@ -7,8 +7,10 @@ use crate::proxy::body::{Outgoing, StreamedBody};
 use crate::proxy::headers::{
     client_response, upstream_request, UpstreamRequest, X_SLUICE_FALLBACK,
 };
+use crate::proxy::record::TryRecord;
 use crate::proxy::sink::{StreamEnd, Tee};
 use crate::proxy::stop::Stop;
+use crate::proxy::trace::TRACEPARENT;
 use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -18,6 +20,7 @@ use sluice_plugins::balance::requested_wait;
 use sluice_plugins::metrics::TryFailure;
 use sluice_plugins::openai_error::GatewayError;
 use sluice_plugins::outlier::OutlierPolicy;
+use sluice_plugins::trace_context::TraceParent;
 use std::sync::Arc;
 use std::time::Instant;
 // Pingora's timer registers lazily and on a shared wheel: no per-request tokio timer wake-up.
@@ -35,6 +38,8 @@ pub(super) struct TryRequest<'a> {
     pub idx: usize,
     /// Whether a retryable status may be turned into another try (instead of relayed).
     pub can_retry_status: bool,
+    /// This try's span id (odd, so never 0): the parent in the `traceparent` it sends.
+    pub span: u64,
 }
 
 /// A failed try at one endpoint.
@@ -98,6 +103,7 @@ pub(super) async fn try_endpoint(
     attempt: &mut Attempt,
 ) -> Result<(), TryError> {
     attempt.status = None;
+    let start = Instant::now();
     let result = try_once(connector, session, req, body, tee, attempt).await;
     let failure = match &result {
         Ok(()) => attempt
@@ -107,6 +113,15 @@ pub(super) async fn try_endpoint(
         Err(TryError::Retry(r)) => r.kind,
         Err(TryError::Final(_, kind)) => *kind,
     };
+    attempt.tries.push(TryRecord {
+        hop: req.hop,
+        endpoint: req.idx,
+        span: req.span,
+        start,
+        end: Instant::now(),
+        status: attempt.status,
+        failure: failure.map(TryFailure::name),
+    });
     judge(req, failure);
     result
 }
@@ -275,8 +290,16 @@ async fn send(
         identity: req.route.cache.is_some(),
         variant_headers: &req.lane.headers,
     };
-    let head = upstream_request(session.req_header(), &to)
+    let mut head = upstream_request(session.req_header(), &to)
         .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
+    // The endpoint's parent span is this try's, in the trace the request carries.
+    let parent = head
+        .headers
+        .get(TRACEPARENT)
+        .map(|v| TraceParent::parse(v.as_bytes()));
+    if let Some(Some(trace)) = parent {
+        let _ = head.insert_header(TRACEPARENT, trace.with_span(req.span).to_string());
+    }
     c.conn
         .write_request_header(Box::new(head))
         .await

@@ -8,7 +8,7 @@ mod endpoint;
 
 use super::body::{Body, Outgoing};
 use super::random::random_u64;
-use super::record::UpstreamTry;
+use super::record::{TryRecord, UpstreamTry};
 use super::sink::Tee;
 use super::stop::Stop;
 use crate::config::policy::RetryPolicy;
@@ -30,6 +30,8 @@ pub struct Attempt {
     pub status: Option<u16>,
     pub bytes_out: usize,
     pub outcome: Result<(), Stop>,
+    /// Every try, in order, for the trace.
+    pub tries: Vec<TryRecord>,
 }
 
 /// The request as sent to one upstream of the route.
@@ -88,6 +90,7 @@ impl Forwarder {
             status: None,
             bytes_out: 0,
             outcome: Ok(()),
+            tries: Vec::new(),
         };
         // A route with fallbacks reads the body, so a streamed one meets only this upstream.
         let mut body = match body.outgoing(session, lane.upstream.retry.buffer, max_body) {
@@ -161,6 +164,7 @@ impl Forwarder {
                 up,
                 idx,
                 can_retry_status: retries_left > 0 || has_fallback,
+                span: random_u64() | 1,
             };
             let mut error = match endpoint::try_endpoint(
                 self.connector(),
