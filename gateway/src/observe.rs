@@ -4,7 +4,6 @@
 use crate::config::keys::ClientKey;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
-use crate::proxy::TryRecord;
 use sluice_plugins::trace_context::TraceParent;
 use std::time::{Duration, Instant};
 
@@ -43,6 +42,20 @@ pub struct Finished<'a> {
     pub start: Instant,
     /// Every try at an upstream, in order.
     pub tries: &'a [TryRecord],
+}
+
+/// One try at an upstream endpoint, for its trace span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryRecord {
+    pub hop: usize,
+    pub endpoint: usize,
+    /// The try's span id (never 0): the `traceparent` parent the endpoint saw.
+    pub span: u64,
+    pub start: Instant,
+    pub end: Instant,
+    pub status: Option<u16>,
+    /// Why it failed (`connect`, `timeout`, `5xx`...), if it did.
+    pub failure: Option<&'static str>,
 }
 
 /// One answer's tokens and cost, as counted in `sluice_tokens_total` and `sluice_cost_usd_total`.

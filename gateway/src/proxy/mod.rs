@@ -35,7 +35,6 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use pipeline::Engines;
-pub use record::TryRecord;
 use sluice_plugins::cache::PromptCache;
 use sluice_plugins::limits::shared::SharedBuckets;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use super::trace::Ids;
 use crate::config::keys::ClientKey;
 use crate::config::Policy;
-use crate::observe::{Finished, RequestUsage};
+use crate::observe::{Finished, RequestUsage, TryRecord};
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,20 +16,6 @@ pub struct UpstreamTry {
     pub hop: usize,
     pub endpoint: Option<usize>,
     pub ttfb: Option<Duration>,
-}
-
-/// One try at an upstream endpoint, for its trace span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TryRecord {
-    pub hop: usize,
-    pub endpoint: usize,
-    /// The try's span id (never 0): the `traceparent` parent the endpoint saw.
-    pub span: u64,
-    pub start: Instant,
-    pub end: Instant,
-    pub status: Option<u16>,
-    /// Why it failed (`connect`, `timeout`, `5xx`...), if it did.
-    pub failure: Option<&'static str>,
 }
 
 /// The request as it will be logged.

@@ -3,11 +3,11 @@
 
 use super::Attempt;
 use crate::config::policy::{Lane, Route, Upstream};
+use crate::observe::TryRecord;
 use crate::proxy::body::{Outgoing, StreamedBody};
 use crate::proxy::headers::{
     client_response, upstream_request, UpstreamRequest, X_SLUICE_FALLBACK,
 };
-use crate::proxy::record::TryRecord;
 use crate::proxy::sink::{StreamEnd, Tee};
 use crate::proxy::stop::Stop;
 use crate::proxy::trace::TRACEPARENT;

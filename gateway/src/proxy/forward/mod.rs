@@ -8,11 +8,12 @@ mod endpoint;
 
 use super::body::{Body, Outgoing};
 use super::random::random_u64;
-use super::record::{TryRecord, UpstreamTry};
+use super::record::UpstreamTry;
 use super::sink::Tee;
 use super::stop::Stop;
 use crate::config::policy::RetryPolicy;
 use crate::config::policy::{Lane, Route, Upstream};
+use crate::observe::TryRecord;
 use endpoint::{TryError, TryRequest};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
