@@ -14,7 +14,11 @@ fn replay(target: &str, check: fn(&[u8])) {
             continue;
         };
         for entry in entries.flatten() {
-            let bytes = std::fs::read(entry.path()).expect("corpus file");
+            // A running fuzzer may drop a corpus file between the listing and the read.
+            let bytes = match std::fs::read(entry.path()) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                read => read.expect("corpus file"),
+            };
             check(&bytes);
             seen += 1;
         }

@@ -121,3 +121,57 @@ fn spent(key: &str, budget: &KeyBudget) -> GatewayError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::keys::hash_line;
+    use crate::config::policy::compile_text;
+    use bytes::Bytes;
+
+    fn refused(result: Result<Option<BudgetHold>, Stop>) -> (u16, &'static str) {
+        match result {
+            Err(Stop::Respond { error, .. }) => (error.status, error.code),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_budget_reserves_the_most_possible_cost_and_keeps_what_was_spent() {
+        // $1 per million completion tokens; a $0.001 budget is 1,000 completion tokens.
+        let p = compile_text(&format!(
+            "upstreams:\n  u: {{ endpoints: [{{ url: \"http://127.0.0.1:1\" }}] }}\n\
+             routes:\n  - {{ name: chat, upstream: u, auth: required }}\n\
+             pricing:\n  m: {{ input: 0, output: 1 }}\n\
+             keys:\n  - {{ name: a, hash: \"{}\", budget: {{ usd: 0.001, per: 30d }} }}\n",
+            hash_line("sk-a")
+        ))
+        .unwrap();
+        let caller = p.keys.find(b"sk-a");
+        let body = |json: &'static str| Body::of(Bytes::from_static(json.as_bytes()));
+        let ask = r#"{"model":"m","max_tokens":600}"#;
+        let hold = reserve_budget(None, caller, &p.pricing, &mut body(ask))
+            .await
+            .unwrap()
+            .expect("held");
+        // 600 reserved: another 600 does not fit while it is held.
+        assert_eq!(
+            refused(reserve_budget(None, caller, &p.pricing, &mut body(ask)).await),
+            (429, "insufficient_quota")
+        );
+        // The answer cost 100 tokens ($0.0001): 900 left, so 600 fits again.
+        settle_budget(None, hold, Some(0.0001)).await;
+        let again = reserve_budget(None, caller, &p.pricing, &mut body(ask)).await;
+        release_budget(None, again.unwrap().expect("held")).await;
+        let budget = caller.unwrap().budget.as_ref().unwrap();
+        assert!((budget.spend.get() - 0.0001).abs() < 1e-12);
+        assert_eq!(
+            refused(reserve_budget(None, caller, &p.pricing, &mut body(r#"{"model":"x"}"#)).await),
+            (403, "model_not_priced")
+        );
+        assert!(reserve_budget(None, None, &p.pricing, &mut body(ask))
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
