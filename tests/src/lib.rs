@@ -92,6 +92,27 @@ pub fn config(urls: &[&str], upstream_extra: &str, routes: &str) -> String {
     )
 }
 
+/// The resident set of process `pid` in bytes (`VmRSS` in /proc).
+#[must_use]
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// The access lines of a JSON log (`--log-format json`), parsed.
+#[must_use]
+pub fn access_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect()
+}
+
 /// SHA-256 hex of `bytes`.
 #[must_use]
 pub fn sha256(bytes: &[u8]) -> String {

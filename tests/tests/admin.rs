@@ -1,7 +1,9 @@
 //! The admin listener, metrics, and keeping secrets out of logs and the config dump.
 
 use serde_json::Value;
-use sluice_e2e::{chat_body, config, config_with_secrets, metric_value, status, Gateway, Mock};
+use sluice_e2e::{
+    access_lines, chat_body, config, config_with_secrets, metric_value, status, Gateway, Mock,
+};
 
 /// A gateway whose admin needs the token `admin-SECRET2` and whose upstream key is secret.
 fn guarded_gateway(mock: &Mock) -> Gateway {
@@ -142,12 +144,6 @@ async fn no_key_or_token_reaches_the_log() {
     gw.metrics_when(r#"sluice_config_reloads_total{result="ok"}"#, 1.0)
         .await;
     // Lines reach the file from a writer thread, a little after the event.
-    let access_lines = |log: &str| -> Vec<Value> {
-        log.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "access")
-            .collect()
-    };
     let log = gw.log_until(|log| log.contains("config reloaded") && !access_lines(log).is_empty());
     assert!(!log.contains("SECRET"), "a secret reached the log:\n{log}");
     let access = access_lines(&log);

@@ -3,9 +3,9 @@
 //! upstream (the route's own does), a key removed by a reload stops working, and
 //! `/admin/keys` lists keys without their hashes.
 
-use serde_json::Value;
 use sluice_e2e::{
-    config, get_json, metric_value, run_python_check_with, sha256, status, Gateway, Mock,
+    access_lines, config, get_json, metric_value, rss, run_python_check_with, sha256, status,
+    Gateway, Mock,
 };
 
 /// The `hash:` of a key, computed here rather than by sluice.
@@ -94,9 +94,8 @@ async fn only_known_keys_pass_and_the_upstream_sees_only_its_own_key() {
     assert!(!listed.to_string().contains("sha256"), "{listed}");
 
     let keys_logged = |log: &str| -> Vec<String> {
-        log.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "access")
+        access_lines(log)
+            .iter()
             .map(|v| v["key"].as_str().unwrap_or_default().to_string())
             .collect()
     };
@@ -123,17 +122,6 @@ async fn only_known_keys_pass_and_the_upstream_sees_only_its_own_key() {
     gw.metrics_until(|m| reloaded(m) >= want).await;
     assert_eq!(status(echo(Some(KEY_B), "x-api-key")).await, 401, "revoked");
     assert_eq!(status(echo(Some(KEY_A), "authorization")).await, 200);
-}
-
-/// The resident set of process `pid` in bytes (`VmRSS` in /proc).
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod limits_support;
 use futures_util::{stream, StreamExt};
 use limits_support::*;
 use serde_json::json;
-use sluice_e2e::{metric_sum, Gateway, Mock};
+use sluice_e2e::{metric_sum, rss, Gateway, Mock};
 use std::time::{Duration, Instant};
 
 // === Request rates ===
@@ -89,17 +89,6 @@ async fn a_request_rate_admits_its_burst_then_its_rate_and_other_keys_are_unaffe
 }
 
 // === Memory ===
-
-/// The resident set of process `pid` in bytes (`VmRSS` in /proc).
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
 
 /// Sends one request per key (`{prefix}-0`...), `concurrency` at a time; how many were 200.
 async fn one_each(c: &reqwest::Client, gw: &Gateway, prefix: &str, keys: usize) -> usize {

@@ -3,14 +3,7 @@
 //! and the upstream's `traceparent` continues the client's trace.
 
 use serde_json::Value;
-use sluice_e2e::{config, Gateway, Mock};
-
-fn access_lines(log: &str) -> Vec<Value> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access")
-        .collect()
-}
+use sluice_e2e::{access_lines, config, Gateway, Mock};
 
 #[tokio::test]
 async fn one_id_on_the_answer_the_access_line_and_the_upstream() {

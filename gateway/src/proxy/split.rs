@@ -93,23 +93,16 @@ fn pick(
 mod tests {
     use super::*;
     use crate::config::policy::compile_text;
+    use crate::proxy::test_session::request_head;
     use bytes::Bytes;
 
     const POLICY: &str = "upstreams:\n  a: { endpoints: [{ url: \"http://127.0.0.1:1\" }] }\nroutes:\n  - name: chat\n    upstream: a\n    split:\n      sticky: header:x-user\n      allow_override: true\n      variants:\n        - { name: control, weight: 50 }\n        - { name: small, weight: 50, set: { model: m } }\n";
-
-    fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
-        for (k, v) in headers {
-            req.insert_header(k.to_string(), *v).unwrap();
-        }
-        req
-    }
 
     #[test]
     fn the_override_picks_the_variant_sets_its_fields_and_never_reaches_the_upstream() {
         let p = compile_text(POLICY).unwrap();
         let split = p.routes[0].split.as_ref();
-        let mut req = request(&[("x-sluice-variant", "small")]);
+        let mut req = request_head(&[("x-sluice-variant", "small")]);
         let mut body = Body::of(Bytes::from_static(br#"{"model":"big"}"#));
         let chosen = choose(split, &mut req, None, &mut body).unwrap();
         assert_eq!(chosen.lane, 1);
@@ -117,7 +110,7 @@ mod tests {
         assert!(req.headers.get(X_SLUICE_VARIANT).is_none());
         assert_eq!(body.json().unwrap().unwrap()["model"], "m");
 
-        let mut req = request(&[("x-sluice-variant", "nope")]);
+        let mut req = request_head(&[("x-sluice-variant", "nope")]);
         match choose(split, &mut req, None, &mut Body::default()) {
             Err(Stop::Respond { error, .. }) => {
                 assert_eq!((error.status, error.code), (400, "unknown_variant"))
@@ -133,7 +126,7 @@ mod tests {
         let lane = |user: &str| {
             choose(
                 split,
-                &mut request(&[("x-user", user)]),
+                &mut request_head(&[("x-user", user)]),
                 None,
                 &mut Body::default(),
             )
@@ -146,7 +139,7 @@ mod tests {
         let lanes: std::collections::HashSet<_> =
             (0..64).map(|i| lane(&format!("user-{i}"))).collect();
         assert_eq!(lanes.len(), 2, "users spread over both variants");
-        let none = choose(None, &mut request(&[]), None, &mut Body::default()).unwrap();
+        let none = choose(None, &mut request_head(&[]), None, &mut Body::default()).unwrap();
         assert_eq!((none.lane, none.header.is_none()), (0, true));
     }
 }

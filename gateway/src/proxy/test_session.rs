@@ -32,6 +32,16 @@ pub fn post(path: &str, extra_headers: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A POST /v1/chat/completions head with `headers`, for phases that take only the head.
+pub fn request_head(headers: &[(&str, &str)]) -> pingora::http::RequestHeader {
+    let mut req =
+        pingora::http::RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+    for (k, v) in headers {
+        req.insert_header(k.to_string(), *v).unwrap();
+    }
+    req
+}
+
 /// An upstream on a real socket that answers every request on a connection with `answer`.
 pub async fn upstream(answer: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

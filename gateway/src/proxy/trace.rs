@@ -49,19 +49,12 @@ pub fn stamp(req: &mut RequestHeader) -> Ids {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
-        for (k, v) in headers {
-            req.insert_header(k.to_string(), *v).unwrap();
-        }
-        req
-    }
+    use crate::proxy::test_session::request_head;
 
     #[test]
     fn a_plain_client_id_and_a_valid_traceparent_are_kept() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let mut req = request(&[("x-request-id", "client-42"), ("traceparent", incoming)]);
+        let mut req = request_head(&[("x-request-id", "client-42"), ("traceparent", incoming)]);
         let ids = stamp(&mut req);
         assert_eq!(ids.request_id, "client-42");
         assert_eq!(req.headers["x-request-id"], "client-42");
@@ -76,12 +69,12 @@ mod tests {
 
     #[test]
     fn strange_ids_and_broken_traceparents_are_replaced() {
-        let mut req = request(&[("x-request-id", "a b\"c"), ("traceparent", "00-nope")]);
+        let mut req = request_head(&[("x-request-id", "a b\"c"), ("traceparent", "00-nope")]);
         let ids = stamp(&mut req);
         let id = ids.request_id.to_str().unwrap();
         assert_eq!(id, ids.trace.trace_hex(), "a new id is the new trace's");
         assert_eq!(req.headers["x-request-id"], id);
-        let other = stamp(&mut request(&[]));
+        let other = stamp(&mut request_head(&[]));
         assert_ne!(other.request_id, ids.request_id);
     }
 }

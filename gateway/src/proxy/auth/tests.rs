@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::keys::hash_line;
 use crate::config::policy::{compile_text, Policy};
+use crate::proxy::test_session::request_head;
 use bytes::Bytes;
 
 const KEY: &str = "sk-sluice-unit-a";
@@ -13,14 +14,6 @@ fn policy(auth: &str) -> Policy {
         hash_line(KEY)
     ))
     .unwrap()
-}
-
-fn request(headers: &[(&str, &str)]) -> RequestHeader {
-    let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
-    for (k, v) in headers {
-        req.insert_header(k.to_string(), *v).unwrap();
-    }
-    req
 }
 
 fn status(result: Result<impl std::fmt::Debug, Stop>) -> (u16, &'static str) {
@@ -39,7 +32,7 @@ fn a_known_key_passes_and_its_credential_never_reaches_the_upstream() {
         } else {
             KEY.to_string()
         };
-        let mut req = request(&[(header, &value)]);
+        let mut req = request_head(&[(header, &value)]);
         let caller = authenticate(&p.keys, &p.routes[0], &mut req).unwrap();
         assert_eq!(caller.map(|k| k.name.as_str()), Some("app-a"));
         assert!(req.headers.get(header).is_none(), "{header} taken off");
@@ -51,15 +44,15 @@ fn required_refuses_no_key_and_unknown_keys_with_401() {
     let p = policy("required");
     let chat = &p.routes[0];
     assert_eq!(
-        status(authenticate(&p.keys, chat, &mut request(&[]))),
+        status(authenticate(&p.keys, chat, &mut request_head(&[]))),
         (401, "invalid_api_key")
     );
-    let mut wrong = request(&[("authorization", "Bearer sk-made-up")]);
+    let mut wrong = request_head(&[("authorization", "Bearer sk-made-up")]);
     assert_eq!(
         status(authenticate(&p.keys, chat, &mut wrong)),
         (401, "invalid_api_key")
     );
-    let mut other = request(&[("authorization", &format!("Bearer {KEY}"))]);
+    let mut other = request_head(&[("authorization", &format!("Bearer {KEY}"))]);
     assert_eq!(
         status(authenticate(&p.keys, &p.routes[1], &mut other)),
         (403, "route_not_allowed")
@@ -70,10 +63,10 @@ fn required_refuses_no_key_and_unknown_keys_with_401() {
 fn optional_lets_keyless_callers_through_but_not_wrong_keys() {
     let p = policy("optional");
     let chat = &p.routes[0];
-    assert!(authenticate(&p.keys, chat, &mut request(&[]))
+    assert!(authenticate(&p.keys, chat, &mut request_head(&[]))
         .unwrap()
         .is_none());
-    let mut wrong = request(&[("x-api-key", "sk-made-up")]);
+    let mut wrong = request_head(&[("x-api-key", "sk-made-up")]);
     assert_eq!(
         status(authenticate(&p.keys, chat, &mut wrong)),
         (401, "invalid_api_key")
@@ -83,7 +76,7 @@ fn optional_lets_keyless_callers_through_but_not_wrong_keys() {
 #[test]
 fn none_lets_everyone_through_and_still_names_a_known_key() {
     let p = policy("none");
-    let mut wrong = request(&[("authorization", "Bearer sk-made-up")]);
+    let mut wrong = request_head(&[("authorization", "Bearer sk-made-up")]);
     assert!(authenticate(&p.keys, &p.routes[1], &mut wrong)
         .unwrap()
         .is_none());
@@ -91,7 +84,7 @@ fn none_lets_everyone_through_and_still_names_a_known_key() {
         wrong.headers.get("authorization").is_some(),
         "not ours: kept"
     );
-    let mut known = request(&[("authorization", &format!("Bearer {KEY}"))]);
+    let mut known = request_head(&[("authorization", &format!("Bearer {KEY}"))]);
     let caller = authenticate(&p.keys, &p.routes[1], &mut known).unwrap();
     assert_eq!(caller.map(|k| k.name.as_str()), Some("app-a"));
     assert!(known.headers.get("authorization").is_none());
@@ -101,7 +94,7 @@ fn none_lets_everyone_through_and_still_names_a_known_key() {
 fn a_model_outside_the_keys_globs_is_refused_with_403() {
     let p = policy("required");
     let chat = &p.routes[0];
-    let mut req = request(&[("authorization", &format!("Bearer {KEY}"))]);
+    let mut req = request_head(&[("authorization", &format!("Bearer {KEY}"))]);
     let caller = authenticate(&p.keys, chat, &mut req).unwrap();
     let body = |json: &'static str| Body::of(Bytes::from_static(json.as_bytes()));
     assert!(allow_model(caller, chat, &mut body(r#"{"model":"small-1"}"#)).is_ok());
