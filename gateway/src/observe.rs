@@ -4,6 +4,7 @@
 use crate::config::keys::ClientKey;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
+use bytes::Bytes;
 use sluice_plugins::trace_context::TraceParent;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,17 @@ pub struct Finished<'a> {
     pub start: Instant,
     /// Every try at an upstream, in order.
     pub tries: &'a [TryRecord],
+    /// The request's and response's bodies, on a route with `log_bodies: true`.
+    pub bodies: Option<&'a LoggedBodies>,
+}
+
+/// The first bytes of a request's and its response's bodies, for the usage log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoggedBodies {
+    pub request: Bytes,
+    pub response: Vec<u8>,
+    /// Whether either was longer than what was kept.
+    pub truncated: bool,
 }
 
 /// One try at an upstream endpoint, for its trace span.

@@ -50,7 +50,7 @@ impl UsageLog {
 /// One request's usage record.
 fn record(f: &Finished<'_>) -> serde_json::Value {
     let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
-    json!({
+    let mut record = json!({
         "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "request_id": f.request_id,
         "key": f.key.map(|k| k.name.as_str()),
@@ -65,7 +65,14 @@ fn record(f: &Finished<'_>) -> serde_json::Value {
         "cache": (!f.cache.is_empty()).then_some(f.cache),
         "ttfb_ms": f.ttfb.map(ms),
         "duration_ms": ms(f.duration),
-    })
+    });
+    if let (Some(bodies), Some(map)) = (f.bodies, record.as_object_mut()) {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        map.insert("request_body".into(), text(&bodies.request).into());
+        map.insert("response_body".into(), text(&bodies.response).into());
+        map.insert("bodies_truncated".into(), bodies.truncated.into());
+    }
+    record
 }
 
 fn write_lines(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>) {

@@ -100,3 +100,39 @@ async fn usage_records_add_up_to_the_metrics_and_never_hold_a_key() {
         sum("cost_usd")
     );
 }
+
+#[tokio::test]
+async fn a_route_that_logs_bodies_records_them_and_others_do_not() {
+    let mock = Mock::start("m", &[]);
+    let yaml = config(
+        &[&mock.url],
+        "",
+        "  - name: logged\n    upstream: up\n    log_bodies: true\n    match: { headers: { x-log: \"yes\" } }\n\
+         \x20 - name: chat\n    upstream: up\n",
+    ) + "telemetry:\n  usage_log: ./usage.jsonl\n";
+    let gw = Gateway::start(&yaml);
+    let client = reqwest::Client::new();
+    for log in ["yes", "no"] {
+        let resp = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .header("x-log", log)
+            .body(chat_body("mock-gpt-4o", 100, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let lines = records(&gw, 2);
+    let logged = lines
+        .iter()
+        .find(|l| l["route"] == "logged")
+        .expect("logged");
+    let request = logged["request_body"].as_str().unwrap();
+    assert!(request.contains("lorem ipsum"), "{logged}");
+    let response = logged["response_body"].as_str().unwrap();
+    assert!(response.contains("reply-"), "{logged}");
+    assert_eq!(logged["bodies_truncated"], false);
+    let plain = lines.iter().find(|l| l["route"] == "chat").expect("chat");
+    assert!(plain.get("request_body").is_none(), "{plain}");
+}

@@ -33,6 +33,8 @@ pub struct Route {
     pub needs: Needs,
     /// Whether a caller needs one of the gateway's keys.
     pub auth: Auth,
+    /// The usage log records this route's bodies.
+    pub log_bodies: bool,
 }
 
 impl Route {
@@ -110,9 +112,11 @@ pub(super) fn build_route(
             })
             .collect(),
     };
-    // A model glob and a fallback (which replays the body) read the body whole.
+    // A model glob, a fallback (which replays the body) and logged bodies read the body whole.
     let needs = [
-        Needs::body_if(r.matcher.model.is_some() || !r.spec.fallback.is_empty()),
+        Needs::body_if(
+            r.matcher.model.is_some() || !r.spec.fallback.is_empty() || r.spec.log_bodies,
+        ),
         policy_needs,
         r.cache.as_ref().map_or(Needs::NONE, RouteCache::needs),
         limits.as_ref().map_or(Needs::NONE, RouteLimits::needs),
@@ -133,6 +137,7 @@ pub(super) fn build_route(
         unassigned: shared.metrics.route(name, "", ""),
         needs,
         auth: r.spec.auth,
+        log_bodies: r.spec.log_bodies,
         limits,
         limit_metrics: shared.metrics.route_limits(name),
         cache: r.cache,

@@ -6,6 +6,7 @@ mod admission;
 mod auth;
 mod body;
 mod cache;
+mod capture;
 mod ctx;
 mod forward;
 mod headers;

@@ -11,6 +11,7 @@ use super::admission;
 use super::auth;
 use super::body::Body;
 use super::cache::{self, CacheRecorder, Lookup};
+use super::capture::BodyCapture;
 use super::ctx::RequestCtx;
 use super::forward::{Attempt, Forwarder};
 use super::headers::X_REQUEST_ID;
@@ -253,6 +254,10 @@ impl<'a> On<'a> {
         if let Some(s) = strip.as_mut() {
             tee.filter_client(s);
         }
+        let mut capture = route.log_bodies.then(BodyCapture::default);
+        if let Some(c) = capture.as_mut() {
+            tee.add(c);
+        }
         let max_body = self.policy.max_body_bytes;
         let forwarder = &self.engines.forwarder;
         let attempt = forwarder
@@ -263,6 +268,7 @@ impl<'a> On<'a> {
         drop(tee);
         drop(recorder);
         drop(permit);
+        record.bodies = capture.map(|c| c.logged(body.bytes()));
         let shared = self.engines.shared();
         for (scope, held) in holds.tokens.drain(..) {
             limits::settle(shared, scope, held, meter.as_mut()).await;

@@ -4,7 +4,7 @@
 use super::trace::Ids;
 use crate::config::keys::ClientKey;
 use crate::config::Policy;
-use crate::observe::{Finished, RequestUsage, TryRecord};
+use crate::observe::{Finished, LoggedBodies, RequestUsage, TryRecord};
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ pub struct Record {
     pub usage: Option<RequestUsage>,
     /// Every try at an upstream, in order.
     pub tries: Vec<TryRecord>,
+    /// The bodies, on a route that logs them.
+    pub bodies: Option<LoggedBodies>,
     /// The request id and trace, stamped before any phase runs.
     pub ids: Option<Ids>,
     /// The gateway key the caller presented, once the auth phase found it.
@@ -63,6 +65,7 @@ impl Record {
             ids: None,
             usage: None,
             tries: Vec::new(),
+            bodies: None,
         }
     }
 
@@ -109,6 +112,7 @@ impl Record {
             usage: self.usage.as_ref(),
             start: self.start,
             tries: &self.tries,
+            bodies: self.bodies.as_ref(),
         }
     }
 }

@@ -357,6 +357,9 @@ pub struct RouteSpec {
     /// Whether a caller needs one of the gateway's `keys:`.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// The usage log also records the request and response bodies (each up to 64 KiB).
+    #[serde(default)]
+    pub log_bodies: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
