@@ -38,6 +38,7 @@ async fn usage_records_add_up_to_the_metrics_and_never_hold_a_key() {
     );
     let gw = Gateway::start(&yaml);
     let client = reqwest::Client::new();
+    let mut ids = Vec::new();
     for (i, stream) in [false, true, false, true].into_iter().enumerate() {
         let mut req = client
             .post(format!("{}/v1/chat/completions", gw.url))
@@ -47,9 +48,15 @@ async fn usage_records_add_up_to_the_metrics_and_never_hold_a_key() {
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
+        ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_string());
         resp.bytes().await.unwrap();
     }
     let lines = records(&gw, 4);
+    let logged: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["request_id"].as_str())
+        .collect();
+    assert_eq!(logged, ids, "the answer's x-request-id is the record's");
     assert_eq!(lines.len(), 4, "{lines:?}");
     let text = serde_json::to_string(&lines).unwrap();
     assert!(!text.contains(KEY), "the key reached the usage log");
