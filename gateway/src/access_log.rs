@@ -133,7 +133,11 @@ pub fn write(f: &Finished<'_>) {
     tracing::info!(
         target: "access",
         request_id = f.request_id,
-        trace_id = f.trace.map(|t| tracing::field::display(t.trace_id())),
+        // The trace id is the request id unless the client named the request itself.
+        trace_id = f
+            .trace
+            .filter(|_| f.client_request_id)
+            .map(|t| tracing::field::display(t.trace_id())),
         method = f.method,
         path = f.path,
         route = f.route.map_or("", |r| r.name.as_str()),
@@ -147,7 +151,7 @@ pub fn write(f: &Finished<'_>) {
         bytes_out = f.bytes_out,
         cache = f.cache,
         variant = f.lane.map_or("", |l| l.variant.as_str()),
-        key = f.key.map_or("", |k| k.name.as_str()),
+        key = f.key.map(|k| k.name.as_str()),
         error = f.error.unwrap_or(""),
         "request"
     );

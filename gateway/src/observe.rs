@@ -33,6 +33,8 @@ pub struct Finished<'a> {
     pub key: Option<&'a ClientKey>,
     /// `x-request-id` as the client and the upstream saw it (empty if never stamped).
     pub request_id: &'a str,
+    /// Whether that id is the client's own (else it is the trace id).
+    pub client_request_id: bool,
     /// The trace the request belongs to, with sluice's span.
     pub trace: Option<&'a TraceParent>,
     /// The client's span, the parent of sluice's, when it sent one.

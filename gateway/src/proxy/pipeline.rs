@@ -260,8 +260,9 @@ impl<'a> On<'a> {
         }
         let max_body = self.policy.max_body_bytes;
         let forwarder = &self.engines.forwarder;
+        let trace = record.ids.as_ref().map(|i| &i.trace);
         let attempt = forwarder
-            .forward(session, route, lane, &body, max_body, &mut tee)
+            .forward(session, route, lane, &body, max_body, trace, &mut tee)
             .await;
         // What was not sent goes on an answer made instead.
         *headers = tee.take_headers();

@@ -108,6 +108,7 @@ impl Record {
                 .and_then(|i| i.request_id.to_str().ok())
                 .unwrap_or(""),
             trace: self.ids.as_ref().map(|i| &i.trace),
+            client_request_id: self.ids.as_ref().is_some_and(|i| i.client_id),
             parent_span: self.ids.as_ref().and_then(|i| i.parent),
             usage: self.usage.as_ref(),
             start: self.start,

@@ -11,6 +11,7 @@ use crate::proxy::headers::{
 use crate::proxy::sink::{StreamEnd, Tee};
 use crate::proxy::stop::Stop;
 use crate::proxy::trace::TRACEPARENT;
+use http::{HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -40,6 +41,8 @@ pub(super) struct TryRequest<'a> {
     pub can_retry_status: bool,
     /// This try's span id (odd, so never 0): the parent in the `traceparent` it sends.
     pub span: u64,
+    /// The request's trace, whose child this try is.
+    pub trace: Option<&'a TraceParent>,
 }
 
 /// A failed try at one endpoint.
@@ -292,13 +295,12 @@ async fn send(
     };
     let mut head = upstream_request(session.req_header(), &to)
         .map_err(|e| TryError::failed(&up.name, &e.to_string()))?;
-    // The endpoint's parent span is this try's, in the trace the request carries.
-    let parent = head
-        .headers
-        .get(TRACEPARENT)
-        .map(|v| TraceParent::parse(v.as_bytes()));
-    if let Some(Some(trace)) = parent {
-        let _ = head.insert_header(TRACEPARENT, trace.with_span(req.span).to_string());
+    // The endpoint's parent span is this try's, in the request's trace.
+    if let Some(trace) = req.trace {
+        let value = HeaderValue::from_bytes(&trace.with_span(req.span).header_bytes());
+        if let Ok(value) = value {
+            let _ = head.insert_header(HeaderName::from_static(TRACEPARENT), value);
+        }
     }
     c.conn
         .write_request_header(Box::new(head))

@@ -20,6 +20,7 @@ use pingora::connectors::ConnectorOptions;
 use pingora::proxy::Session;
 use sluice_plugins::metrics::TryFailure;
 use sluice_plugins::openai_error::GatewayError;
+use sluice_plugins::trace_context::TraceParent;
 use std::cell::OnceCell;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ struct HopRequest<'a> {
     hop: usize,
     up: &'a Upstream,
     has_fallback: bool,
+    trace: Option<&'a TraceParent>,
 }
 
 /// How the tries at one upstream ended: with an answer (or a failure no other upstream can
@@ -76,7 +78,8 @@ impl Forwarder {
     }
 
     /// Tries the route's upstream, then its fallbacks in order, until one answers; a streamed
-    /// body may be at most `max_body` bytes.
+    /// body may be at most `max_body` bytes; each try is a child span of `trace`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         session: &mut Session,
@@ -84,6 +87,7 @@ impl Forwarder {
         lane: &Lane,
         body: &Body,
         max_body: usize,
+        trace: Option<&TraceParent>,
         tee: &mut Tee<'_>,
     ) -> Attempt {
         let mut attempt = Attempt {
@@ -111,6 +115,7 @@ impl Forwarder {
                 hop,
                 up,
                 has_fallback: fallback.is_some(),
+                trace,
             };
             match self
                 .forward_to(session, &to, &mut body, tee, &mut attempt)
@@ -148,6 +153,7 @@ impl Forwarder {
             hop,
             up,
             has_fallback,
+            trace,
         } = *to;
         let mut tried = Vec::new();
         let mut retries_left = up.retry.attempts;
@@ -166,6 +172,7 @@ impl Forwarder {
                 idx,
                 can_retry_status: retries_left > 0 || has_fallback,
                 span: random_u64() | 1,
+                trace,
             };
             let mut error = match endpoint::try_endpoint(
                 self.connector(),

@@ -52,7 +52,7 @@ async fn forwarded(yaml: &str) -> (Attempt, String) {
     let forwarder = Forwarder::new(ConnectorOptions::new(1));
     let mut tee = Tee::new(Vec::new());
     let attempt = forwarder
-        .forward(&mut s, route, &route.lanes[0], &body, 1024, &mut tee)
+        .forward(&mut s, route, &route.lanes[0], &body, 1024, None, &mut tee)
         .await;
     drop(tee);
     (attempt, received(&mut client).await)
