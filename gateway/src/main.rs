@@ -202,12 +202,12 @@ fn main() -> ExitCode {
         } => match sluice::config::keys::new_key() {
             Ok(key) => {
                 let team = team.map_or(String::new(), |t| format!(", team: {t}"));
-                println!("key (shown once; give it to the client): {key}");
-                println!("config entry (under keys:):");
-                println!(
-                    "  - {{ name: {name}{team}, hash: \"{}\" }}",
+                let text = format!(
+                    "key (shown once; give it to the client): {key}\nconfig entry (under keys:):\n  - {{ name: {name}{team}, hash: \"{}\" }}\n",
                     sluice::config::keys::hash_line(&key)
                 );
+                // A closed stdout (`| head`) is the reader's choice, not a crash.
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
                 ExitCode::SUCCESS
             }
             Err(e) => {

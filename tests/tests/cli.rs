@@ -155,3 +155,23 @@ fn help_explains_commands() {
         "{text}"
     );
 }
+
+#[test]
+fn keys_new_prints_a_key_once_and_the_entry_that_admits_it() {
+    let out = Command::new(bin("sluice"))
+        .args(["keys", "new", "--name", "app-a", "--team", "red"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key (shown once; give it to the client): "))
+        .expect("the key line");
+    assert!(key.starts_with("sk-sluice-") && key.len() > 40, "{key}");
+    let want = format!(
+        "  - {{ name: app-a, team: red, hash: \"sha256:{}\" }}",
+        sluice_e2e::sha256(key.as_bytes())
+    );
+    assert!(text.lines().any(|l| l == want), "{text}");
+}
