@@ -9,7 +9,7 @@ PYTHON := $(VENV)/bin/python
 BUILD_PACKAGES := cmake:cmake
 APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
 
-.PHONY: deps deps-build venv build build-release run test lint bench bench-compare fuzz clean
+.PHONY: deps deps-build venv build build-release run test lint bench bench-compare bench-instructions fuzz clean
 
 deps-build:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BUILD_PACKAGES)" FONTS=no
@@ -99,6 +99,14 @@ bench-compare: deps
 	@[ -n "$(OLD)" ] || { echo "make bench-compare: set OLD to the old sluice binary"; exit 1; }
 	$(CARGO) build --release --bin sluice --bin loadbench
 	./target/release/loadbench compare "$(OLD)" "$(NEW)"
+
+# Instructions per request under callgrind (repeatable where req/s is noisy), passthrough and
+# cache hit, for each build in BINS (default: this tree's release build); target/bench/instructions.md.
+BINS ?= target/release/sluice
+bench-instructions: deps
+	command -v valgrind >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)
+	$(CARGO) build --release --bin sluice --bin mock-llm
+	benches/scripts/instructions.sh $(BINS)
 
 clean:
 	$(CARGO) clean
