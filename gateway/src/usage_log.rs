@@ -6,6 +6,7 @@ use crate::config::telemetry::UsageLogTarget;
 use crate::observe::Finished;
 use serde_json::json;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Records waiting for the writer; beyond this a record is dropped and counted.
@@ -14,6 +15,8 @@ const QUEUE_RECORDS: usize = 65_536;
 /// The writer thread's inbox.
 pub struct UsageLog {
     tx: SyncSender<Vec<u8>>,
+    /// Records dropped because the writer was behind.
+    dropped: AtomicU64,
 }
 
 impl UsageLog {
@@ -34,15 +37,22 @@ impl UsageLog {
             .name("usage-log".into())
             .spawn(move || write_lines(rx, out))
             .map_err(|e| format!("usage log: cannot start its writer: {e}"))?;
-        Ok(UsageLog { tx })
+        Ok(UsageLog {
+            tx,
+            dropped: AtomicU64::new(0),
+        })
     }
 
-    /// Queues `f`'s record; a full queue drops it with a warning rather than wait.
+    /// Queues `f`'s record; a full queue drops it rather than wait, with a warning for the
+    /// first drop and every 10,000th (an overloaded disk must not also flood the log).
     pub fn write(&self, f: &Finished<'_>) {
         let mut line = record(f).to_string().into_bytes();
         line.push(b'\n');
         if self.tx.try_send(line).is_err() {
-            tracing::warn!("usage log: writer behind, a record was dropped");
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped % 10_000 == 1 {
+                tracing::warn!(dropped, "usage log: writer behind, records dropped");
+            }
         }
     }
 }
