@@ -167,6 +167,7 @@ async fn twenty_thousand_made_up_keys_cost_no_memory_and_no_redis_writes() {
         .await;
     assert_eq!(refused, SPRAYED, "every made-up key is refused");
     let growth = rss(pid).saturating_sub(before);
+    println!("{SPRAYED} made-up keys: RSS grew {growth} bytes");
     assert!(
         growth < 8 << 20,
         "RSS grew {growth} bytes for {SPRAYED} made-up keys"
