@@ -158,7 +158,7 @@ pub fn write(f: &Finished<'_>) {
 }
 
 /// Milliseconds to the microsecond (`12.345`), without binary float noise in the text.
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     // An exact count of microseconds over 1000 is the float nearest that decimal, which
     // prints as written.
     d.as_micros() as f64 / 1000.0

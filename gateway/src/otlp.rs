@@ -4,6 +4,7 @@
 
 use crate::observe::Finished;
 use serde_json::{json, Value};
+use sluice_plugins::trace_context::hex;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,7 +88,7 @@ fn spans(f: &Finished<'_>, now: SystemTime) -> Vec<Value> {
     let trace_id = trace.trace_id().to_string();
     let finished_at = Instant::now();
     let wall = |at: Instant| {
-        nanos(now).saturating_sub(nanos_of(finished_at.saturating_duration_since(at)))
+        nanos(now).saturating_sub(finished_at.saturating_duration_since(at).as_nanos())
     };
     let operation = operation(f.path);
     let model = f.usage.map(|u| u.model.as_str()).filter(|m| !m.is_empty());
@@ -197,14 +198,6 @@ fn int_attr(key: &str, value: u64) -> Value {
 
 fn nanos(t: SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-}
-
-fn nanos_of(d: Duration) -> u128 {
-    d.as_nanos()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! chargeback. It names the caller by its key's name, never by its key, and is written by a
 //! background thread so a slow disk never holds up a request.
 
+use crate::access_log::millis;
 use crate::config::telemetry::UsageLogTarget;
 use crate::observe::Finished;
 use serde_json::json;
@@ -59,7 +60,6 @@ impl UsageLog {
 
 /// One request's usage record.
 fn record(f: &Finished<'_>) -> serde_json::Value {
-    let ms = |d: std::time::Duration| d.as_micros() as f64 / 1000.0;
     let mut record = json!({
         "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "request_id": f.request_id,
@@ -73,8 +73,8 @@ fn record(f: &Finished<'_>) -> serde_json::Value {
         "output_tokens": f.usage.map(|u| u.output_tokens),
         "cost_usd": f.usage.and_then(|u| u.cost_usd),
         "cache": (!f.cache.is_empty()).then_some(f.cache),
-        "ttfb_ms": f.ttfb.map(ms),
-        "duration_ms": ms(f.duration),
+        "ttfb_ms": f.ttfb.map(millis),
+        "duration_ms": millis(f.duration),
     });
     if let (Some(bodies), Some(map)) = (f.bodies, record.as_object_mut()) {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();

@@ -145,7 +145,9 @@ fn hex_byte(two: &[u8]) -> Option<u8> {
     Some(digit(two[0])? << 4 | digit(two[1])?)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lower-case hex.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];
     hex_into(bytes, &mut out);
     String::from_utf8(out).unwrap_or_default()

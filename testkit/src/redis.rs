@@ -76,6 +76,15 @@ impl RedisServer {
         redis_ping(self.port)
     }
 
+    /// Keys in the database (DBSIZE); 0 while it does not answer.
+    #[must_use]
+    pub fn dbsize(&self) -> u64 {
+        redis_command(self.port, "DBSIZE")
+            .ok()
+            .and_then(|l| l.strip_prefix(':').and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// Everything redis-server logged so far.
     #[must_use]
     pub fn log_text(&self) -> String {
@@ -138,9 +147,14 @@ fn redis_server() -> PathBuf {
 
 /// PING over RESP on a raw socket; the reply line without its CRLF.
 fn redis_ping(port: u16) -> std::io::Result<String> {
+    redis_command(port, "PING")
+}
+
+/// Sends a RESP command without arguments and returns the reply line.
+fn redis_command(port: u16, cmd: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+    write!(s, "*1\r\n${}\r\n{cmd}\r\n", cmd.len())?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
     Ok(line.trim_end().to_string())

@@ -6,8 +6,6 @@ mod cache_support;
 use cache_support::{chat, gateway, post};
 use futures_util::future::join_all;
 use sluice_e2e::{metric_value, Answer, Gateway, Mock, RedisServer, UpstreamCalls, PATIENCE};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,22 +15,6 @@ fn requests_metric(result: &str, tier: &str) -> String {
     format!(
         "sluice_cache_requests_total{{result=\"{result}\",route=\"chat\",tier=\"{tier}\",variant=\"\"}}"
     )
-}
-
-/// Sends a RESP command (no arguments) to redis on `port`; the reply line.
-fn redis_cmd(port: u16, cmd: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "*1\r\n${}\r\n{cmd}\r\n", cmd.len()).ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    Some(line.trim_end().to_string())
-}
-
-fn redis_dbsize(port: u16) -> u64 {
-    redis_cmd(port, "DBSIZE")
-        .and_then(|l| l.strip_prefix(':').and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
 }
 
 // === 1. Redis ===
@@ -58,14 +40,14 @@ async fn shared_hit(
     while Instant::now() < deadline {
         i += 1;
         let body = chat("m", &format!("{tag} {i}"), false);
-        let before = redis_dbsize(redis.port());
+        let before = redis.dbsize();
         let w = post(a, c, body.clone(), &[]).await;
         assert_eq!(w.status, 200, "{w:?}");
         let stored = Instant::now() + Duration::from_millis(1000);
-        while Instant::now() < stored && redis_dbsize(redis.port()) <= before {
+        while Instant::now() < stored && redis.dbsize() <= before {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if redis_dbsize(redis.port()) > before {
+        if redis.dbsize() > before {
             return Some(post(b, c, body, &[]).await);
         }
     }
@@ -85,11 +67,11 @@ async fn two_instances_share_redis_and_survive_its_outage() {
     let wa = post(&a, &c, body.clone(), &[]).await;
     assert_eq!(wa.cache(), "miss");
     let deadline = Instant::now() + PATIENCE;
-    while redis_dbsize(redis.port()) == 0 && Instant::now() < deadline {
+    while redis.dbsize() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        redis_dbsize(redis.port()) > 0,
+        redis.dbsize() > 0,
         "A wrote nothing to Redis:\n{}",
         a.log_text()
     );
