@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if matches_cached_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -413,6 +413,10 @@ async fn do_connect<P: Peer + Send + Sync>(
 }
 
 // Perform the actual L4 and tls connection steps with no timeout
+/// sluice patch: the write buffer of a plaintext upstream connection (a typical chat request's
+/// head and body; larger bodies are written straight through after the head).
+const UPSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+
 async fn do_connect_inner<P: Peer + Send + Sync>(
     peer: &P,
     bind_to: Option<BindTo>,
@@ -423,6 +427,14 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
     let l4_connect_start = Instant::now();
     let mut stream = l4_connect(peer, bind_to).await?;
     stream.set_establishment_timing(l4_connect_start.elapsed(), offload_wait_duration);
+    if !peer.tls() {
+        // sluice patch: a write buffer on plaintext upstream connections, so a request head and
+        // a body that fits go out in one send when the body's write flushes.
+        stream.set_buffer(crate::protocols::l4::stream::L4BufferSettings::new(
+            0,
+            UPSTREAM_WRITE_BUFFER,
+        ));
+    }
     if peer.tls() {
         // Capture the local address before the handshake consumes the stream, so a TLS failure
         // can still report the address we connected from.
@@ -472,6 +484,23 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// sluice patch: whether a pooled stream leads to `peer`, from the peer address its socket
+/// digest learned once per connection, instead of a `getpeername` on every reuse. Streams without
+/// a digest, and proxied peers, keep the per-reuse check.
+#[cfg(unix)]
+fn matches_cached_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
+    const ZERO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let cached = stream.get_socket_digest();
+    match (peer.get_proxy(), peer.address(), cached.as_ref().and_then(|d| d.peer_addr())) {
+        (None, PeerAddr::Inet(want), Some(PeerAddr::Inet(have))) => {
+            // As the getpeername check: 0.0.0.0 may be mapped to 127.0.0.1 by the system.
+            want.ip() == ZERO || want == have
+        }
+        _ => peer.matches_fd(stream.id()),
+    }
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -145,10 +145,21 @@ impl HttpSession {
             _ => Error::because(WriteError, "while writing request headers", e),
         })?;
 
-        self.underlying_stream
-            .flush()
-            .await
-            .or_err(WriteError, "flushing request header")?;
+        // sluice patch: when a body follows and no 100-continue is awaited, the head stays in
+        // the write buffer and goes out with the body's flush: one send instead of two.
+        let body_follows = matches!(
+            self.body_writer.body_mode,
+            super::body::BodyMode::ContentLength(total, _) if total > 0
+        ) || matches!(
+            self.body_writer.body_mode,
+            super::body::BodyMode::ChunkedEncoding(_)
+        );
+        if !body_follows || req.headers.contains_key(header::EXPECT) {
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing request header")?;
+        }
 
         // write was successful
         self.request_written = Some(req);
