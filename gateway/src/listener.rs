@@ -27,6 +27,7 @@ use http::StatusCode;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use sluice_plugins::openai_error::GatewayError;
@@ -227,19 +228,29 @@ async fn first_bytes(
     wait: Duration,
     shutdown: &ShutdownWatch,
 ) -> Result<BytesMut, Stop> {
-    let mut buf = BytesMut::with_capacity(HEAD_BUF);
     let last_call = wait.min(LAST_CALL);
     let wait = if *shutdown.borrow() { last_call } else { wait };
     let mut watch = shutdown.clone();
     let first = tokio::select! {
         biased;
-        read = pingora::time::timeout(wait, stream.read_buf(&mut buf)) => read,
-        _ = watch.changed() => pingora::time::timeout(last_call, stream.read_buf(&mut buf)).await,
+        read = pingora::time::timeout(wait, read_when_readable(stream)) => read,
+        _ = watch.changed() => pingora::time::timeout(last_call, read_when_readable(stream)).await,
     };
     match first {
-        Ok(Ok(n)) if n > 0 => Ok(buf),
+        Ok(Ok(buf)) if !buf.is_empty() => Ok(buf),
         _ => Err(Stop::Close),
     }
+}
+
+/// The first bytes, into a buffer allocated only once they are there: an idle keep-alive
+/// connection holds none. Streams that cannot wait without reading (TLS) read at once.
+async fn read_when_readable(stream: &mut Stream) -> std::io::Result<BytesMut> {
+    if let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() {
+        l4.readable().await?;
+    }
+    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+    stream.read_buf(&mut buf).await?;
+    Ok(buf)
 }
 
 /// Out of time: a connection that sent nothing is closed silently (it may be a client's

@@ -551,6 +551,26 @@ impl Stream {
         self.stream.as_mut().expect("stream should always be set")
     }
 
+    /// sluice patch: waits until a read would find data (bytes already buffered here, or the
+    /// socket readable, or closed) without reading, so a caller can allocate its read buffer
+    /// only then: an idle keep-alive connection then holds no buffer.
+    pub async fn readable(&self) -> io::Result<()> {
+        let stream = self.stream();
+        let buffered = match stream {
+            BufferedStream::BufferedRead(reader) => !reader.buffer().is_empty(),
+            BufferedStream::UnbufferedRead(_) => false,
+        };
+        if buffered || !self.rewind_read_buf.is_empty() {
+            return Ok(());
+        }
+        match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await,
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await,
+            RawStream::Virtual(_) => Ok(()),
+        }
+    }
+
     /// Record transport connection timing for this stream.
     pub(crate) fn set_establishment_timing(
         &mut self,
