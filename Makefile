@@ -9,7 +9,7 @@ PYTHON := $(VENV)/bin/python
 BUILD_PACKAGES := cmake:cmake
 APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
 
-.PHONY: deps deps-build venv build build-release run test lint bench bench-compare bench-instructions fuzz clean
+.PHONY: deps deps-build venv build build-release run test lint bench bench-compare bench-instructions bench-percore bench-allocs bench-allocs-run fuzz clean
 
 deps-build:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BUILD_PACKAGES)" FONTS=no
@@ -80,11 +80,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The load benchmark (sluice vs direct vs nginx, report in target/bench/), then the criterion
-# micro-benchmarks; BENCH_QUICK=1 shortens both.
+# The load benchmark (sluice vs direct vs nginx, report in target/bench/), the per-core set
+# (bench-percore) and allocations per request, then the criterion micro-benchmarks;
+# BENCH_QUICK=1 shortens them.
 bench: deps
 	$(CARGO) build --release --bins
 	./target/release/loadbench
+	./target/release/loadbench percore
+	$(MAKE) --no-print-directory bench-allocs-run
 	if [ "$${BENCH_QUICK:-0}" = "1" ]; then \
 	  $(CARGO) bench -p sluice-benches --bench hot_path -- --warm-up-time 0.3 --measurement-time 0.7; \
 	else \
@@ -107,6 +110,25 @@ bench-instructions: deps
 	command -v valgrind >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)
 	$(CARGO) build --release --bin sluice --bin mock-llm
 	benches/scripts/instructions.sh $(BINS)
+
+# sluice, nginx (plain and proxy_cache) and stock Pingora each alone on CPU 0: req/s, latency,
+# CPU-seconds per 1,000 requests (target/bench/percore.{md,json}); BENCH_QUICK=1 for 1 round of
+# 2 s, PERCORE_ROUNDS and PERCORE_SECONDS to choose.
+bench-percore: deps
+	$(CARGO) build --release --bin sluice --bin stock-pingora --bin loadbench
+	./target/release/loadbench percore
+
+# Heap allocations per request, sluice in-process (passthrough and cache hit, with and without
+# access lines); target/bench/allocs.md.
+bench-allocs: deps
+	$(CARGO) build --release --bin allocs
+	$(MAKE) --no-print-directory bench-allocs-run
+
+bench-allocs-run:
+	rm -f target/bench/allocs.md
+	for s in passthrough cache_hit; do \
+	  ./target/release/allocs $$s && RUST_LOG=warn ./target/release/allocs $$s || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

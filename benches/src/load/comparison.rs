@@ -38,7 +38,12 @@ impl Summary {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (the mean of the middle two for an even count; 0 for none).
+#[must_use]
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if values.len().is_multiple_of(2) {
@@ -111,6 +116,7 @@ mod tests {
             p50_ms: p99_ms / 2.0,
             p99_ms,
             errors: 1,
+            requests: 0,
         }
     }
 

@@ -2,7 +2,7 @@
 //! connections, send one request on each and keep it open, compare the server's RSS before
 //! and after; then check that every connection is still served.
 
-use crate::load::procs::rss_kib;
+use crate::load::procs::{rss_kib, with_children};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -85,12 +85,7 @@ fn complete(buf: &[u8]) -> Option<usize> {
 
 /// RSS of `pid` plus its direct children (nginx's workers).
 fn tree_rss_kib(pid: u32) -> u64 {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    std::iter::once(pid)
-        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
-        .filter_map(rss_kib)
-        .sum()
+    with_children(pid).into_iter().filter_map(rss_kib).sum()
 }
 
 /// Lets this process (and what it starts afterwards) open `want` files.

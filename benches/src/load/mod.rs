@@ -7,6 +7,7 @@ pub mod comparison;
 pub mod idle;
 pub mod oneshot;
 pub mod openloop;
+pub mod percore_report;
 pub mod procs;
 pub mod report;
 pub mod sluice;

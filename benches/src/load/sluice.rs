@@ -3,7 +3,7 @@
 //! sluice of their own with one worker thread on [`SLUICE_CPU`], so the figures are per core.
 
 use super::oneshot;
-use super::procs::{path_str, spawn, wait_port, Running};
+use super::procs::{path_str, spawn_with_env, wait_port, Running};
 use sluice_plugins::ab::exposition::{self, Scrape};
 use sluice_testkit::free_port;
 use std::collections::BTreeMap;
@@ -35,13 +35,26 @@ pub fn spawn_sluice(
     sluice_bin: &Path,
     yaml: &str,
 ) -> Result<Running, String> {
+    spawn_sluice_with_env(d, name, cpus, sluice_bin, yaml, &[])
+}
+
+/// [`spawn_sluice`] with the environment variables `env` set (`RUST_LOG=warn`: no access lines).
+pub fn spawn_sluice_with_env(
+    d: &Path,
+    name: &str,
+    cpus: &str,
+    sluice_bin: &Path,
+    yaml: &str,
+    env: &[(&str, &str)],
+) -> Result<Running, String> {
     let cfg = d.join(format!("{name}.yaml"));
     std::fs::write(&cfg, yaml).map_err(|e| e.to_string())?;
-    spawn(
+    spawn_with_env(
         name,
         cpus,
         sluice_bin,
         &["run", "--config", path_str(&cfg)?],
+        env,
         &d.join(format!("{name}.log")),
     )
 }
@@ -62,12 +75,24 @@ pub fn start_pinned(
     upstream: &str,
     routes: &str,
 ) -> Result<PinnedSluice, String> {
+    start_pinned_with_env(d, name, sluice_bin, upstream, routes, &[])
+}
+
+/// [`start_pinned`] with the environment variables `env` set for sluice.
+pub fn start_pinned_with_env(
+    d: &Path,
+    name: &str,
+    sluice_bin: &Path,
+    upstream: &str,
+    routes: &str,
+    env: &[(&str, &str)],
+) -> Result<PinnedSluice, String> {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "{}admin:\n  listen: 127.0.0.1:{admin_port}\nupstreams:\n  up:\n{upstream}routes:\n{routes}",
         server_yaml(port, 1)
     );
-    let proc = spawn_sluice(d, name, SLUICE_CPU, sluice_bin, &yaml)?;
+    let proc = spawn_sluice_with_env(d, name, SLUICE_CPU, sluice_bin, &yaml, env)?;
     wait_port(port, Duration::from_secs(10))?;
     wait_port(admin_port, Duration::from_secs(10))?;
     Ok(PinnedSluice {
@@ -84,9 +109,19 @@ pub fn start_plain_sluice(
     up_port: u16,
     sluice_bin: &Path,
 ) -> Result<PinnedSluice, String> {
-    let routes = "  - name: passthrough\n    upstream: up\n";
-    start_pinned(d, name, sluice_bin, &one_endpoint(up_port), routes)
+    start_pinned(d, name, sluice_bin, &one_endpoint(up_port), PLAIN_ROUTES)
 }
+
+/// The `routes:` of a sluice whose one route `chat` caches every POST to `/v1/chat/completions`
+/// for everyone (`scope: none`).
+pub const CACHE_ROUTES: &str = "  - name: chat\n    match: { path_prefix: /v1/chat/completions, methods: [POST] }\n    upstream: up\n    cache: { ttl: 10m, key: { scope: none } }\n";
+
+/// The `routes:` of a sluice whose one route reads the body and matches on `model: bench-*`.
+pub const BODY_ROUTES: &str =
+    "  - name: by-model\n    match: { methods: [POST], model: \"bench-*\" }\n    upstream: up\n";
+
+/// The `routes:` of a sluice whose one route matches everything (no body read).
+pub const PLAIN_ROUTES: &str = "  - name: passthrough\n    upstream: up\n";
 
 /// A [`PinnedSluice`] named `sluice-<name>` whose one route `chat` caches every POST to
 /// `/v1/chat/completions` for everyone (`scope: none`).
@@ -96,13 +131,12 @@ pub fn start_cache_sluice(
     up_port: u16,
     sluice_bin: &Path,
 ) -> Result<PinnedSluice, String> {
-    let routes = "  - name: chat\n    match: { path_prefix: /v1/chat/completions, methods: [POST] }\n    upstream: up\n    cache: { ttl: 10m, key: { scope: none } }\n";
     start_pinned(
         d,
         &format!("sluice-{name}"),
         sluice_bin,
         &one_endpoint(up_port),
-        routes,
+        CACHE_ROUTES,
     )
 }
 

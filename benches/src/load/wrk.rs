@@ -11,6 +11,8 @@ pub struct WrkResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// Requests completed in the run.
+    pub requests: u64,
 }
 
 /// A wrk Lua script that POSTs the contents of `body_file`.
@@ -61,7 +63,8 @@ pub fn run(
     parse(&text).ok_or_else(|| format!("cannot read wrk output:\n{text}"))
 }
 
-/// Reads requests/s, the 50th/99th percentiles and error counts from wrk's report.
+/// Reads requests/s, the 50th/99th percentiles, error counts and requests completed from
+/// wrk's report.
 #[must_use]
 pub fn parse(text: &str) -> Option<WrkResult> {
     let mut r = WrkResult::default();
@@ -69,6 +72,7 @@ pub fn parse(text: &str) -> Option<WrkResult> {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("Requests/sec:"), Some(v)) => r.rps = v.parse().ok()?,
+            (Some(n), Some("requests")) => r.requests = n.parse().unwrap_or(r.requests),
             (Some("50%"), Some(v)) => r.p50_ms = to_ms(v)?,
             (Some("99%"), Some(v)) => r.p99_ms = to_ms(v)?,
             (Some("Non-2xx"), _) => r.errors += line.rsplit(' ').next()?.parse::<u64>().ok()?,
@@ -109,6 +113,7 @@ mod tests {
         assert!((r.p50_ms - 0.789).abs() < 1e-9);
         assert!((r.p99_ms - 1.5).abs() < 1e-9);
         assert_eq!(r.errors, 8);
+        assert_eq!(r.requests, 60000);
         assert!(parse("garbage").is_none());
     }
 }

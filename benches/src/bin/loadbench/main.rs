@@ -3,16 +3,20 @@
 //! mock-llm, and nginx + wrk (installed by `make deps`).
 //!
 //! `loadbench compare OLD_SLUICE NEW_SLUICE` (`make bench-compare`) measures two sluice builds
-//! against each other instead; see the compare module.
+//! against each other instead; see the compare module. `loadbench percore` (`make bench-percore`)
+//! measures sluice, nginx and stock Pingora each alone on one core; see the percore module.
 
 mod closed_loop;
 mod compare;
 mod feature_scenarios;
 mod open_loop;
+mod percore;
 
 use sluice_benches::chat_body;
 use sluice_benches::load::idle::raise_fd_limit;
-use sluice_benches::load::procs::{nginx_conf, rss_kib, spawn, spawn_nginx, wait_port, Running};
+use sluice_benches::load::procs::{
+    fixed_upstream, nginx_conf, rss_kib, spawn, spawn_nginx, wait_port, Running,
+};
 use sluice_benches::load::report::{machine, Report};
 use sluice_benches::load::sluice::{one_endpoint, server_yaml, spawn_sluice};
 use sluice_benches::load::wrk::write_post_script;
@@ -20,7 +24,6 @@ use sluice_testkit::free_port;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const FIXED_COMPLETION: &str = r#"{"id":"cmpl-bench","object":"chat.completion","created":0,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"A fixed completion for benchmarking."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#;
 /// wrk and the upstreams share CPU 1; the proxy under test has CPU 0 to itself (1 thread),
 /// so the numbers measure the proxy's own cost per request rather than its co-tenant's.
 const LOAD_CPU: &str = "1";
@@ -45,13 +48,20 @@ struct Proxies {
     nginx: Running,
 }
 
-const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)";
+const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)\n       loadbench percore [--sluice PATH]     (sluice, nginx, stock Pingora per core, `make bench-percore`)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => benchmark(),
         ["compare", old, new] => compare::run(Path::new(old), Path::new(new)),
+        ["percore"] => target_dir().and_then(|t| {
+            let release = t.join("release");
+            percore::run(&release.join("sluice"), &release.join("stock-pingora"))
+        }),
+        ["percore", "--sluice", sluice] => target_dir().and_then(|t| {
+            percore::run(Path::new(sluice), &t.join("release").join("stock-pingora"))
+        }),
         _ => Err(USAGE.into()),
     };
     if let Err(e) = outcome {
@@ -206,14 +216,9 @@ fn target_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "no workspace above the benches crate".into())
 }
 
-/// The fixed upstream: nginx on [`UPSTREAM_CPU`] answering every request with
-/// [`FIXED_COMPLETION`]; its port once it accepts, and the process.
+/// The fixed upstream on [`UPSTREAM_CPU`]: its port once it accepts, and the process.
 fn start_fixed_upstream(d: &Path) -> Result<(u16, Running), String> {
-    let port = free_port();
-    let conf = nginx_conf(d, 1, port, None, FIXED_COMPLETION);
-    let nginx = spawn_nginx(d, "nginx-upstream", UPSTREAM_CPU, &conf)?;
-    wait_port(port, Duration::from_secs(5))?;
-    Ok((port, nginx))
+    fixed_upstream(d, UPSTREAM_CPU)
 }
 
 fn start_proxies(
