@@ -219,8 +219,9 @@ impl<'a> On<'a> {
             strip_usage,
             permit,
         };
-        self.forward(lane, body, session, record, headers, holds, handoff)
-            .await
+        // Boxed: the forward's state (~10 KiB) is then made only for requests that forward, not
+        // copied into every request's future (a cache hit's included).
+        Box::pin(self.forward(lane, body, session, record, headers, holds, handoff)).await
     }
 
     /// Forwards through a tee that feeds the recorder and the meter, then settles the token
