@@ -155,3 +155,73 @@ pub fn nginx_conf(
         "worker_processes {workers};\ndaemon off;\nuser root;\npid {d}/nginx-{port}.pid;\nerror_log {d}/nginx-{port}.err warn;\nworker_rlimit_nofile 40000;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_max_body_size 64m;\n  client_body_buffer_size 512k;\n  client_body_temp_path {d}/body-{port};\n  proxy_temp_path {d}/proxy-{port};\n  fastcgi_temp_path {d}/fcgi-{port};\n  uwsgi_temp_path {d}/uwsgi-{port};\n  scgi_temp_path {d}/scgi-{port};\n  {location}\n}}\n"
     )
 }
+
+/// `pid` and its direct children (nginx's workers).
+#[must_use]
+pub fn with_children(pid: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+        .collect()
+}
+
+/// RSS of `pid` plus its direct children, KiB.
+#[must_use]
+pub fn tree_rss_kib(pid: u32) -> u64 {
+    with_children(pid).into_iter().filter_map(rss_kib).sum()
+}
+
+/// CPU time (user + system, all threads) of `pid` plus its direct children, seconds.
+pub fn tree_cpu_seconds(pid: u32) -> Result<f64, String> {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return Err("sysconf(_SC_CLK_TCK) failed".into());
+    }
+    let mut total = 0u64;
+    for p in with_children(pid) {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_err(|e| format!("/proc/{p}/stat: {e}"))?;
+        // Fields after the command name, which may hold spaces: state is [0], utime [11], stime [12].
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| format!("/proc/{p}/stat: no command name"))?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| -> Result<u64, String> {
+            f.get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("/proc/{p}/stat: field {} unreadable", i + 3))
+        };
+        total += field(11)? + field(12)?;
+    }
+    Ok(total as f64 / ticks as f64)
+}
+
+/// Files (sockets included) `pid` has open.
+pub fn open_fds(pid: u32) -> Result<usize, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .map_err(|e| format!("/proc/{pid}/fd: {e}"))
+}
+
+/// Pins the calling thread, and the threads and processes it starts afterwards, to `cpu`
+/// (one CPU number, as `taskset -c` takes it).
+pub fn pin_self(cpu: &str) -> Result<(), String> {
+    let n: usize = cpu
+        .parse()
+        .map_err(|_| format!("{cpu}: not one CPU number"))?;
+    // SAFETY: the set is a plain bitmask owned here; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!(
+                "cannot pin the load generator to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
