@@ -10,4 +10,6 @@ pub mod openloop;
 pub mod procs;
 pub mod report;
 pub mod sluice;
+pub mod soak;
+pub mod streams;
 pub mod wrk;

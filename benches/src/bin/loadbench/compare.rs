@@ -85,7 +85,7 @@ pub fn run(old: &Path, new: &Path) -> Result<(), String> {
 }
 
 /// A positive whole number from the environment variable `name`, or `default` when unset.
-fn env_count(name: &str, default: usize) -> Result<usize, String> {
+pub(super) fn env_count(name: &str, default: usize) -> Result<usize, String> {
     match std::env::var(name) {
         Err(_) => Ok(default),
         Ok(v) => match v.trim().parse::<usize>() {

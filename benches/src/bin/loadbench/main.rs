@@ -8,7 +8,10 @@
 mod closed_loop;
 mod compare;
 mod feature_scenarios;
+mod idle;
 mod open_loop;
+mod soak;
+mod streams;
 
 use sluice_benches::chat_body;
 use sluice_benches::load::idle::raise_fd_limit;
@@ -45,13 +48,16 @@ struct Proxies {
     nginx: Running,
 }
 
-const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)";
+const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)\n       loadbench streams | soak | idle        (per-core streams, soak, idle connections)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => benchmark(),
         ["compare", old, new] => compare::run(Path::new(old), Path::new(new)),
+        ["streams"] => streams::run(),
+        ["soak"] => soak::run(),
+        ["idle"] => idle::run(),
         _ => Err(USAGE.into()),
     };
     if let Err(e) = outcome {
