@@ -2,11 +2,11 @@
 //! streaming chat completion and reading the body to its end; a stream counts as completed
 //! when the body ended with `data: [DONE]`.
 
-use super::openloop::connect;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// What to open.
@@ -76,43 +76,64 @@ pub async fn run(plan: StreamsPlan) -> StreamsResult {
     r
 }
 
-/// One stream on a connection of its own; its time to first token (first body chunk).
+/// One stream on a connection of its own, read as raw bytes (hyper's client would cost the
+/// CPU the generator shares with mock-llm about twice as much); its time to first token.
 async fn one(plan: &StreamsPlan) -> Result<Duration, String> {
-    let mut sender = connect(&plan.addr)
+    let mut conn = TcpStream::connect(&plan.addr)
         .await
-        .ok_or_else(|| "connect failed".to_string())?;
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("host", &plan.addr)
-        .header("content-type", "application/json")
-        .body(Full::new(plan.body.clone()))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = conn.set_nodelay(true);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        plan.addr,
+        plan.body.len()
+    );
+    conn.write_all(&[head.as_bytes(), &plan.body].concat())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     let sent = Instant::now();
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    if resp.status() != 200 {
-        return Err(format!("status {}", resp.status()));
+    let mut buf = vec![0u8; 2048];
+    // The response head until it is whole, then the last bytes of the body: enough to find
+    // the markers across read boundaries.
+    let mut seen: Vec<u8> = Vec::with_capacity(256);
+    let (mut in_body, mut first, mut done) = (false, None, false);
+    loop {
+        let n = conn
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if !in_body {
+            let Some(end) = find(&seen, b"\r\n\r\n") else {
+                continue;
+            };
+            if !seen.starts_with(b"HTTP/1.1 200") {
+                let line = String::from_utf8_lossy(&seen[..end]);
+                return Err(format!("answer: {}", line.lines().next().unwrap_or("")));
+            }
+            in_body = true;
+            seen.drain(..end + 4);
+        }
+        if first.is_none() && find(&seen, b"data:").is_some() {
+            first = Some(sent.elapsed());
+        }
+        done = done || find(&seen, DONE).is_some();
+        // The last chunk of a chunked body: the stream is over (the connection stays open).
+        if done && seen.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+        let keep = seen.len().saturating_sub(64);
+        seen.drain(..keep);
     }
-    let mut body = resp.into_body();
-    let mut first = None;
-    // The last bytes seen, enough to find the marker across a chunk boundary.
-    let mut tail: Vec<u8> = Vec::with_capacity(64);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("body: {e}"))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        first.get_or_insert_with(|| sent.elapsed());
-        tail.extend_from_slice(&data[data.len().saturating_sub(64)..]);
-        let keep = tail.len().saturating_sub(64);
-        tail.drain(..keep);
-    }
-    let ended = String::from_utf8_lossy(&tail);
-    if !ended.trim_end().as_bytes().ends_with(DONE) {
+    if !done {
         return Err("body ended without data: [DONE]".into());
     }
-    first.ok_or_else(|| "empty body".into())
+    first.ok_or_else(|| "no data event".into())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use sluice_benches::load::idle::raise_fd_limit;
 use sluice_benches::load::procs::{
     nginx_conf, pin_self, rss_kib, spawn, spawn_nginx, tree_cpu_seconds, wait_port, with_children,
-    RssSampler,
+    RssSampler, Running,
 };
 use sluice_benches::load::report::machine;
 use sluice_benches::load::sluice::{start_plain_sluice, SLUICE_CPU};
@@ -59,15 +59,65 @@ pub fn run() -> Result<(), String> {
         }
     }
     // Before any process starts, so all inherit it: each stream is two sockets in the proxy.
-    raise_fd_limit(4 * n as u64 + 4096)?;
+    raise_fd_limit(2 * n as u64 + 4096)?;
     // Before pinning, which leaves this process one core to see.
     let machine = machine();
     pin_self(LOAD_CPU)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
 
-    let mock_port = free_port();
-    let listen = format!("127.0.0.1:{mock_port}");
+    let plan = |port: u16| StreamsPlan {
+        addr: format!("127.0.0.1:{port}"),
+        streams: n,
+        ramp: RAMP,
+        body: Bytes::from_static(BODY.as_bytes()),
+        timeout: Duration::from_millis(TOKEN_DELAY_MS * tokens as u64) + Duration::from_secs(60),
+    };
+
+    // A fresh mock-llm for each system, so neither inherits the other's connections.
+    let (mock_port, mock) = start_mock(d, &mock_bin, tokens, "mock-sluice")?;
+    let sluice = start_plain_sluice(d, "sluice-streams", mock_port, &sluice_bin)?;
+    let pid = sluice.proc.pid();
+    let sluice_row = measure("sluice", &plan(sluice.port), pid, pid)?;
+    expect_alive(&mock, d)?;
+    drop((sluice, mock));
+
+    let (mock_port, mock) = start_mock(d, &mock_bin, tokens, "mock-nginx")?;
+    let nginx_port = free_port();
+    let conf = streaming_nginx_conf(d, nginx_port, mock_port)?;
+    let nginx = spawn_nginx(d, "nginx-streams", SLUICE_CPU, &conf)?;
+    wait_port(nginx_port, Duration::from_secs(5))?;
+    let master = nginx.pid();
+    let worker = nginx_worker(master)?;
+    let nginx_row = measure("nginx", &plan(nginx_port), master, worker)?;
+    expect_alive(&mock, d)?;
+    drop((nginx, mock));
+    if sluice_row.result.failed + nginx_row.result.failed > 0 {
+        for log in [
+            "sluice-streams.log".into(),
+            format!("nginx-{nginx_port}.err"),
+            "mock-sluice.log".into(),
+            "mock-nginx.log".into(),
+        ] {
+            log_tail(&d.join(log));
+        }
+    }
+
+    let md = markdown(&machine, n, tokens, &sluice_row, &nginx_row);
+    println!("{md}");
+    let out = target.join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let file = out.join("streams.md");
+    std::fs::write(&file, &md).map_err(|e| format!("{}: {e}", file.display()))?;
+    println!("written: {}", file.display());
+    Ok(())
+}
+
+/// A mock-llm on [`UPSTREAM_CPU`] streaming `tokens` tokens [`TOKEN_DELAY_MS`] apart; its
+/// port once it accepts, and the process.
+fn start_mock(d: &Path, bin: &Path, tokens: usize, name: &str) -> Result<(u16, Running), String> {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let (delay, count) = (TOKEN_DELAY_MS.to_string(), tokens.to_string());
     let args = [
         "--listen",
@@ -79,46 +129,35 @@ pub fn run() -> Result<(), String> {
         "--tokens",
         &count,
     ];
-    let _mock = spawn(
-        "mock-llm",
+    let mock = spawn(
+        name,
         UPSTREAM_CPU,
-        &mock_bin,
+        bin,
         &args,
-        &d.join("mock.log"),
+        &d.join(format!("{name}.log")),
     )?;
-    wait_port(mock_port, Duration::from_secs(5))?;
-    let plan = |port: u16| StreamsPlan {
-        addr: format!("127.0.0.1:{port}"),
-        streams: n,
-        ramp: RAMP,
-        body: Bytes::from_static(BODY.as_bytes()),
-        timeout: Duration::from_millis(TOKEN_DELAY_MS * tokens as u64) + Duration::from_secs(60),
-    };
+    wait_port(port, Duration::from_secs(5))?;
+    Ok((port, mock))
+}
 
-    let sluice = start_plain_sluice(d, "streams", mock_port, &sluice_bin)?;
-    let pid = sluice.proc.pid();
-    let sluice_row = measure("sluice", &plan(sluice.port), pid, pid)?;
-    drop(sluice);
-    // So mock-llm is done closing sluice's upstream connections before nginx is measured.
-    std::thread::sleep(Duration::from_secs(1));
+/// Err, with its log, when mock-llm exited during a run (then the run measured refusals).
+fn expect_alive(mock: &Running, d: &Path) -> Result<(), String> {
+    // An exited child stays a zombie until waited for, and a zombie has no RSS.
+    if rss_kib(mock.pid()).is_some() {
+        return Ok(());
+    }
+    log_tail(&d.join(format!("{}.log", mock.name)));
+    Err(format!("{} exited during the run", mock.name))
+}
 
-    let nginx_port = free_port();
-    let conf = streaming_nginx_conf(d, nginx_port, mock_port)?;
-    let nginx = spawn_nginx(d, "nginx-streams", SLUICE_CPU, &conf)?;
-    wait_port(nginx_port, Duration::from_secs(5))?;
-    let master = nginx.pid();
-    let worker = nginx_worker(master)?;
-    let nginx_row = measure("nginx", &plan(nginx_port), master, worker)?;
-    drop(nginx);
-
-    let md = markdown(&machine, n, tokens, &sluice_row, &nginx_row);
-    println!("{md}");
-    let out = target.join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let file = out.join("streams.md");
-    std::fs::write(&file, &md).map_err(|e| format!("{}: {e}", file.display()))?;
-    println!("written: {}", file.display());
-    Ok(())
+/// The last lines of `log` on stderr, to tell why streams failed.
+fn log_tail(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!("--- {} (last lines)", log.display());
+    for l in &lines[lines.len().saturating_sub(5)..] {
+        eprintln!("{l}");
+    }
 }
 
 /// The pid of the worker of the nginx master `master`, once it has one.
@@ -135,14 +174,21 @@ fn nginx_worker(master: u32) -> Result<u32, String> {
 /// nginx as a keep-alive reverse proxy to mock-llm that passes each SSE chunk on at once.
 fn streaming_nginx_conf(d: &Path, port: u16, mock_port: u16) -> Result<String, String> {
     let conf = nginx_conf(d, 1, port, Some(mock_port), "");
-    let anchor = "proxy_http_version 1.1;";
-    if !conf.contains(anchor) {
-        return Err("nginx proxy config has no proxy_http_version to extend".into());
-    }
-    Ok(conf.replace(
-        anchor,
-        "proxy_http_version 1.1; proxy_buffering off; proxy_read_timeout 300s;",
-    ))
+    // sluice's listen backlog is the kernel's cap (somaxconn); nginx's default is 511.
+    let edits = [
+        (
+            "proxy_http_version 1.1;",
+            "proxy_http_version 1.1; proxy_buffering off; proxy_read_timeout 300s;",
+        ),
+        (" reuseport;", " reuseport backlog=4096;"),
+    ];
+    edits.iter().try_fold(conf, |conf, (anchor, with)| {
+        if conf.contains(anchor) {
+            Ok(conf.replace(anchor, with))
+        } else {
+            Err(format!("nginx proxy config has no `{anchor}` to extend"))
+        }
+    })
 }
 
 /// Runs the streams through the system on `port`: CPU of `pid` (and its children), RSS of
@@ -205,7 +251,13 @@ fn markdown(machine: &str, n: usize, tokens: usize, sluice: &Row, nginx: &Row) -
     }
     let cpu = sluice.cpu_per_1k() / nginx.cpu_per_1k().max(1e-9);
     let rss = sluice.kib_per_stream(n) / nginx.kib_per_stream(n).max(1e-9);
-    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    // A run with failed streams did less work than it was given: no verdict on it.
+    let comparable = sluice.result.failed + nginx.result.failed == 0;
+    let verdict = |ok: bool| match (comparable, ok) {
+        (false, _) => "not comparable, streams failed",
+        (true, true) => "PASS",
+        (true, false) => "FAIL",
+    };
     let _ = writeln!(
         s,
         "\n- sluice / nginx, CPU per stream: {cpu:.2}× (target ≤ 1: {})",
@@ -215,6 +267,11 @@ fn markdown(machine: &str, n: usize, tokens: usize, sluice: &Row, nginx: &Row) -
         s,
         "- sluice / nginx, RSS per stream: {rss:.2}× (target ≤ 2: {})",
         verdict(rss <= 2.0)
+    );
+    let ideal = RAMP.as_secs_f64() + (TOKEN_DELAY_MS * tokens as u64) as f64 / 1000.0;
+    let _ = writeln!(
+        s,
+        "- a run at the full token rate lasts {ideal:.1} s; longer means CPU 1 (generator and mock-llm) fell behind, stretching the streams alike for both systems"
     );
     for r in [sluice, nginx] {
         for f in &r.result.failures {
