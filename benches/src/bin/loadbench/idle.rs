@@ -2,10 +2,10 @@
 //! on CPU 0 with one worker (the client and the fixed upstream on CPU 1), `IDLE_CONNECTIONS`
 //! connections each. Writes `target/bench/idle.md` and prints it.
 
-use super::{start_fixed_upstream, target_dir, IDLE_CONNECTIONS, LOAD_CPU};
-use sluice_benches::load::idle::{idle_connections, raise_fd_limit, IdleResult};
-use sluice_benches::load::procs::{nginx_conf, pin_self, spawn_nginx, wait_port};
-use sluice_benches::load::report::machine;
+use super::standalone::{publish, release_bins, setup_generator};
+use super::{start_fixed_upstream, IDLE_CONNECTIONS};
+use sluice_benches::load::idle::{idle_connections, IdleResult};
+use sluice_benches::load::procs::{nginx_conf, spawn_nginx, wait_port};
 use sluice_benches::load::sluice::{start_plain_sluice, SLUICE_CPU};
 use sluice_testkit::free_port;
 use std::fmt::Write;
@@ -15,24 +15,14 @@ use std::time::Duration;
 const TARGET_KIB: f64 = 8.0;
 
 pub fn run() -> Result<(), String> {
-    let target = target_dir()?;
-    let sluice_bin = target.join("release").join("sluice");
-    if !sluice_bin.exists() {
-        return Err(format!(
-            "{} missing: `make bench` builds it",
-            sluice_bin.display()
-        ));
-    }
-    raise_fd_limit(IDLE_CONNECTIONS as u64 + 4096)?;
-    // Before pinning, which leaves this process one core to see.
-    let machine = machine();
-    pin_self(LOAD_CPU)?;
+    let bins = release_bins()?;
+    let machine = setup_generator(IDLE_CONNECTIONS as u64 + 4096)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let (up_port, _upstream) = start_fixed_upstream(d)?;
 
     let mut rows = Vec::new();
-    let sluice = start_plain_sluice(d, "idle", up_port, &sluice_bin)?;
+    let sluice = start_plain_sluice(d, "idle", up_port, &bins.sluice)?;
     rows.push((
         "sluice",
         checked(
@@ -74,12 +64,7 @@ pub fn run() -> Result<(), String> {
         md,
         "- nginx allocates its connection table (worker_connections) at start, so its growth is below its real cost"
     );
-    println!("{md}");
-    let out = target.join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let file = out.join("idle.md");
-    std::fs::write(&file, &md).map_err(|e| format!("{}: {e}", file.display()))?;
-    println!("written: {}", file.display());
+    publish("idle.md", &md)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod feature_scenarios;
 mod idle;
 mod open_loop;
 mod soak;
+mod standalone;
 mod streams;
 
 use sluice_benches::chat_body;

@@ -7,11 +7,10 @@
 //! interval's value (the first is warm-up). Writes `target/bench/soak.md` and prints it.
 
 use super::compare::env_count;
-use super::{quick, target_dir, LOAD_CPU, UPSTREAM_CPU};
+use super::standalone::{publish, release_bins, setup_generator};
+use super::{quick, UPSTREAM_CPU};
 use bytes::Bytes;
-use sluice_benches::load::idle::raise_fd_limit;
-use sluice_benches::load::procs::{open_fds, pin_self, rss_kib, spawn, wait_port};
-use sluice_benches::load::report::machine;
+use sluice_benches::load::procs::{open_fds, rss_kib, spawn, wait_port};
 use sluice_benches::load::sluice::{cache_metrics, one_endpoint, start_pinned};
 use sluice_benches::load::soak::{self, Class, Interval, Ledger};
 use sluice_testkit::free_port;
@@ -45,18 +44,8 @@ pub fn run() -> Result<(), String> {
         (seconds / 6).max(1)
     };
     let intervals = seconds.div_ceil(every) as usize;
-    let target = target_dir()?;
-    let release = target.join("release");
-    let (sluice_bin, mock_bin) = (release.join("sluice"), release.join("mock-llm"));
-    for b in [&sluice_bin, &mock_bin] {
-        if !b.exists() {
-            return Err(format!("{} missing: `make bench` builds it", b.display()));
-        }
-    }
-    raise_fd_limit(16_384)?;
-    // Before pinning, which leaves this process one core to see.
-    let machine = machine();
-    pin_self(LOAD_CPU)?;
+    let bins = release_bins()?;
+    let machine = setup_generator(16_384)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
 
@@ -74,7 +63,7 @@ pub fn run() -> Result<(), String> {
     let _mock = spawn(
         "mock-llm",
         UPSTREAM_CPU,
-        &mock_bin,
+        &bins.mock,
         &args,
         &d.join("mock.log"),
     )?;
@@ -82,11 +71,11 @@ pub fn run() -> Result<(), String> {
     let sluice = start_pinned(
         d,
         "sluice-soak",
-        &sluice_bin,
+        &bins.sluice,
         &one_endpoint(mock_port),
         ROUTES,
     )?;
-    check_config(&sluice_bin, &d.join("sluice-soak.yaml"))?;
+    check_config(&bins.sluice, &d.join("sluice-soak.yaml"))?;
     let pid = sluice.proc.pid();
 
     let classes = mix();
@@ -155,12 +144,7 @@ pub fn run() -> Result<(), String> {
         &ledger.class_totals(),
         hits,
     );
-    println!("{md}");
-    let out = target.join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let file = out.join("soak.md");
-    std::fs::write(&file, &md).map_err(|e| format!("{}: {e}", file.display()))?;
-    println!("written: {}", file.display());
+    publish("soak.md", &md)?;
     Ok(())
 }
 

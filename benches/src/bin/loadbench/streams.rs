@@ -6,14 +6,13 @@
 //! so 5 s each). Writes `target/bench/streams.md` and prints it.
 
 use super::compare::env_count;
-use super::{quick, target_dir, LOAD_CPU, UPSTREAM_CPU};
+use super::standalone::{publish, release_bins, setup_generator};
+use super::{quick, UPSTREAM_CPU};
 use bytes::Bytes;
-use sluice_benches::load::idle::raise_fd_limit;
 use sluice_benches::load::procs::{
-    nginx_conf, pin_self, rss_kib, spawn, spawn_nginx, tree_cpu_seconds, wait_port, with_children,
+    nginx_conf, rss_kib, spawn, spawn_nginx, tree_cpu_seconds, wait_port, with_children,
     RssSampler, Running,
 };
-use sluice_benches::load::report::machine;
 use sluice_benches::load::sluice::{start_plain_sluice, SLUICE_CPU};
 use sluice_benches::load::streams::{self, StreamsPlan, StreamsResult};
 use sluice_testkit::free_port;
@@ -50,19 +49,8 @@ impl Row {
 pub fn run() -> Result<(), String> {
     let n = env_count("STREAMS", if quick() { 500 } else { 5_000 })?;
     let tokens = env_count("STREAM_TOKENS", 100)?;
-    let target = target_dir()?;
-    let release = target.join("release");
-    let (sluice_bin, mock_bin) = (release.join("sluice"), release.join("mock-llm"));
-    for b in [&sluice_bin, &mock_bin] {
-        if !b.exists() {
-            return Err(format!("{} missing: `make bench` builds it", b.display()));
-        }
-    }
-    // Before any process starts, so all inherit it: each stream is two sockets in the proxy.
-    raise_fd_limit(2 * n as u64 + 4096)?;
-    // Before pinning, which leaves this process one core to see.
-    let machine = machine();
-    pin_self(LOAD_CPU)?;
+    let bins = release_bins()?;
+    let machine = setup_generator(2 * n as u64 + 4096)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
 
@@ -75,14 +63,14 @@ pub fn run() -> Result<(), String> {
     };
 
     // A fresh mock-llm for each system, so neither inherits the other's connections.
-    let (mock_port, mock) = start_mock(d, &mock_bin, tokens, "mock-sluice")?;
-    let sluice = start_plain_sluice(d, "sluice-streams", mock_port, &sluice_bin)?;
+    let (mock_port, mock) = start_mock(d, &bins.mock, tokens, "mock-sluice")?;
+    let sluice = start_plain_sluice(d, "sluice-streams", mock_port, &bins.sluice)?;
     let pid = sluice.proc.pid();
     let sluice_row = measure("sluice", &plan(sluice.port), pid, pid)?;
     expect_alive(&mock, d)?;
     drop((sluice, mock));
 
-    let (mock_port, mock) = start_mock(d, &mock_bin, tokens, "mock-nginx")?;
+    let (mock_port, mock) = start_mock(d, &bins.mock, tokens, "mock-nginx")?;
     let nginx_port = free_port();
     let conf = streaming_nginx_conf(d, nginx_port, mock_port)?;
     let nginx = spawn_nginx(d, "nginx-streams", SLUICE_CPU, &conf)?;
@@ -104,12 +92,7 @@ pub fn run() -> Result<(), String> {
     }
 
     let md = markdown(&machine, n, tokens, &sluice_row, &nginx_row);
-    println!("{md}");
-    let out = target.join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let file = out.join("streams.md");
-    std::fs::write(&file, &md).map_err(|e| format!("{}: {e}", file.display()))?;
-    println!("written: {}", file.display());
+    publish("streams.md", &md)?;
     Ok(())
 }
 
