@@ -23,6 +23,13 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // Children first: nginx's workers outlive a killed master, still holding their sockets.
+        for child in with_children(self.pid()).into_iter().skip(1) {
+            if let Ok(pid) = libc::pid_t::try_from(child) {
+                // SAFETY: kill only sends a signal to a process this one started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -60,7 +60,7 @@ pub fn run() -> Result<(), String> {
         "--token-delay-ms",
         "5",
     ];
-    let _mock = spawn(
+    let mock = spawn(
         "mock-llm",
         UPSTREAM_CPU,
         &bins.mock,
@@ -108,6 +108,13 @@ pub fn run() -> Result<(), String> {
             std::thread::sleep(left.min(SAMPLE_EVERY));
             rss = rss.max(rss_kib(pid).ok_or("sluice exited during the soak")?);
             fds.push(open_fds(pid)?);
+            // A zombie has no RSS: the upstream is gone and every request to it will fail.
+            if rss_kib(mock.pid()).is_none() {
+                return Err(format!(
+                    "mock-llm exited {} s into the soak",
+                    start.elapsed().as_secs()
+                ));
+            }
         }
         fds.sort_unstable();
         let s = Sample {
