@@ -81,13 +81,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The load benchmark (sluice vs direct vs nginx, report in target/bench/), the per-core set
-# (bench-percore) and allocations per request, then the criterion micro-benchmarks;
-# BENCH_QUICK=1 shortens them.
+# (bench-percore), allocations per request, the per-core SSE streams, idle connections and
+# soak (SOAK_SECONDS) runs, then the criterion micro-benchmarks; BENCH_QUICK=1 shortens them.
 bench: deps
 	$(CARGO) build --release --bins
 	./target/release/loadbench
 	./target/release/loadbench percore
 	$(MAKE) --no-print-directory bench-allocs-run
+	./target/release/loadbench streams
+	./target/release/loadbench idle
+	./target/release/loadbench soak
 	if [ "$${BENCH_QUICK:-0}" = "1" ]; then \
 	  $(CARGO) bench -p sluice-benches --bench hot_path -- --warm-up-time 0.3 --measurement-time 0.7; \
 	else \

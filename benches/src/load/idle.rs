@@ -2,7 +2,7 @@
 //! connections, send one request on each and keep it open, compare the server's RSS before
 //! and after; then check that every connection is still served.
 
-use crate::load::procs::{rss_kib, with_children};
+use crate::load::procs::tree_rss_kib;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -81,11 +81,6 @@ fn complete(buf: &[u8]) -> Option<usize> {
         return (buf.len() >= head_end + len).then_some(head_end + len);
     }
     buf.ends_with(b"0\r\n\r\n").then_some(buf.len())
-}
-
-/// RSS of `pid` plus its direct children (nginx's workers).
-fn tree_rss_kib(pid: u32) -> u64 {
-    with_children(pid).into_iter().filter_map(rss_kib).sum()
 }
 
 /// Lets this process (and what it starts afterwards) open `want` files.

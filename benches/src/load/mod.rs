@@ -11,4 +11,6 @@ pub mod percore_report;
 pub mod procs;
 pub mod report;
 pub mod sluice;
+pub mod soak;
+pub mod streams;
 pub mod wrk;

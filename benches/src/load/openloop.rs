@@ -72,9 +72,10 @@ pub async fn run(plan: Plan) -> OpenLoopResult {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: &str) -> Option<Sender> {
+/// A keep-alive HTTP/1.1 connection to `addr`, or None if it cannot be opened.
+pub async fn connect(addr: &str) -> Option<Sender> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -121,31 +122,40 @@ async fn worker(
 
 /// Sends request `i`; the instant its clock stops (first or last body byte), or None on failure.
 async fn send_one(sender: &mut Sender, plan: &Plan, i: u64) -> Option<Instant> {
-    let builder = hyper::Request::builder()
-        .uri(&plan.path)
-        .header("host", &plan.addr);
-    let req = if plan.bodies.is_empty() {
-        builder.method("GET").body(Full::new(Bytes::new()))
-    } else {
-        let body = plan.bodies[(i as usize) % plan.bodies.len()].clone();
-        builder
+    let body =
+        (!plan.bodies.is_empty()).then(|| plan.bodies[(i as usize) % plan.bodies.len()].clone());
+    let (status, stop) = exchange(sender, &plan.addr, &plan.path, body, plan.first_byte).await?;
+    (200..300).contains(&status).then_some(stop)
+}
+
+/// POSTs `body` to `path` (GET without one) and reads the whole answer, whatever its status;
+/// its status and the instant its clock stops (first or last body byte), or None on failure.
+pub async fn exchange(
+    sender: &mut Sender,
+    addr: &str,
+    path: &str,
+    body: Option<Bytes>,
+    first_byte: bool,
+) -> Option<(u16, Instant)> {
+    let builder = hyper::Request::builder().uri(path).header("host", addr);
+    let req = match body {
+        None => builder.method("GET").body(Full::new(Bytes::new())),
+        Some(body) => builder
             .method("POST")
             .header("content-type", "application/json")
-            .body(Full::new(body))
+            .body(Full::new(body)),
     };
     let req = req.ok()?;
     sender.ready().await.ok()?;
     let resp = sender.send_request(req).await.ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
+    let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let mut stop = None;
-    if plan.first_byte {
+    if first_byte && (200..300).contains(&status) {
         body.frame().await?.ok()?;
         stop = Some(Instant::now());
     }
     // Read to the end so the connection can take the next request.
     body.collect().await.ok()?;
-    Some(stop.unwrap_or_else(Instant::now))
+    Some((status, stop.unwrap_or_else(Instant::now)))
 }

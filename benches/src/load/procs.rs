@@ -23,15 +23,14 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // nginx's workers outlive a killed master: they are killed after it (so none respawns).
-        let children = with_children(self.child.id());
-        let _ = self.child.kill();
-        for pid in children.into_iter().skip(1) {
-            if let Ok(pid) = libc::pid_t::try_from(pid) {
-                // SAFETY: kill only sends a signal.
+        // Children first: nginx's workers outlive a killed master, still holding their sockets.
+        for child in with_children(self.pid()).into_iter().skip(1) {
+            if let Ok(pid) = libc::pid_t::try_from(child) {
+                // SAFETY: kill only sends a signal to a process this one started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -240,6 +239,39 @@ fn nginx_conf_with(dir: &Path, workers: usize, port: u16, servers: &str) -> Stri
     format!(
         "worker_processes {workers};\ndaemon off;\nuser root;\npid {d}/nginx-{port}.pid;\nerror_log {d}/nginx-{port}.err warn;\nworker_rlimit_nofile 40000;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  client_max_body_size 64m;\n  client_body_buffer_size 512k;\n  client_body_temp_path {d}/body-{port};\n  proxy_temp_path {d}/proxy-{port};\n  fastcgi_temp_path {d}/fcgi-{port};\n  uwsgi_temp_path {d}/uwsgi-{port};\n  scgi_temp_path {d}/scgi-{port};\n  {servers}\n}}\n"
     )
+}
+
+/// RSS of `pid` plus its direct children, KiB.
+#[must_use]
+pub fn tree_rss_kib(pid: u32) -> u64 {
+    with_children(pid).into_iter().filter_map(rss_kib).sum()
+}
+
+/// Files (sockets included) `pid` has open.
+pub fn open_fds(pid: u32) -> Result<usize, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .map_err(|e| format!("/proc/{pid}/fd: {e}"))
+}
+
+/// Pins the calling thread, and the threads and processes it starts afterwards, to `cpu`
+/// (one CPU number, as `taskset -c` takes it).
+pub fn pin_self(cpu: &str) -> Result<(), String> {
+    let n: usize = cpu
+        .parse()
+        .map_err(|_| format!("{cpu}: not one CPU number"))?;
+    // SAFETY: the set is a plain bitmask owned here; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!(
+                "cannot pin the load generator to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,8 +9,12 @@
 mod closed_loop;
 mod compare;
 mod feature_scenarios;
+mod idle;
 mod open_loop;
 mod percore;
+mod soak;
+mod standalone;
+mod streams;
 
 use sluice_benches::chat_body;
 use sluice_benches::load::idle::raise_fd_limit;
@@ -48,7 +52,7 @@ struct Proxies {
     nginx: Running,
 }
 
-const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)\n       loadbench percore [--sluice PATH]     (sluice, nginx, stock Pingora per core, `make bench-percore`)";
+const USAGE: &str = "usage: loadbench                           (the load benchmark, `make bench`)\n       loadbench compare OLD_SLUICE NEW_SLUICE  (two sluice builds, `make bench-compare`)\n       loadbench percore [--sluice PATH]     (sluice, nginx, stock Pingora per core, `make bench-percore`)\n       loadbench streams | soak | idle        (per-core SSE streams, soak, idle connections)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,6 +66,9 @@ fn main() {
         ["percore", "--sluice", sluice] => target_dir().and_then(|t| {
             percore::run(Path::new(sluice), &t.join("release").join("stock-pingora"))
         }),
+        ["streams"] => streams::run(),
+        ["soak"] => soak::run(),
+        ["idle"] => idle::run(),
         _ => Err(USAGE.into()),
     };
     if let Err(e) = outcome {
