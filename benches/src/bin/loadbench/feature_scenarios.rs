@@ -3,6 +3,7 @@
 //! keep-alive connections.
 
 use super::closed_loop::closed_loop;
+use super::idle::checked;
 use super::{Proxies, Settings, IDLE_CONNECTIONS, UPSTREAM_CPU};
 use sluice_benches::load::idle::idle_connections;
 use sluice_benches::load::procs::{spawn, wait_port};
@@ -151,17 +152,7 @@ pub fn idle(report: &mut Report, p: &Proxies) -> Result<(), String> {
         ("nginx", p.nginx_port, p.nginx.pid()),
         ("sluice", p.sluice_port, p.sluice.pid()),
     ] {
-        let r = idle_connections(port, pid, IDLE_CONNECTIONS)?;
-        eprintln!(
-            "idle {system}: {} connections, {:.1} KiB each, {} served after",
-            r.connections, r.kib_per_connection, r.served_after
-        );
-        if r.served_after != r.connections {
-            return Err(format!(
-                "idle connections: {system} served only {} of {} afterwards",
-                r.served_after, r.connections
-            ));
-        }
+        let r = checked(system, idle_connections(port, pid, IDLE_CONNECTIONS)?)?;
         report.idle.push((system, r));
     }
     Ok(())

@@ -69,7 +69,7 @@ pub fn run() -> Result<(), String> {
 }
 
 /// `r`, unless some connection was no longer served once all were open.
-fn checked(system: &str, r: IdleResult) -> Result<IdleResult, String> {
+pub(super) fn checked(system: &str, r: IdleResult) -> Result<IdleResult, String> {
     eprintln!(
         "idle {system}: {} connections, {:.1} KiB each, {} served after",
         r.connections, r.kib_per_connection, r.served_after
