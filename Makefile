@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 # also need redis-server (shared cache and limits), prometheus, nginx and wrk (the load
 # benchmark's baseline and client). `make run` installs only what the build needs.
 BUILD_PACKAGES := cmake:cmake
-APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prometheus:prometheus
+APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prlimit:util-linux prometheus:prometheus
 
 .PHONY: deps deps-build venv build build-release run test lint bench bench-compare bench-instructions bench-percore bench-allocs bench-allocs-run fuzz clean
 

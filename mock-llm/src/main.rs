@@ -85,7 +85,16 @@ async fn serve(args: Args) -> std::io::Result<()> {
         stats: Stats::default(),
     });
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: the open connections still finish, so wait for
+                // some to close instead of exiting under a benchmark's load.
+                eprintln!("mock-llm {}: accept failed: {e}; retrying", state.name);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         state.stats.connections.fetch_add(1, Ordering::Relaxed);
         let state = Arc::clone(&state);
