@@ -261,7 +261,8 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if matches_cached_peer(peer, &stream)
+                        // sluice patch: matches_stream, not a getpeername per reuse (see Peer).
+                        if peer.matches_stream(&stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -484,23 +485,6 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
-/// sluice patch: whether a pooled stream leads to `peer`, from the peer address its socket
-/// digest learned once per connection, instead of a `getpeername` on every reuse. Streams without
-/// a digest, and proxied peers, keep the per-reuse check.
-#[cfg(unix)]
-fn matches_cached_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
-    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
-    const ZERO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-    let cached = stream.get_socket_digest();
-    match (peer.get_proxy(), peer.address(), cached.as_ref().and_then(|d| d.peer_addr())) {
-        (None, PeerAddr::Inet(want), Some(PeerAddr::Inet(have))) => {
-            // As the getpeername check: 0.0.0.0 may be mapped to 127.0.0.1 by the system.
-            want.ip() == ZERO || want == have
-        }
-        _ => peer.matches_fd(stream.id()),
-    }
-}
-
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -261,6 +261,14 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// sluice patch: whether a pooled `stream` leads to this peer, asked on every reuse. The
+    /// default asks [`Peer::matches_fd`] (a `getpeername`); [`HttpPeer`] compares the peer
+    /// address the stream's socket digest learned once per connection.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        self.matches_fd(stream.id())
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -844,6 +852,21 @@ impl Peer for HttpPeer {
 
     fn get_proxy(&self) -> Option<&Proxy> {
         self.proxy.as_ref()
+    }
+
+    /// sluice patch: the address cached in the socket digest instead of a `getpeername` per
+    /// reuse; proxied peers and streams without a digest keep the fd check.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        const ZERO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let cached = stream.get_socket_digest();
+        match (self.get_proxy(), self.address(), cached.as_ref().and_then(|d| d.peer_addr())) {
+            (None, SocketAddr::Inet(want), Some(SocketAddr::Inet(have))) => {
+                // As the getpeername check: 0.0.0.0 may be mapped to 127.0.0.1 by the system.
+                want.ip() == ZERO || want == have
+            }
+            _ => self.matches_fd(stream.id()),
+        }
     }
 
     #[cfg(unix)]
