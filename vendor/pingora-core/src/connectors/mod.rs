@@ -413,11 +413,11 @@ async fn do_connect<P: Peer + Send + Sync>(
     }
 }
 
-// Perform the actual L4 and tls connection steps with no timeout
 /// sluice patch: the write buffer of a plaintext upstream connection (a typical chat request's
 /// head and body; larger bodies are written straight through after the head).
 const UPSTREAM_WRITE_BUFFER: usize = 16 * 1024;
 
+// Perform the actual L4 and tls connection steps with no timeout
 async fn do_connect_inner<P: Peer + Send + Sync>(
     peer: &P,
     bind_to: Option<BindTo>,
@@ -428,14 +428,6 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
     let l4_connect_start = Instant::now();
     let mut stream = l4_connect(peer, bind_to).await?;
     stream.set_establishment_timing(l4_connect_start.elapsed(), offload_wait_duration);
-    if !peer.tls() {
-        // sluice patch: a write buffer on plaintext upstream connections, so a request head and
-        // a body that fits go out in one send when the body's write flushes.
-        stream.set_buffer(crate::protocols::l4::stream::L4BufferSettings::new(
-            0,
-            UPSTREAM_WRITE_BUFFER,
-        ));
-    }
     if peer.tls() {
         // Capture the local address before the handshake consumes the stream, so a TLS failure
         // can still report the address we connected from.
@@ -448,6 +440,12 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
             .map_err(|e| attach_connect_local_addr(e, local_addr))?;
         Ok(Box::new(tls_stream))
     } else {
+        // sluice patch: a write buffer on plaintext upstream connections, so a request head and
+        // a body that fits go out in one send when the body's write flushes.
+        stream.set_buffer(crate::protocols::l4::stream::L4BufferSettings::new(
+            0,
+            UPSTREAM_WRITE_BUFFER,
+        ));
         Ok(Box::new(stream))
     }
 }

@@ -177,6 +177,7 @@ impl BodyReader {
         self.prepare_buf_sized(buf_to_rewind, self.body_buf_size);
     }
 
+    /// A body buffer of at least `capacity`, holding `buf_to_rewind`.
     fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], capacity: usize) {
         let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
@@ -252,11 +253,12 @@ impl BodyReader {
             _ => {
                 // sluice patch: a body that came whole with the head is never read into, so its
                 // buffer need not be the 64 KiB a read would use.
-                if buf_to_rewind.len() >= cl {
-                    self.prepare_buf_sized(buf_to_rewind, buf_to_rewind.len());
+                let capacity = if buf_to_rewind.len() >= cl {
+                    0
                 } else {
-                    self.prepare_buf(buf_to_rewind);
-                }
+                    self.body_buf_size
+                };
+                self.prepare_buf_sized(buf_to_rewind, capacity);
                 self.body_state = PS::Partial(0, cl);
             }
         }

@@ -147,13 +147,11 @@ impl HttpSession {
 
         // sluice patch: when a body follows and no 100-continue is awaited, the head stays in
         // the write buffer and goes out with the body's flush: one send instead of two.
-        let body_follows = matches!(
-            self.body_writer.body_mode,
-            super::body::BodyMode::ContentLength(total, _) if total > 0
-        ) || matches!(
-            self.body_writer.body_mode,
-            super::body::BodyMode::ChunkedEncoding(_)
-        );
+        let body_follows = match self.body_writer.body_mode {
+            super::body::BodyMode::ContentLength(total, _) => total > 0,
+            super::body::BodyMode::ChunkedEncoding(_) => true,
+            _ => false,
+        };
         if !body_follows || req.headers.contains_key(header::EXPECT) {
             self.underlying_stream
                 .flush()
