@@ -7,13 +7,12 @@
 //! interval's value (the first is warm-up). Writes `target/bench/soak.md` and prints it.
 
 use super::compare::env_count;
-use super::standalone::{publish, release_bins, setup_generator};
-use super::{quick, UPSTREAM_CPU};
+use super::quick;
+use super::standalone::{publish, release_bins, setup_generator, start_mock};
 use bytes::Bytes;
-use sluice_benches::load::procs::{open_fds, rss_kib, spawn, wait_port};
+use sluice_benches::load::procs::{open_fds, rss_kib};
 use sluice_benches::load::sluice::{cache_metrics, one_endpoint, start_pinned};
 use sluice_benches::load::soak::{self, Class, Interval, Ledger};
-use sluice_testkit::free_port;
 use std::fmt::Write;
 use std::path::Path;
 use std::process::Command;
@@ -50,24 +49,7 @@ pub fn run() -> Result<(), String> {
     let d = dir.path();
 
     // Streams of 16 tokens 5 ms apart: ~80 ms each.
-    let mock_port = free_port();
-    let listen = format!("127.0.0.1:{mock_port}");
-    let args = [
-        "--listen",
-        &listen,
-        "--threads",
-        "1",
-        "--token-delay-ms",
-        "5",
-    ];
-    let mock = spawn(
-        "mock-llm",
-        UPSTREAM_CPU,
-        &bins.mock,
-        &args,
-        &d.join("mock.log"),
-    )?;
-    wait_port(mock_port, Duration::from_secs(5))?;
+    let (mock_port, mock) = start_mock(d, &bins.mock, 16, 5, "mock-llm")?;
     let sluice = start_pinned(
         d,
         "sluice-soak",

@@ -6,12 +6,11 @@
 //! so 5 s each). Writes `target/bench/streams.md` and prints it.
 
 use super::compare::env_count;
-use super::standalone::{publish, release_bins, setup_generator};
-use super::{quick, UPSTREAM_CPU};
+use super::quick;
+use super::standalone::{publish, release_bins, setup_generator, start_mock};
 use bytes::Bytes;
 use sluice_benches::load::procs::{
-    cpu_seconds, nginx_conf, rss_kib, spawn, spawn_nginx, wait_port, with_children, RssSampler,
-    Running,
+    cpu_seconds, nginx_conf, rss_kib, spawn_nginx, wait_port, with_children, RssSampler, Running,
 };
 use sluice_benches::load::sluice::{start_plain_sluice, SLUICE_CPU};
 use sluice_benches::load::streams::{self, StreamsPlan, StreamsResult};
@@ -63,14 +62,14 @@ pub fn run() -> Result<(), String> {
     };
 
     // A fresh mock-llm for each system, so neither inherits the other's connections.
-    let (mock_port, mock) = start_mock(d, &bins.mock, tokens, "mock-sluice")?;
+    let (mock_port, mock) = start_mock(d, &bins.mock, tokens, TOKEN_DELAY_MS, "mock-sluice")?;
     let sluice = start_plain_sluice(d, "sluice-streams", mock_port, &bins.sluice)?;
     let pid = sluice.proc.pid();
     let sluice_row = measure("sluice", &plan(sluice.port), pid, pid)?;
     expect_alive(&mock, d)?;
     drop((sluice, mock));
 
-    let (mock_port, mock) = start_mock(d, &bins.mock, tokens, "mock-nginx")?;
+    let (mock_port, mock) = start_mock(d, &bins.mock, tokens, TOKEN_DELAY_MS, "mock-nginx")?;
     let nginx_port = free_port();
     let conf = streaming_nginx_conf(d, nginx_port, mock_port)?;
     let nginx = spawn_nginx(d, "nginx-streams", SLUICE_CPU, &conf)?;
@@ -94,33 +93,6 @@ pub fn run() -> Result<(), String> {
     let md = markdown(&machine, n, tokens, &sluice_row, &nginx_row);
     publish("streams.md", &md)?;
     Ok(())
-}
-
-/// A mock-llm on [`UPSTREAM_CPU`] streaming `tokens` tokens [`TOKEN_DELAY_MS`] apart; its
-/// port once it accepts, and the process.
-fn start_mock(d: &Path, bin: &Path, tokens: usize, name: &str) -> Result<(u16, Running), String> {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let (delay, count) = (TOKEN_DELAY_MS.to_string(), tokens.to_string());
-    let args = [
-        "--listen",
-        &listen,
-        "--threads",
-        "1",
-        "--token-delay-ms",
-        &delay,
-        "--tokens",
-        &count,
-    ];
-    let mock = spawn(
-        name,
-        UPSTREAM_CPU,
-        bin,
-        &args,
-        &d.join(format!("{name}.log")),
-    )?;
-    wait_port(port, Duration::from_secs(5))?;
-    Ok((port, mock))
 }
 
 /// Err, with its log, when mock-llm exited during a run (then the run measured refusals).
