@@ -17,6 +17,7 @@ mod outage;
 pub mod outlier;
 pub mod own_thread;
 pub mod redis_link;
+pub mod report;
 pub mod request_target;
 pub mod retry_budget;
 pub mod router;

@@ -68,6 +68,18 @@ impl Scrape {
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.matching(name, labels).map(|s| s.value).sum()
     }
+
+    /// Histogram `family` over the series that carry all of `labels`, summed over the rest.
+    #[must_use]
+    pub fn histogram(&self, family: &str, labels: &[(&str, &str)]) -> Histogram {
+        let mine: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.name.starts_with(family))
+            .filter(|s| labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+            .collect();
+        histogram_under(&mine, family, &bucket_bounds(&mine, family))
+    }
 }
 
 /// What a route's series say, per variant, and which variant is the baseline by default.
@@ -275,17 +287,28 @@ pub fn totals_between(
     earlier: &Scrape,
     later: &Scrape,
 ) -> Result<RouteTotals, ExpositionError> {
+    totals(route, &difference(earlier, later, is_counter)?)
+}
+
+/// The later scrape with every series `cumulative` names (by metric name) replaced by its
+/// increase since the earlier one; other series (gauges) as the later scrape has them. A
+/// cumulative series that went down or vanished means the process restarted in between.
+pub fn difference(
+    earlier: &Scrape,
+    later: &Scrape,
+    cumulative: impl Fn(&str) -> bool,
+) -> Result<Scrape, ExpositionError> {
     let key = |s: &Sample| (s.name.clone(), s.labels.clone());
     let before: HashMap<(String, Labels), f64> = earlier
         .samples
         .iter()
-        .filter(|s| is_counter(&s.name))
+        .filter(|s| cumulative(&s.name))
         .map(|s| (key(s), s.value))
         .collect();
     let mut samples = Vec::with_capacity(later.samples.len());
     for s in &later.samples {
         let was = match before.get(&key(s)) {
-            Some(was) if is_counter(&s.name) => *was,
+            Some(was) if cumulative(&s.name) => *was,
             _ => {
                 samples.push(s.clone());
                 continue;
@@ -306,14 +329,23 @@ pub fn totals_between(
     if let Some(gone) = earlier
         .samples
         .iter()
-        .find(|s| is_counter(&s.name) && !now.contains(&key(s)))
+        .find(|s| cumulative(&s.name) && !now.contains(&key(s)))
     {
         return Err(ExpositionError::Restarted {
             series: gone.series(),
             change: "is gone".to_string(),
         });
     }
-    totals(route, &Scrape { samples })
+    Ok(Scrape { samples })
+}
+
+/// Whether a series is cumulative by the naming conventions: a counter (`_total`) or a
+/// histogram's `_bucket`, `_sum` or `_count`.
+#[must_use]
+pub fn is_cumulative(name: &str) -> bool {
+    ["_total", "_bucket", "_sum", "_count"]
+        .iter()
+        .any(|suffix| name.ends_with(suffix))
 }
 
 /// The cumulative series the report reads (gauges such as the split weights are not).
@@ -353,7 +385,8 @@ fn variant_totals(on_route: &[&Sample], variant: &str) -> VariantTotals {
 }
 
 /// A count from a sample value: Prometheus's `increase()` gives fractions, which are rounded.
-fn count(value: f64) -> u64 {
+#[must_use]
+pub fn count(value: f64) -> u64 {
     if value.is_finite() && value > 0.0 {
         value.round() as u64
     } else {
@@ -364,25 +397,40 @@ fn count(value: f64) -> u64 {
 /// `family`'s buckets for `variant`, summed over other labels (upstreams), as per-bucket
 /// counts under the bounds any variant of the route has, so all variants share bounds.
 fn histogram(on_route: &[&Sample], family: &str, variant: &str) -> Histogram {
+    let mine: Vec<&Sample> = on_route
+        .iter()
+        .copied()
+        .filter(|s| s.label("variant") == Some(variant))
+        .collect();
+    histogram_under(&mine, family, &bucket_bounds(on_route, family))
+}
+
+/// The distinct `le` bounds of `family`'s buckets among `samples`, ascending.
+#[must_use]
+pub fn bucket_bounds(samples: &[&Sample], family: &str) -> Vec<f64> {
     let bucket = format!("{family}_bucket");
-    let le = |s: &Sample| s.label("le").and_then(|v| parse_value(v).ok());
-    let mut bounds: Vec<f64> = on_route
+    let mut bounds: Vec<f64> = samples
         .iter()
         .filter(|s| s.name == bucket)
         .filter_map(|s| le(s))
         .collect();
     bounds.sort_by(f64::total_cmp);
     bounds.dedup();
-    let mine: Vec<&&Sample> = on_route
-        .iter()
-        .filter(|s| s.name == bucket && s.label("variant") == Some(variant))
-        .collect();
+    bounds
+}
+
+/// `family`'s buckets and sum among `samples`, summed over the labels they differ in, as
+/// per-bucket counts under `bounds`.
+#[must_use]
+pub fn histogram_under(samples: &[&Sample], family: &str, bounds: &[f64]) -> Histogram {
+    let bucket = format!("{family}_bucket");
+    let buckets: Vec<&&Sample> = samples.iter().filter(|s| s.name == bucket).collect();
     // Cumulative, never decreasing (extrapolated increase() results can wobble).
     let mut cumulative = 0.0_f64;
     let mut previous = 0;
     let mut counts = Vec::with_capacity(bounds.len());
-    for bound in &bounds {
-        let at: f64 = mine
+    for bound in bounds {
+        let at: f64 = buckets
             .iter()
             .filter(|s| le(s) == Some(*bound))
             .map(|s| s.value)
@@ -393,16 +441,20 @@ fn histogram(on_route: &[&Sample], family: &str, variant: &str) -> Histogram {
         previous = total;
     }
     let sum_name = format!("{family}_sum");
-    let sum = on_route
+    let sum = samples
         .iter()
-        .filter(|s| s.name == sum_name && s.label("variant") == Some(variant))
+        .filter(|s| s.name == sum_name)
         .map(|s| s.value)
         .sum();
     Histogram {
-        bounds,
+        bounds: bounds.to_vec(),
         counts,
         sum,
     }
+}
+
+fn le(s: &Sample) -> Option<f64> {
+    s.label("le").and_then(|v| parse_value(v).ok())
 }
 
 #[cfg(test)]
