@@ -13,6 +13,7 @@ pub mod observe;
 pub mod otlp;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod server;
 pub mod upgrade;
 pub mod usage_log;

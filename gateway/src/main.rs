@@ -87,6 +87,44 @@ enum Command {
         )]
         range: Option<Duration>,
     },
+    /// Per route: traffic, latency, where the time went, cache and limits; then findings (slow
+    /// endpoints, errors, ejections, queueing, 429s, gateway overhead, a low cache hit rate)
+    /// with what to do. Reads a running sluice's metrics or Prometheus.
+    Report {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A running sluice's metrics, e.g. http://127.0.0.1:9090/metrics.
+        #[arg(long, value_name = "URL", required_unless_present = "prometheus")]
+        metrics: Option<String>,
+        /// With --metrics: scrape, wait this long (e.g. 1m), scrape again and report the
+        /// difference. Without it: totals since sluice started.
+        #[arg(
+            long,
+            value_name = "DUR",
+            requires = "metrics",
+            conflicts_with = "prometheus",
+            value_parser = positive_duration
+        )]
+        window: Option<Duration>,
+        /// A Prometheus server that scrapes sluice, e.g. http://127.0.0.1:9091.
+        #[arg(
+            long,
+            value_name = "URL",
+            conflicts_with = "metrics",
+            requires = "range"
+        )]
+        prometheus: Option<String>,
+        /// With --prometheus: the window to report, ending now (e.g. 1h).
+        #[arg(
+            long,
+            value_name = "DUR",
+            requires = "prometheus",
+            conflicts_with = "metrics",
+            value_parser = positive_duration
+        )]
+        range: Option<Duration>,
+    },
     /// Cache commands.
     Cache {
         #[command(subcommand)]
@@ -193,6 +231,35 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sluice ab-report: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Report {
+            json,
+            metrics,
+            window,
+            prometheus,
+            range,
+        } => {
+            use sluice::report::source::Source;
+            let source = match (metrics, prometheus, range) {
+                (Some(url), _, _) => Source::Metrics { url, window },
+                (None, Some(url), Some(range)) => Source::Prometheus { url, range },
+                // clap already requires --metrics, or --prometheus with --range.
+                _ => {
+                    eprintln!("sluice report: give --metrics URL, or --prometheus URL --range DUR");
+                    return ExitCode::from(2);
+                }
+            };
+            match sluice::report::run(&sluice::report::Args { json, source }) {
+                Ok(stdout) => {
+                    // A closed stdout (`| head`) is the reader's choice, not a crash.
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), stdout.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice report: {e}");
                     ExitCode::FAILURE
                 }
             }

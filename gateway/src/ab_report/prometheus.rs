@@ -2,34 +2,9 @@
 //! per series family, `increase()` over the range summed down to the labels the report reads
 //! (so several sluice instances add up), put in the shape of a scrape.
 
-use super::{get, human, AbReportError};
-use serde::Deserialize;
-use sluice_plugins::ab::exposition::{parse_value, Sample, Scrape};
-use std::collections::BTreeMap;
+use crate::report::source::{human, query_all, SourceError};
+use sluice_plugins::ab::exposition::Scrape;
 use std::time::Duration;
-
-/// A query's answer (`/api/v1/query`), success or error.
-#[derive(Deserialize)]
-struct Answer {
-    status: String,
-    #[serde(default)]
-    error: String,
-    data: Option<Data>,
-}
-
-#[derive(Deserialize)]
-struct Data {
-    #[serde(rename = "resultType")]
-    result_type: String,
-    result: Vec<Series>,
-}
-
-#[derive(Deserialize)]
-struct Series {
-    metric: BTreeMap<String, String>,
-    /// `[unix time, "value"]`.
-    value: (f64, String),
-}
 
 /// The route's series as increases over the last `range`, each named like the sluice series
 /// it sums; every route's requests and split weights too, so an unknown route lists the others.
@@ -38,8 +13,7 @@ pub(super) async fn increases(
     base: &str,
     route: &str,
     range: Duration,
-) -> Result<Scrape, AbReportError> {
-    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+) -> Result<Scrape, SourceError> {
     let on_route = format!(
         "{{route=\"{}\"}}",
         route.replace('\\', "\\\\").replace('"', "\\\"")
@@ -66,51 +40,5 @@ pub(super) async fn increases(
             "max by (route, variant, position) (sluice_split_weight)".to_string(),
         ),
     ];
-    let mut samples = Vec::new();
-    for (name, query) in &queries {
-        samples.extend(instant(client, &url, name, query).await?);
-    }
-    Ok(Scrape { samples })
-}
-
-/// Runs one instant query; its result vector as samples named `name`.
-async fn instant(
-    client: &reqwest::Client,
-    url: &str,
-    name: &str,
-    query: &str,
-) -> Result<Vec<Sample>, AbReportError> {
-    let fail = |reason: String| AbReportError::Fetch {
-        url: url.to_string(),
-        reason,
-    };
-    let body = get(client, url, &[("query", query)]).await?;
-    let answer: Answer = serde_json::from_str(&body)
-        .map_err(|e| fail(format!("not a Prometheus API answer ({e})")))?;
-    let data = match answer.data {
-        Some(data) if answer.status == "success" => data,
-        _ => return Err(fail(format!("query `{query}` failed: {}", answer.error))),
-    };
-    if data.result_type != "vector" {
-        return Err(fail(format!(
-            "query `{query}` gave a {} instead of a vector",
-            data.result_type
-        )));
-    }
-    data.result
-        .into_iter()
-        .map(|series| {
-            let value =
-                parse_value(&series.value.1).map_err(|e| fail(format!("query `{query}`: {e}")))?;
-            Ok(Sample {
-                name: name.to_string(),
-                labels: series
-                    .metric
-                    .into_iter()
-                    .filter(|(k, _)| k != "__name__")
-                    .collect(),
-                value,
-            })
-        })
-        .collect()
+    query_all(client, base, &queries).await
 }

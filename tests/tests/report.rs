@@ -1,0 +1,304 @@
+//! `sluice report` against a real sluice: an upstream whose second endpoint answers 150 ms
+//! slower, a route whose traffic exceeds its request rate, and a caching route whose prompts
+//! never repeat. Read over a window from /metrics, the report must name each problem where it
+//! is; a quiet, healthy sluice must get no warning; an unreachable source fails in one line.
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use sluice_e2e::{bin, free_port, Gateway, Mock};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long each of the troubled sluice's clients keeps sending.
+const TRAFFIC: Duration = Duration::from_secs(5);
+
+fn troubled_config(fast: &Mock, slow: &Mock, other: &Mock) -> String {
+    format!(
+        r#"server:
+  listen: ["{{listen}}"]
+  threads: 1
+admin:
+  listen: "{{admin}}"
+upstreams:
+  pair: {{ endpoints: [ {{ url: "{}" }}, {{ url: "{}" }} ] }}
+  single: {{ endpoints: [ {{ url: "{}" }} ] }}
+routes:
+  - name: chat
+    match: {{ model: chat }}
+    upstream: pair
+  - name: limited
+    match: {{ model: limited }}
+    upstream: single
+    limits:
+      - {{ name: per-key-rps, key: api_key, requests_per_second: 5, burst: 5 }}
+  - name: cached
+    match: {{ model: cached }}
+    upstream: single
+    cache: {{ ttl: 10m }}
+"#,
+        fast.url, slow.url, other.url
+    )
+}
+
+/// Sends chats for `model` until `stop`, `in_flight` at a time, pausing `pause` after each,
+/// cycling through `distinct` prompts. Returns the status codes.
+async fn send_until(
+    gw: &Gateway,
+    model: &str,
+    distinct: usize,
+    in_flight: usize,
+    pause: Duration,
+    stop: &AtomicBool,
+) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gw.url);
+    futures_util::stream::iter(0..)
+        .take_while(|_| std::future::ready(!stop.load(Ordering::Relaxed)))
+        .map(|n| {
+            let req = client
+                .post(&url)
+                .header("authorization", "Bearer client-key")
+                .json(&json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": format!("prompt number {}", n % distinct)}]
+                }));
+            async move {
+                let resp = req.send().await.expect("chat");
+                let status = resp.status().as_u16();
+                resp.bytes().await.expect("body");
+                tokio::time::sleep(pause).await;
+                status
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await
+}
+
+/// Runs `sluice report` with `args`, off the test's runtime.
+async fn report(args: &[&str]) -> Output {
+    tokio::process::Command::new(bin("sluice"))
+        .arg("report")
+        .args(args)
+        .output()
+        .await
+        .expect("run sluice report")
+}
+
+/// The `--json` report of a successful run.
+fn json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The findings of `kind`.
+fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .collect()
+}
+
+fn route<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["route"] == name)
+        .unwrap_or_else(|| panic!("no route {name}: {report:#}"))
+}
+
+#[tokio::test]
+async fn the_report_names_the_slow_endpoint_the_limited_route_and_the_useless_cache() {
+    let fast = Mock::start("fast", &[]);
+    let slow = Mock::start("slow", &["--latency-ms", "150"]);
+    let other = Mock::start("other", &[]);
+    let gw = Gateway::start(&troubled_config(&fast, &slow, &other));
+    let metrics = format!("{}/metrics", gw.admin);
+    let stop = AtomicBool::new(false);
+    let window = async {
+        // The window opens once every client is sending.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = report(&["--json", "--metrics", &metrics, "--window", "3s"]).await;
+        let text = report(&["--metrics", &metrics]).await;
+        tokio::time::sleep(TRAFFIC.saturating_sub(Duration::from_millis(500))).await;
+        stop.store(true, Ordering::Relaxed);
+        (out, text)
+    };
+    let pause = Duration::from_millis(20);
+    let ((out, text), chat, limited, cached) = tokio::join!(
+        window,
+        send_until(&gw, "chat", usize::MAX, 4, Duration::ZERO, &stop),
+        send_until(&gw, "limited", usize::MAX, 1, pause, &stop),
+        send_until(&gw, "cached", usize::MAX, 1, pause, &stop),
+    );
+    assert!(chat.iter().all(|s| *s == 200), "{chat:?}");
+    assert!(
+        limited.contains(&429) && limited.contains(&200),
+        "{limited:?}"
+    );
+    assert!(cached.iter().all(|s| *s == 200), "{cached:?}");
+    let r = json(&out);
+    println!("{r:#}");
+    let window_s = r["window_s"].as_f64().expect("window_s");
+    assert!((3.0..3.5).contains(&window_s), "{window_s}");
+
+    let slow_ones = findings(&r, "slow_endpoint");
+    assert_eq!(slow_ones.len(), 1, "{r:#}");
+    assert_eq!(slow_ones[0]["upstream"], "pair");
+    assert_eq!(slow_ones[0]["endpoint"], slow.url.as_str());
+    assert_eq!(slow_ones[0]["severity"], "warning");
+
+    let limits = findings(&r, "rate_limited");
+    assert_eq!(limits.len(), 1, "{r:#}");
+    assert_eq!(limits[0]["route"], "limited");
+    assert!(
+        limits[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per-key-rps"),
+        "{r:#}"
+    );
+    let limited_route = route(&r, "limited");
+    assert!(
+        limited_route["rate_limited"].as_u64().unwrap() >= 20,
+        "{r:#}"
+    );
+
+    let caches = findings(&r, "low_cache_hit_rate");
+    assert_eq!(caches.len(), 1, "{r:#}");
+    assert_eq!(caches[0]["route"], "cached");
+    assert!(
+        caches[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("every lookup was a miss"),
+        "{r:#}"
+    );
+    assert_eq!(route(&r, "cached")["cache_hit_rate"], 0.0);
+    assert_eq!(route(&r, "chat")["cache_hit_rate"], Value::Null);
+
+    // Every route's numbers are there, in the window.
+    let chat_route = route(&r, "chat");
+    let requests = chat_route["requests"].as_u64().unwrap();
+    assert!(
+        requests >= 20 && (requests as usize) < chat.len(),
+        "{requests} of {}",
+        chat.len()
+    );
+    let rps = chat_route["rps"].as_f64().unwrap();
+    assert!((rps - requests as f64 / window_s).abs() < 1e-6);
+    // Half the requests wait 150 ms: the median is below, the p99 at or above.
+    let (p50, p99) = (
+        chat_route["p50_s"].as_f64().unwrap(),
+        chat_route["p99_s"].as_f64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 >= 0.15, "p50 {p50}, p99 {p99}");
+    for field in ["upstream_share", "gateway_p99_s"] {
+        assert!(chat_route.get(field).is_some(), "{field} missing: {r:#}");
+    }
+    // No other problem is invented.
+    let others: Vec<&Value> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            !["slow_endpoint", "rate_limited", "low_cache_hit_rate"]
+                .contains(&f["kind"].as_str().unwrap())
+        })
+        .collect();
+    assert!(others.is_empty(), "{r:#}");
+
+    // The text report, since start, says the same in words.
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(text.status.success(), "{stdout}");
+    for words in [
+        "slow_endpoint",
+        "rate_limited",
+        "low_cache_hit_rate",
+        "what to do:",
+        "totals since start",
+    ] {
+        assert!(stdout.contains(words), "`{words}` missing:\n{stdout}");
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_healthy_sluice_gets_no_warning() {
+    let a = Mock::start("a", &["--latency-ms", "20"]);
+    let b = Mock::start("b", &["--latency-ms", "20"]);
+    let gw = Gateway::start(&sluice_e2e::config(
+        &[&a.url, &b.url],
+        "",
+        "  - name: chat\n    match: { path_prefix: /v1 }\n    upstream: up\n    cache: { ttl: 10m }\n",
+    ));
+    let metrics = format!("{}/metrics", gw.admin);
+    let stop = AtomicBool::new(false);
+    let window = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = report(&["--json", "--metrics", &metrics, "--window", "2s"]).await;
+        stop.store(true, Ordering::Relaxed);
+        out
+    };
+    let (out, answers) = tokio::join!(
+        window,
+        send_until(&gw, "m", 5, 2, Duration::from_millis(10), &stop)
+    );
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    let r = json(&out);
+    println!("{r:#}");
+    let chat = route(&r, "chat");
+    assert!(chat["requests"].as_u64().unwrap() >= 20, "{r:#}");
+    assert!(chat["cache_hit_rate"].as_f64().unwrap() > 0.5, "{r:#}");
+    let loud: Vec<&Value> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "info")
+        .collect();
+    assert!(loud.is_empty(), "{r:#}");
+}
+
+#[tokio::test]
+async fn an_unreachable_source_fails_in_one_line_that_names_it() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let with_password = format!("http://me:hunter2@127.0.0.1:{port}/metrics");
+    for (given, shown) in [
+        (url.clone(), url.clone()),
+        (
+            with_password,
+            format!("http://me:<redacted>@127.0.0.1:{port}/metrics"),
+        ),
+    ] {
+        for args in [
+            vec!["--metrics", &given],
+            vec!["--json", "--metrics", &given, "--window", "1s"],
+        ] {
+            let out = report(&args).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?}");
+            assert!(out.stdout.is_empty(), "{args:?}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains(&shown) && stderr.contains("onnection refused"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("hunter2"), "{stderr}");
+        }
+    }
+    let prometheus = format!("http://127.0.0.1:{port}");
+    let out = report(&["--prometheus", &prometheus, "--range", "5m"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{prometheus}/api/v1/query")),
+        "{stderr}"
+    );
+}
