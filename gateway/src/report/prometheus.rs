@@ -40,12 +40,13 @@ pub(super) async fn window(
             (name.to_string(), query)
         })
         .collect();
-    // The latency estimate averaged over the range (it decays between answers), the
-    // slowest instance's; health as now, the worst instance's.
+    // The latency estimate decays towards zero while an endpoint is idle, so an average
+    // over a range with quiet stretches reads low: the level it held the busiest tenth of the
+    // range is what the balancer saw under traffic. Health as now; the worst instance's.
     queries.push((
         "sluice_upstream_ewma_seconds".into(),
         format!(
-            "max by (upstream, endpoint) (avg_over_time(sluice_upstream_ewma_seconds[{range}]))"
+            "max by (upstream, endpoint) (quantile_over_time(0.9, sluice_upstream_ewma_seconds[{range}]))"
         ),
     ));
     queries.push((

@@ -355,10 +355,12 @@ fn gateway_overhead(scrape: &Scrape, r: &RouteSummary, found: &mut Vec<Finding>)
         Severity::Warning,
         At { route: Some(&r.route), ..At::default() },
         format!(
-            "sluice itself spends {} (p99) of route {}'s requests, {} of their time",
+            "sluice itself spends {} (p99) of route {}'s requests, {} of their time{}",
             r.gateway_p99_s.map_or("?".to_string(), ms),
             r.route,
-            own_share.map_or("?".to_string(), percent)
+            own_share.map_or("?".to_string(), percent),
+            // A hit is answered by sluice alone: all of its time is gateway time.
+            if r.cache_hits > 0 { " (cache hits count whole)" } else { "" }
         ),
         "see sluice_gateway_phase_seconds for the phase that takes the time (body_read: slow clients or big bodies; cache_lookup: a slow cache tier; limits: Redis), and the process's CPU",
     ));
