@@ -1,14 +1,15 @@
 //! `sluice report` against a real sluice: an upstream whose second endpoint answers 150 ms
 //! slower, a route whose traffic exceeds its request rate, and a caching route whose prompts
 //! never repeat. Read over a window from /metrics, the report must name each problem where it
-//! is; a quiet, healthy sluice must get no warning; an unreachable source fails in one line.
+//! is, and so must the report from a real Prometheus scraping it; a quiet, healthy sluice must
+//! get no warning; an unreachable source fails in one line.
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sluice_e2e::{bin, free_port, Gateway, Mock};
-use std::process::Output;
+use sluice_e2e::{bin, free_port, metric_sum, Gateway, Mock, Proc};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long each of the troubled sluice's clients keeps sending.
 const TRAFFIC: Duration = Duration::from_secs(5);
@@ -113,13 +114,99 @@ fn route<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no route {name}: {report:#}"))
 }
 
+/// The troubled sluice: `pair` is a fast endpoint and one 150 ms slower.
+struct Troubled {
+    _mocks: [Mock; 2],
+    slow: Mock,
+    gw: Gateway,
+}
+
+impl Troubled {
+    fn start() -> Troubled {
+        let fast = Mock::start("fast", &[]);
+        let slow = Mock::start("slow", &["--latency-ms", "150"]);
+        let other = Mock::start("other", &[]);
+        let gw = Gateway::start(&troubled_config(&fast, &slow, &other));
+        Troubled {
+            _mocks: [fast, other],
+            slow,
+            gw,
+        }
+    }
+
+    /// Chats on every route until `stop`: `chat` 4 at a time, `limited` far over its rate,
+    /// `cached` with prompts that never repeat; checks the answers and returns how many chats
+    /// were answered.
+    async fn traffic(&self, stop: &AtomicBool) -> usize {
+        let pause = Duration::from_millis(20);
+        let (chat, limited, cached) = tokio::join!(
+            send_until(&self.gw, "chat", usize::MAX, 4, Duration::ZERO, stop),
+            send_until(&self.gw, "limited", usize::MAX, 1, pause, stop),
+            send_until(&self.gw, "cached", usize::MAX, 1, pause, stop),
+        );
+        assert!(chat.iter().all(|s| *s == 200), "{chat:?}");
+        assert!(
+            limited.contains(&429) && limited.contains(&200),
+            "{limited:?}"
+        );
+        assert!(cached.iter().all(|s| *s == 200), "{cached:?}");
+        chat.len()
+    }
+
+    /// Asserts the report names the three problems where they are, and nothing else.
+    fn assert_named(&self, r: &Value) {
+        let slow = &self.slow;
+        let slow_ones = findings(&r, "slow_endpoint");
+        assert_eq!(slow_ones.len(), 1, "{r:#}");
+        assert_eq!(slow_ones[0]["upstream"], "pair");
+        assert_eq!(slow_ones[0]["endpoint"], slow.url.as_str());
+        assert_eq!(slow_ones[0]["severity"], "warning");
+
+        let limits = findings(&r, "rate_limited");
+        assert_eq!(limits.len(), 1, "{r:#}");
+        assert_eq!(limits[0]["route"], "limited");
+        assert!(
+            limits[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("per-key-rps"),
+            "{r:#}"
+        );
+        let limited_route = route(&r, "limited");
+        assert!(
+            limited_route["rate_limited"].as_u64().unwrap() >= 20,
+            "{r:#}"
+        );
+
+        let caches = findings(&r, "low_cache_hit_rate");
+        assert_eq!(caches.len(), 1, "{r:#}");
+        assert_eq!(caches[0]["route"], "cached");
+        assert!(
+            caches[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("every lookup was a miss"),
+            "{r:#}"
+        );
+        assert_eq!(route(&r, "cached")["cache_hit_rate"], 0.0);
+        assert_eq!(route(&r, "chat")["cache_hit_rate"], Value::Null);
+        let others: Vec<&Value> = r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                !["slow_endpoint", "rate_limited", "low_cache_hit_rate"]
+                    .contains(&f["kind"].as_str().unwrap())
+            })
+            .collect();
+        assert!(others.is_empty(), "no other problem is invented: {r:#}");
+    }
+}
+
 #[tokio::test]
 async fn the_report_names_the_slow_endpoint_the_limited_route_and_the_useless_cache() {
-    let fast = Mock::start("fast", &[]);
-    let slow = Mock::start("slow", &["--latency-ms", "150"]);
-    let other = Mock::start("other", &[]);
-    let gw = Gateway::start(&troubled_config(&fast, &slow, &other));
-    let metrics = format!("{}/metrics", gw.admin);
+    let t = Troubled::start();
+    let metrics = format!("{}/metrics", t.gw.admin);
     let stop = AtomicBool::new(false);
     let window = async {
         // The window opens once every client is sending.
@@ -130,66 +217,19 @@ async fn the_report_names_the_slow_endpoint_the_limited_route_and_the_useless_ca
         stop.store(true, Ordering::Relaxed);
         (out, text)
     };
-    let pause = Duration::from_millis(20);
-    let ((out, text), chat, limited, cached) = tokio::join!(
-        window,
-        send_until(&gw, "chat", usize::MAX, 4, Duration::ZERO, &stop),
-        send_until(&gw, "limited", usize::MAX, 1, pause, &stop),
-        send_until(&gw, "cached", usize::MAX, 1, pause, &stop),
-    );
-    assert!(chat.iter().all(|s| *s == 200), "{chat:?}");
-    assert!(
-        limited.contains(&429) && limited.contains(&200),
-        "{limited:?}"
-    );
-    assert!(cached.iter().all(|s| *s == 200), "{cached:?}");
+    let ((out, text), chats) = tokio::join!(window, t.traffic(&stop));
     let r = json(&out);
     println!("{r:#}");
     let window_s = r["window_s"].as_f64().expect("window_s");
     assert!((3.0..3.5).contains(&window_s), "{window_s}");
-
-    let slow_ones = findings(&r, "slow_endpoint");
-    assert_eq!(slow_ones.len(), 1, "{r:#}");
-    assert_eq!(slow_ones[0]["upstream"], "pair");
-    assert_eq!(slow_ones[0]["endpoint"], slow.url.as_str());
-    assert_eq!(slow_ones[0]["severity"], "warning");
-
-    let limits = findings(&r, "rate_limited");
-    assert_eq!(limits.len(), 1, "{r:#}");
-    assert_eq!(limits[0]["route"], "limited");
-    assert!(
-        limits[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("per-key-rps"),
-        "{r:#}"
-    );
-    let limited_route = route(&r, "limited");
-    assert!(
-        limited_route["rate_limited"].as_u64().unwrap() >= 20,
-        "{r:#}"
-    );
-
-    let caches = findings(&r, "low_cache_hit_rate");
-    assert_eq!(caches.len(), 1, "{r:#}");
-    assert_eq!(caches[0]["route"], "cached");
-    assert!(
-        caches[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("every lookup was a miss"),
-        "{r:#}"
-    );
-    assert_eq!(route(&r, "cached")["cache_hit_rate"], 0.0);
-    assert_eq!(route(&r, "chat")["cache_hit_rate"], Value::Null);
+    t.assert_named(&r);
 
     // Every route's numbers are there, in the window.
     let chat_route = route(&r, "chat");
     let requests = chat_route["requests"].as_u64().unwrap();
     assert!(
-        requests >= 20 && (requests as usize) < chat.len(),
-        "{requests} of {}",
-        chat.len()
+        requests >= 20 && (requests as usize) < chats,
+        "{requests} of {chats}"
     );
     let rps = chat_route["rps"].as_f64().unwrap();
     assert!((rps - requests as f64 / window_s).abs() < 1e-6);
@@ -210,18 +250,6 @@ async fn the_report_names_the_slow_endpoint_the_limited_route_and_the_useless_ca
     );
     let gateway_p99 = chat_route["gateway_p99_s"].as_f64().expect("gateway_p99_s");
     assert!(gateway_p99 > 0.0 && gateway_p99 < p99, "{r:#}");
-    // No other problem is invented.
-    let others: Vec<&Value> = r["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| {
-            !["slow_endpoint", "rate_limited", "low_cache_hit_rate"]
-                .contains(&f["kind"].as_str().unwrap())
-        })
-        .collect();
-    assert!(others.is_empty(), "{r:#}");
-
     // The text report, since start, says the same in words.
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(text.status.success(), "{stdout}");
@@ -309,4 +337,102 @@ async fn an_unreachable_source_fails_in_one_line_that_names_it() {
         stderr.contains(&format!("{prometheus}/api/v1/query")),
         "{stderr}"
     );
+}
+
+// === From Prometheus ===
+
+/// A real Prometheus scraping `target` (host:port) every second, on its own port and storage.
+struct Prometheus {
+    url: String,
+    _proc: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        let scrape = format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+             scrape_configs:\n  - job_name: sluice\n    static_configs: [ {{ targets: [\"{target}\"] }} ]\n"
+        );
+        std::fs::write(&config, scrape).expect("write prometheus.yml");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        // Debian's package (`make deps`); a missing binary fails the test here.
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus is installed (make deps; Debian: apt-get install prometheus)");
+        Prometheus {
+            url: format!("http://{listen}"),
+            _proc: Proc { child },
+            dir,
+        }
+    }
+
+    /// Waits until the instant query `promql` has a result of at least `want`.
+    async fn wait_for(&self, promql: &str, want: f64) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer: Option<Value> = match client
+                .get(format!("{}/api/v1/query", self.url))
+                .query(&[("query", promql)])
+                .send()
+                .await
+            {
+                Ok(resp) => resp.json().await.ok(),
+                Err(_) => None,
+            };
+            let value = answer.as_ref().and_then(|a| {
+                a["data"]["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()
+            });
+            if value.is_some_and(|v| v >= want) {
+                return;
+            }
+            let log = std::fs::read_to_string(self.dir.path().join("prometheus.log"));
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never had `{promql}` >= {want}; its log:\n{}",
+                log.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_report_from_prometheus_names_the_same_problems() {
+    let t = Troubled::start();
+    let prometheus = Prometheus::start(t.gw.admin.trim_start_matches("http://"));
+    // Scraping before the traffic starts, so the range sees the counters grow.
+    prometheus.wait_for("up{job=\"sluice\"}", 1.0).await;
+    let stop = AtomicBool::new(false);
+    let stopper = async {
+        tokio::time::sleep(TRAFFIC).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(stopper, t.traffic(&stop));
+    // Scraped after the traffic: every answer is in Prometheus.
+    let answered = metric_sum(&t.gw.metrics().await, "sluice_requests_total", &[]);
+    prometheus
+        .wait_for("sum(sluice_requests_total)", answered)
+        .await;
+    // The traffic is a third of the range: the latency estimate's busiest tenth is in it.
+    let out = report(&["--json", "--prometheus", &prometheus.url, "--range", "15s"]).await;
+    let r = json(&out);
+    println!("{r:#}");
+    assert_eq!(r["window_s"], 15.0);
+    t.assert_named(&r);
 }
