@@ -156,13 +156,13 @@ impl Troubled {
     /// Asserts the report names the three problems where they are, and nothing else.
     fn assert_named(&self, r: &Value) {
         let slow = &self.slow;
-        let slow_ones = findings(&r, "slow_endpoint");
+        let slow_ones = findings(r, "slow_endpoint");
         assert_eq!(slow_ones.len(), 1, "{r:#}");
         assert_eq!(slow_ones[0]["upstream"], "pair");
         assert_eq!(slow_ones[0]["endpoint"], slow.url.as_str());
         assert_eq!(slow_ones[0]["severity"], "warning");
 
-        let limits = findings(&r, "rate_limited");
+        let limits = findings(r, "rate_limited");
         assert_eq!(limits.len(), 1, "{r:#}");
         assert_eq!(limits[0]["route"], "limited");
         assert!(
@@ -172,13 +172,13 @@ impl Troubled {
                 .contains("per-key-rps"),
             "{r:#}"
         );
-        let limited_route = route(&r, "limited");
+        let limited_route = route(r, "limited");
         assert!(
             limited_route["rate_limited"].as_u64().unwrap() >= 20,
             "{r:#}"
         );
 
-        let caches = findings(&r, "low_cache_hit_rate");
+        let caches = findings(r, "low_cache_hit_rate");
         assert_eq!(caches.len(), 1, "{r:#}");
         assert_eq!(caches[0]["route"], "cached");
         assert!(
@@ -188,8 +188,8 @@ impl Troubled {
                 .contains("every lookup was a miss"),
             "{r:#}"
         );
-        assert_eq!(route(&r, "cached")["cache_hit_rate"], 0.0);
-        assert_eq!(route(&r, "chat")["cache_hit_rate"], Value::Null);
+        assert_eq!(route(r, "cached")["cache_hit_rate"], 0.0);
+        assert_eq!(route(r, "chat")["cache_hit_rate"], Value::Null);
         let others: Vec<&Value> = r["findings"]
             .as_array()
             .unwrap()
