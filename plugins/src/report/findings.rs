@@ -257,10 +257,12 @@ fn queue_wait(u: &UpstreamSummary, found: &mut Vec<Finding>) {
 // === Routes ===
 
 fn route_errors(r: &RouteSummary, found: &mut Vec<Finding>) {
-    if r.requests < MIN_REQUESTS || r.errors_5xx == 0 {
+    // A queue's 503s are the queueing findings'.
+    let failed = r.errors_5xx.saturating_sub(r.queue_rejected);
+    if r.requests < MIN_REQUESTS || failed == 0 {
         return;
     }
-    let share = r.errors_5xx as f64 / r.requests as f64;
+    let share = failed as f64 / r.requests as f64;
     if share < ERROR_WARNING {
         return;
     }
@@ -270,7 +272,7 @@ fn route_errors(r: &RouteSummary, found: &mut Vec<Finding>) {
         At { route: Some(&r.route), ..At::default() },
         format!(
             "{} of {} requests on route {} were answered with a 5xx ({})",
-            r.errors_5xx, r.requests, r.route, percent(share)
+            failed, r.requests, r.route, percent(share)
         ),
         "the access log's `error` and `upstream` fields say which upstream failed and how; see the upstream findings",
     ));

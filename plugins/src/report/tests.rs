@@ -252,10 +252,12 @@ fn long_queue_waits_and_queue_rejections_are_queueing() {
         report(&waits(&[5, 5, 0])).findings.is_empty(),
         "too few to judge"
     );
-    let full = "sluice_requests_total{route=\"r\",upstream=\"\",variant=\"\",code=\"503\"} 1\n\
-                sluice_requests_total{route=\"r\",upstream=\"up\",variant=\"\",code=\"200\"} 9\n\
-                sluice_rejections_total{route=\"r\",reason=\"queue_full\"} 1\n";
+    let full = "sluice_requests_total{route=\"r\",upstream=\"\",variant=\"\",code=\"503\"} 5\n\
+                sluice_requests_total{route=\"r\",upstream=\"up\",variant=\"\",code=\"200\"} 45\n\
+                sluice_rejections_total{route=\"r\",reason=\"queue_full\"} 5\n";
     let r = report(full);
+    // The queue's 503s are not upstream errors too.
+    assert_eq!(kinds(&r), [(Kind::Queueing, Severity::Warning)]);
     assert_eq!(only(&r, Kind::Queueing).route.as_deref(), Some("r"));
 }
 
