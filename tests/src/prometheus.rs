@@ -15,18 +15,19 @@ pub const JOB: &str = "sluice";
 /// A running `prometheus`, killed on drop with its storage.
 pub struct Prometheus {
     pub url: String,
+    targets: usize,
     _proc: Proc,
     dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `target` (`host:port`, its `/metrics`) every second and
+    /// Starts Prometheus scraping `targets` (`host:port`, their `/metrics`) every second and
     /// waits until its API is ready. Panics if it is not installed: tests that need it fail.
     #[must_use]
-    pub fn start(target: &str) -> Prometheus {
+    pub fn start(targets: &[&str]) -> Prometheus {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut prometheus = Prometheus::spawn(target);
+            let mut prometheus = Prometheus::spawn(targets);
             match prometheus.wait_ready() {
                 Ok(()) => return prometheus,
                 Err(StartFailure::Ports(why)) => failures.push_str(&format!(
@@ -43,14 +44,17 @@ impl Prometheus {
         panic!("prometheus did not start in {START_ATTEMPTS} attempts:\n{failures}");
     }
 
-    fn spawn(target: &str) -> Prometheus {
+    fn spawn(targets: &[&str]) -> Prometheus {
+        let count = targets.len();
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let targets = targets.join(", ");
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\n\
-                 scrape_configs:\n  - job_name: {JOB}\n    static_configs: [ {{ targets: [\"{target}\"] }} ]\n"
+                 scrape_configs:\n  - job_name: {JOB}\n    static_configs: [ {{ targets: [{targets}] }} ]\n"
             ),
         )
         .expect("write prometheus.yml");
@@ -69,6 +73,7 @@ impl Prometheus {
             .expect("spawn prometheus");
         Prometheus {
             url: format!("http://{listen}"),
+            targets: count,
             _proc: Proc { child },
             dir,
         }
@@ -135,17 +140,22 @@ impl Prometheus {
             .collect())
     }
 
-    /// Successful scrapes of the target in the last minute.
+    /// Successful scrapes in the last minute of the target scraped least.
     pub async fn scrapes(&self) -> usize {
         let query = format!("sum_over_time(up{{job=\"{JOB}\"}}[1m])");
         let result = self.query(&query).await.unwrap_or_default();
-        (result.first())
-            .and_then(|r| r["value"][1].as_str())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v as usize)
+        let counts = result.iter().map(|r| {
+            (r["value"][1].as_str())
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0, |v| v as usize)
+        });
+        match result.len() == self.targets {
+            true => counts.min().unwrap_or(0),
+            false => 0,
+        }
     }
 
-    /// Waits (polling) until Prometheus holds `n` successful scrapes of the target.
+    /// Waits (polling) until Prometheus holds `n` successful scrapes of every target.
     pub async fn wait_for_scrapes(&self, n: usize) {
         let deadline = Instant::now() + PATIENCE + Duration::from_secs(n as u64);
         while self.scrapes().await < n {

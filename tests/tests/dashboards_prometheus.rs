@@ -147,7 +147,7 @@ fn family_of(name: &str, families: &BTreeMap<String, String>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_prometheus_and_every_family_is_watched() {
     let mut scenario = Scenario::start();
-    let prometheus = Prometheus::start(scenario.admin_addr());
+    let prometheus = Prometheus::start(&scenario.admin_addrs());
     let started = Instant::now();
     // Prometheus sees the families that exist from the start before any traffic, and every
     // family once more between the two rounds, so each rate has growth to show.
@@ -212,7 +212,7 @@ async fn every_dashboard_query_returns_data_from_prometheus_and_every_family_is_
         "{found:?}"
     );
 
-    let metrics = scenario.gw.metrics().await;
+    let metrics = scenario.gw.metrics().await + &scenario.local.metrics().await;
     let families = exposed_families(&metrics);
     for (place, expr) in rule_exprs() {
         match metric_names(&expr) {

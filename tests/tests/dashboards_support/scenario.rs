@@ -4,10 +4,11 @@
 //! queue that fills and times out, a client key with a dollar budget, a failing endpoint that
 //! is retried and ejected, a dead upstream whose retries the budget refuses and whose route
 //! falls back, streams, an upstream 5xx, a failed and a good reload, and Redis going away.
+//! A second sluice without Redis keeps a key's budget itself.
 
 use futures_util::future::join_all;
 use serde_json::json;
-use sluice_e2e::{free_port, metric_sum, sha256, Gateway, Mock, RedisServer};
+use sluice_e2e::{config, free_port, metric_sum, sha256, Gateway, Mock, RedisServer};
 
 /// The client key with a budget (`keys:` holds its hash).
 pub const KEY: &str = "sk-sluice-dashboards-e2e";
@@ -15,9 +16,15 @@ pub const KEY: &str = "sk-sluice-dashboards-e2e";
 /// The `authorization` of a caller sluice did not issue a key to (the limits count it by it).
 const OTHER_KEY: &str = "Bearer sk-not-a-sluice-key";
 
+/// The key of the second sluice, whose budget is its own (no Redis).
+const LOCAL_KEY: &str = "sk-sluice-dashboards-local";
+
 /// The running processes; dropping it stops them.
 pub struct Scenario {
     pub gw: Gateway,
+    /// A second sluice without Redis: a key budget kept by the instance itself (a budget in
+    /// Redis has no per-instance remainder to report).
+    pub local: Gateway,
     pub redis: RedisServer,
     _mocks: Vec<Mock>,
     _dir: tempfile::TempDir,
@@ -110,8 +117,19 @@ routes:
             dead2 = free_port(),
         );
         let gw = Gateway::start(&yaml);
+        let local = Gateway::start(&config(
+            &[&candidate.url],
+            "",
+            &format!(
+                "  - name: chat\n    upstream: up\n    auth: required\n\
+                 keys:\n  - {{ name: app-b, team: blue, hash: \"sha256:{}\", budget: {{ usd: 5, per: 30d }} }}\n\
+                 pricing:\n  \"mock-small*\": {{ input: 0.15, output: 0.6 }}\n",
+                sha256(LOCAL_KEY.as_bytes())
+            ),
+        ));
         Scenario {
             gw,
+            local,
             redis,
             _mocks: vec![good, failing, candidate, slow],
             _dir: dir,
@@ -119,9 +137,21 @@ routes:
         }
     }
 
-    /// `host:port` of the admin listener, whose `/metrics` Prometheus scrapes.
-    pub fn admin_addr(&self) -> &str {
-        self.gw.admin.trim_start_matches("http://")
+    /// `host:port` of each sluice's admin listener, whose `/metrics` Prometheus scrapes.
+    pub fn admin_addrs(&self) -> [&str; 2] {
+        [&self.gw, &self.local].map(|gw| gw.admin.trim_start_matches("http://"))
+    }
+
+    /// A request with the local sluice's key, charged to its own budget.
+    async fn spend_locally(&self, client: &reqwest::Client) {
+        let resp = client
+            .post(format!("{}/v1/chat/completions", self.local.url))
+            .bearer_auth(LOCAL_KEY)
+            .json(&json!({"model": "mock-small", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{}", self.local.log_text());
     }
 
     /// Sends the traffic that touches every feature; each step asserts what it must get, so
@@ -135,6 +165,7 @@ routes:
         self.plain(&client).await;
         self.reloads().await;
         self.redis_outage(&client).await;
+        self.spend_locally(&client).await;
     }
 
     /// A lighter second round after Prometheus has seen the first: a rate over a series
@@ -167,6 +198,7 @@ routes:
             assert_eq!(status, 200, "{route}: {text}");
         }
         self.plain(&client).await;
+        self.spend_locally(&client).await;
     }
 
     /// One request to `/v1/chat/completions` on the route `x-test` names.
