@@ -2,8 +2,8 @@
 //! family appear: a split, a cache on all three tiers (one disk file damaged before start,
 //! a memory tier small enough to evict), request and token limits (one shared in Redis), a
 //! queue that fills and times out, a client key with a dollar budget, a failing endpoint that
-//! is retried and ejected, a dead upstream whose retries the budget refuses and whose route
-//! falls back, streams, an upstream 5xx, a failed and a good reload, and Redis going away.
+//! is retried and ejected, a dead upstream whose route falls back, an upstream whose retries
+//! the budget refuses, streams, an upstream 5xx, a failed and a good reload, and Redis going away.
 //! A second sluice without Redis keeps a key's budget itself.
 
 use futures_util::future::join_all;
@@ -36,6 +36,7 @@ impl Scenario {
     pub fn start() -> Scenario {
         let good = Mock::start("good", &[]);
         let failing = Mock::start("failing", &["--status", "503"]);
+        let failing2 = Mock::start("failing-2", &["--status", "503"]);
         let candidate = Mock::start("candidate", &[]);
         let slow = Mock::start("slow", &[]);
         let redis = RedisServer::start();
@@ -73,7 +74,10 @@ upstreams:
     queue: {{ max: 1, timeout: 300ms }}
   broken:
     endpoints: [ {{ url: "http://127.0.0.1:{dead1}" }}, {{ url: "http://127.0.0.1:{dead2}" }} ]
-    retry: {{ attempts: 1, on: [connect], budget: {{ ratio: 0, min_per_second: 0 }} }}
+    retry: {{ attempts: 1, on: [connect] }}
+  refusing:
+    endpoints: [ {{ url: "{failing}" }}, {{ url: "{failing2}" }} ]
+    retry: {{ attempts: 1, on: [503], budget: {{ ratio: 0, min_per_second: 0 }} }}
 routes:
   - name: chat
     match: {{ path_prefix: /v1/chat/completions, headers: {{ x-test: chat }} }}
@@ -102,6 +106,9 @@ routes:
     match: {{ path_prefix: /v1/chat/completions, headers: {{ x-test: fallback }} }}
     upstream: broken
     fallback: [candidate]
+  - name: refused
+    match: {{ path_prefix: /v1/chat/completions, headers: {{ x-test: refused }} }}
+    upstream: refusing
   - name: plain
     match: {{ path_prefix: /v1/ }}
     upstream: candidate
@@ -113,6 +120,7 @@ routes:
             failing = failing.url,
             candidate = candidate.url,
             slow = slow.url,
+            failing2 = failing2.url,
             dead1 = free_port(),
             dead2 = free_port(),
         );
@@ -131,7 +139,7 @@ routes:
             gw,
             local,
             redis,
-            _mocks: vec![good, failing, candidate, slow],
+            _mocks: vec![good, failing, failing2, candidate, slow],
             _dir: dir,
             yaml,
         }
@@ -258,7 +266,7 @@ routes:
         assert_eq!(h["x-sluice-cache"], "bypass", "{h:?}");
         // Two identical requests at once: the second waits for the first's answer.
         let slow = [
-            ("x-mock-latency-ms", "300"),
+            ("x-mock-latency-ms", "500"),
             ("authorization", auth.as_str()),
             ("x-sluice-variant", "control"),
         ];
@@ -272,6 +280,15 @@ routes:
             results.iter().any(|(_, c)| c == "coalesced"),
             "one of two identical requests is coalesced: {results:?}"
         );
+        let primary = [("upstream", "primary")];
+        self.wait_for("sluice_upstream_retries_total", &primary, 1.0)
+            .await;
+        self.wait_for("sluice_upstream_ejections_total", &primary, 1.0)
+            .await;
+        self.wait_for("sluice_cache_evictions_total", &[("tier", "memory")], 1.0)
+            .await;
+        self.wait_for("sluice_cache_disk_resets_total", &[], 1.0)
+            .await;
     }
 
     /// A route with two requests a minute and a 3,000-token budget: one passes, one is over
@@ -314,7 +331,7 @@ routes:
             client,
             "queued",
             body.clone(),
-            &[("x-mock-latency-ms", "600")],
+            &[("x-mock-latency-ms", "1000")],
         );
         let waiter = async {
             self.wait_for("sluice_upstream_inflight", &[("upstream", "slow")], 1.0)
@@ -337,7 +354,9 @@ routes:
         assert_eq!(status, 200, "{text}");
     }
 
-    /// The dead upstream: a connect error, a retry the zero budget refuses, the fallback answers.
+    /// The dead upstream: connect errors on both endpoints, then the fallback answers. And
+    /// an upstream answering 503 whose retry budget (zero) refuses every retry: the 503 is
+    /// relayed.
     async fn fallback(&self, client: &reqwest::Client) {
         let body =
             json!({"model": "mock-small", "messages": [{"role": "user", "content": "fall back"}]});
@@ -346,6 +365,15 @@ routes:
             assert_eq!(status, 200, "{text}\n{}", self.gw.log_text());
             assert_eq!(h["x-sluice-fallback"], "candidate", "{h:?}");
         }
+        let (status, text, _) = self.post(client, "refused", body, &[]).await;
+        assert_eq!(status, 503, "{text}");
+        let refusing = [("upstream", "refusing")];
+        self.wait_for(
+            "sluice_upstream_retry_budget_exhausted_total",
+            &refusing,
+            1.0,
+        )
+        .await;
     }
 
     /// The passthrough route: a completion, an embedding and an upstream 500.
