@@ -11,7 +11,7 @@ use serde_json::json;
 use sluice_e2e::{config, free_port, metric_sum, sha256, Gateway, Mock, RedisServer};
 
 /// The client key with a budget (`keys:` holds its hash).
-pub const KEY: &str = "sk-sluice-dashboards-e2e";
+const KEY: &str = "sk-sluice-dashboards-e2e";
 
 /// The `authorization` of a caller sluice did not issue a key to (the limits count it by it).
 const OTHER_KEY: &str = "Bearer sk-not-a-sluice-key";
