@@ -134,7 +134,7 @@ impl AdminApp {
         }
         match (method, path) {
             (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", {
-                crate::observe::refresh_endpoint_gauges(&self.store.load(), Instant::now());
+                crate::observe::refresh_gauges(&self.store.load(), Instant::now());
                 self.store.shared().metrics.encode().into_bytes()
             }),
             (&Method::GET, "/healthz") => (StatusCode::OK, text, b"ok\n".to_vec()),

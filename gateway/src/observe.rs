@@ -5,6 +5,7 @@ use crate::config::keys::ClientKey;
 use crate::config::policy::{Lane, Route};
 use crate::config::Policy;
 use bytes::Bytes;
+use sluice_plugins::metrics::{GenAiRequest, Metrics, Operation, PhaseTimes};
 use sluice_plugins::trace_context::TraceParent;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,21 @@ pub struct Finished<'a> {
     pub tries: &'a [TryRecord],
     /// The request's and response's bodies, on a route with `log_bodies: true`.
     pub bodies: Option<&'a LoggedBodies>,
+    /// What each phase of the request path took.
+    pub phases: &'a PhaseTimes,
+    /// When the answer's first body bytes went to the client.
+    pub first_body: Option<Instant>,
+    /// The request's `model`, when it was read.
+    pub model: Option<&'a str>,
+}
+
+impl Finished<'_> {
+    /// The time sluice itself spent: all of it but the tries' time at the upstream.
+    #[must_use]
+    pub fn gateway_time(&self) -> Duration {
+        let upstream: Duration = self.tries.iter().map(|t| t.end - t.start).sum();
+        self.duration.saturating_sub(upstream)
+    }
 }
 
 /// The first bytes of a request's and its response's bodies, for the usage log.
@@ -83,11 +99,14 @@ pub struct RequestUsage {
     pub cost_usd: Option<f64>,
 }
 
-/// Sets the per-endpoint gauges (healthy, in flight, latency estimate) from the endpoints'
-/// live stats, when metrics are scraped rather than on every request. Healthy means no health
-/// check fails it, no ejection holds it, and its last tries (as many as eject, 5 without
-/// `outlier:`) did not all fail.
-pub fn refresh_endpoint_gauges(policy: &Policy, now: Instant) {
+/// Sets the gauges read from live state when metrics are scraped rather than on every request:
+/// each endpoint's (healthy, in flight, latency estimate) and each local key budget's balance.
+/// Healthy means no health check fails it, no ejection holds it, and its last tries (as many
+/// as eject, 5 without `outlier:`) did not all fail.
+pub fn refresh_gauges(policy: &Policy, now: Instant) {
+    for budget in policy.keys.all.iter().filter_map(|k| k.budget.as_ref()) {
+        budget.refresh_gauge();
+    }
     for up in policy.routes.iter().flat_map(Route::upstreams) {
         let streak = up.outlier.unwrap_or_default().consecutive_failures;
         for (ep, stats) in up.endpoints.iter().zip(up.balancer.all_stats()) {
@@ -112,6 +131,8 @@ pub fn record_metrics(f: &Finished<'_>, policy: &Policy) {
                 None => (&r.unassigned, &[][..]),
             };
             metrics.duration.observe(f.duration.as_secs_f64());
+            r.gateway_time.observe(f.gateway_time(), f.phases);
+            record_genai(f, &policy.metrics);
             if let Some(status) = status {
                 if f.served {
                     match f.hop.checked_sub(1).and_then(|k| fallback.get(k)) {
@@ -126,4 +147,35 @@ pub fn record_metrics(f: &Finished<'_>, policy: &Policy) {
         (None, Some(status)) => policy.unrouted.inc(status),
         (None, None) => {}
     }
+}
+
+/// The request in the OpenTelemetry GenAI families, when its path is one of their operations.
+fn record_genai(f: &Finished<'_>, metrics: &Metrics) {
+    let Some(operation) = Operation::from_path(f.path) else {
+        return;
+    };
+    let provider = f
+        .lane
+        .and_then(|l| l.hop(f.hop))
+        .map_or("", |u| u.name.as_str());
+    let code;
+    let error_type = match f.status {
+        Some(status) if status >= 400 => {
+            code = status.to_string();
+            code.as_str()
+        }
+        None => "aborted",
+        Some(_) if f.error.is_some() => "aborted",
+        Some(_) => "",
+    };
+    metrics.record_genai(&GenAiRequest {
+        operation,
+        provider,
+        model: f.model.unwrap_or(""),
+        duration: f.duration,
+        error_type,
+        first_token: f.first_body.map(|t| t.saturating_duration_since(f.start)),
+        input_tokens: f.usage.map(|u| u.input_tokens),
+        output_tokens: f.usage.map(|u| u.output_tokens),
+    });
 }

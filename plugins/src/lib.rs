@@ -11,6 +11,7 @@ pub mod endpoint_stats;
 pub mod glob;
 pub mod health;
 pub mod limits;
+pub mod live_stats;
 pub mod metrics;
 pub mod openai_error;
 mod outage;

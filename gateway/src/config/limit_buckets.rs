@@ -10,13 +10,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-type Registry<E> = Mutex<HashMap<(String, String), (Rate, Arc<E>, IntGauge)>>;
+type Registry<E, G> = Mutex<HashMap<(String, String), (Rate, Arc<E>, G)>>;
+
+/// A token limit's gauges: keys tracked, and what its emptiest bucket has left.
+#[derive(Clone)]
+pub struct TokenGauges {
+    pub keys: IntGauge,
+    /// `None` for a key's dollar budget (its own gauge is in dollars, set at scrape).
+    pub remaining: Option<IntGauge>,
+}
 
 /// Every local bucket, by route and limit name; a reload that changes a limit's shape starts
 /// it afresh, one that keeps it keeps its state.
 pub struct LimitBuckets {
-    requests: Registry<RequestRate>,
-    tokens: Registry<TokenBucket>,
+    requests: Registry<RequestRate, IntGauge>,
+    tokens: Registry<TokenBucket, TokenGauges>,
     /// The token buckets' time origin.
     origin: Instant,
 }
@@ -45,14 +53,15 @@ impl LimitBuckets {
         &self,
         id: (String, String),
         rate: Rate,
-        keys: IntGauge,
+        gauges: TokenGauges,
     ) -> Arc<TokenBucket> {
-        reuse(&self.tokens, id, rate, keys, || {
+        reuse(&self.tokens, id, rate, gauges, || {
             TokenBucket::new(rate, self.origin)
         })
     }
 
-    /// Evicts full buckets (idle keys), forgets limits no policy uses, and updates the key gauges.
+    /// Evicts full buckets (idle keys), forgets limits no policy uses, and updates the key and
+    /// remaining-budget gauges.
     pub fn sweep(&self, now: Instant) {
         let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
         requests.retain(|_, (_, bucket, _)| Arc::strong_count(bucket) > 1);
@@ -63,18 +72,23 @@ impl LimitBuckets {
         drop(requests);
         let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
         tokens.retain(|_, (_, bucket, _)| Arc::strong_count(bucket) > 1);
-        for (_, bucket, keys) in tokens.values() {
-            let left = bucket.sweep(now);
-            keys.set(i64::try_from(left).unwrap_or(i64::MAX));
+        for (_, bucket, gauges) in tokens.values() {
+            let swept = bucket.sweep(now);
+            gauges
+                .keys
+                .set(i64::try_from(swept.keys).unwrap_or(i64::MAX));
+            if let Some(remaining) = &gauges.remaining {
+                remaining.set(i64::try_from(swept.lowest_remaining).unwrap_or(i64::MAX));
+            }
         }
     }
 }
 
-fn reuse<E>(
-    registry: &Registry<E>,
+fn reuse<E, G>(
+    registry: &Registry<E, G>,
     id: (String, String),
     rate: Rate,
-    keys: IntGauge,
+    gauges: G,
     make: impl FnOnce() -> E,
 ) -> Arc<E> {
     let mut map = registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -82,7 +96,7 @@ fn reuse<E>(
         Some((shape, bucket, _)) if *shape == rate => Arc::clone(bucket),
         _ => {
             let bucket = Arc::new(make());
-            map.insert(id, (rate, Arc::clone(&bucket), keys));
+            map.insert(id, (rate, Arc::clone(&bucket), gauges));
             bucket
         }
     }

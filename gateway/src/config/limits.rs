@@ -3,7 +3,7 @@
 //! [`LimitBuckets`] keyed by route, limit name and shape, so a reload that keeps a limit keeps
 //! every client's standing in it.
 
-pub use super::limit_buckets::LimitBuckets;
+pub use super::limit_buckets::{LimitBuckets, TokenGauges};
 
 use super::errors::Errors;
 use super::locate::{field_path, Seg};
@@ -301,7 +301,14 @@ pub(super) fn attach(
                 default_max_tokens,
                 charge_cache_hits,
             } => limits.tokens.push(TokenLimit {
-                local: buckets.tokens(id, c.local_rate, gauge),
+                local: buckets.tokens(
+                    id,
+                    c.local_rate,
+                    TokenGauges {
+                        keys: gauge,
+                        remaining: Some(metrics.token_budget_remaining(route, &common.name)),
+                    },
+                ),
                 default_max_tokens,
                 charge_cache_hits,
                 common,

@@ -28,7 +28,7 @@ use super::units::header_name;
 use super::upstream::compile_upstream;
 use http::Method;
 use sluice_plugins::glob::Glob;
-use sluice_plugins::metrics::StatusCounters;
+use sluice_plugins::metrics::{Metrics, StatusCounters};
 use sluice_plugins::router::{RouteMatcher, Router};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub struct Policy {
     pub routes: Vec<Route>,
     pub max_body_bytes: usize,
     pub unrouted: StatusCounters,
+    /// Every family, for the ones labelled by what a request carries (the GenAI model).
+    pub metrics: Metrics,
     /// The cache tiers; `Some` when any route caches.
     pub cache_tiers: Option<CacheTiers>,
     /// The Redis the shared limits use; `Some` when any limit is shared.
@@ -121,6 +123,7 @@ pub fn compile(loaded: &LoadedSpec, shared: &SharedState) -> Result<Policy, Conf
         routes,
         max_body_bytes: usize::try_from(spec.server.max_body_bytes.0).unwrap_or(usize::MAX),
         unrouted: shared.metrics.unrouted(),
+        metrics: shared.metrics.clone(),
         cache_tiers: any_cache.then_some(tiers),
         limits_redis: redis.filter(|_| any_shared),
         pricing,

@@ -10,7 +10,7 @@ use super::shared::SharedState;
 use super::spec::RouteSpec;
 use super::split::{CheckedSplit, RouteSplit};
 use super::upstream::Upstream;
-use sluice_plugins::metrics::{RouteLimitMetrics, RouteMetrics};
+use sluice_plugins::metrics::{GatewayTimeMetrics, RouteLimitMetrics, RouteMetrics};
 use sluice_plugins::router::RouteMatcher;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub struct Route {
     pub split: Option<RouteSplit>,
     /// Counts answers made before a variant was assigned (variant `""`).
     pub unassigned: RouteMetrics,
+    /// The time sluice itself spends on the route's requests, in all and per phase.
+    pub gateway_time: GatewayTimeMetrics,
     /// The route's cache policy, if it caches.
     pub cache: Option<RouteCache>,
     /// The route's request rates and token budgets, if any.
@@ -135,6 +137,7 @@ pub(super) fn build_route(
         lanes,
         split,
         unassigned: shared.metrics.route(name, "", ""),
+        gateway_time: shared.metrics.gateway_time(name),
         needs,
         auth: r.spec.auth,
         log_bodies: r.spec.log_bodies,

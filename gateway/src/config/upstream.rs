@@ -126,11 +126,17 @@ impl CheckedUpstream {
             .iter()
             .map(|ep| shared.stats_for(&self.name, &ep.parsed.url))
             .collect();
-        let admission = self.admission.map(|a| Admission {
-            gate: shared.gate_for(&self.name, a.max, a.queue_max),
-            queues: a.queue_max > 0,
-            timeout: a.timeout,
-            metrics: shared.metrics.queue(&self.name),
+        let admission = self.admission.map(|a| {
+            let metrics = shared.metrics.queue(&self.name);
+            metrics
+                .max
+                .set(i64::try_from(a.queue_max).unwrap_or(i64::MAX));
+            Admission {
+                gate: shared.gate_for(&self.name, a.max, a.queue_max),
+                queues: a.queue_max > 0,
+                timeout: a.timeout,
+                metrics,
+            }
         });
         let endpoints = self
             .endpoints

@@ -34,8 +34,9 @@ use pingora::proxy::Session;
 use sluice_plugins::cache::PromptCache;
 use sluice_plugins::limits::gate::GatePermit;
 use sluice_plugins::limits::shared::SharedBuckets;
-use sluice_plugins::metrics::CacheResult;
+use sluice_plugins::metrics::{CacheResult, Phase};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The engines that outlive a policy: the forwarder's pools, the cache tiers and flights, the
 /// Redis buckets of shared limits.
@@ -67,7 +68,10 @@ pub async fn run(
         ids.request_id.clone(),
     )];
     ctx.record.ids = Some(ids);
-    let outcome = match enter(session, policy).await {
+    let mut laps = Laps::start();
+    let entered = enter(session, policy).await;
+    laps.lap(&mut ctx.record, Phase::Route);
+    let outcome = match entered {
         Err(stop) => Err(stop),
         Ok(routed) => {
             ctx.enter_route(routed.index, routed.route);
@@ -84,6 +88,7 @@ pub async fn run(
                     &mut ctx.record,
                     &mut headers,
                     &mut holds,
+                    laps,
                 )
                 .await;
             // Refused or failed before an upstream answered: what it held goes back.
@@ -137,6 +142,27 @@ struct Handoff {
     recorder: Option<CacheRecorder>,
     strip_usage: bool,
     permit: Option<GatePermit>,
+    /// Where the forward's set-up starts.
+    laps: Laps,
+}
+
+/// Times consecutive phases: each lap charges the time since the previous one to a phase, so
+/// the phases add up to the gateway's time before the forward.
+#[derive(Clone, Copy)]
+struct Laps(Instant);
+
+impl Laps {
+    fn start() -> Laps {
+        Laps(Instant::now())
+    }
+
+    fn lap(&mut self, record: &mut Record, phase: Phase) {
+        let now = Instant::now();
+        record
+            .phases
+            .add(phase, now.saturating_duration_since(self.0));
+        self.0 = now;
+    }
 }
 
 impl<'a> On<'a> {
@@ -147,13 +173,18 @@ impl<'a> On<'a> {
         record: &mut Record,
         headers: &mut Vec<Header>,
         holds: &mut Holds<'a>,
+        mut laps: Laps,
     ) -> Result<(), Stop> {
         let (route, shared) = (self.route, self.engines.shared());
         let caller = auth::authenticate(&self.policy.keys, route, session.req_header_mut())?;
         record.key = caller.cloned();
+        laps.lap(record, Phase::Route);
         if route.needs.body {
-            body.read_if_streamed(session, self.policy.max_body_bytes)
-                .await?;
+            let read = body
+                .read_if_streamed(session, self.policy.max_body_bytes)
+                .await;
+            laps.lap(record, Phase::BodyRead);
+            read?;
         }
         record.bytes_in = body.len();
         auth::allow_model(caller, route, &mut body)?;
@@ -164,29 +195,36 @@ impl<'a> On<'a> {
         })?;
         record.lane = Some(chosen.lane);
         headers.extend(chosen.header);
+        laps.lap(record, Phase::Split);
         // The route's limits, then (on a route with auth:) the caller's key's own.
         let key_scope = caller
             .filter(|_| route.auth != Auth::None)
             .and_then(|k| k.limit_scope());
         let scopes = [route.limit_scope(), key_scope];
         for scope in scopes.into_iter().flatten() {
-            let more = limits::admit_requests(shared, scope, session, caller, &mut body).await?;
-            merge_headers(headers, more);
+            let admitted = limits::admit_requests(shared, scope, session, caller, &mut body).await;
+            laps.lap(record, Phase::Limits);
+            merge_headers(headers, admitted?);
         }
         let recorder = match (&self.engines.cache, &route.cache) {
             (Some(cache), Some(_)) => {
                 let now = unix_ms();
                 let looked =
                     cache::lookup(cache, session, route, lane, caller, &mut body, headers, now);
-                match looked.await? {
+                let looked = looked.await;
+                laps.lap(record, Phase::CacheLookup);
+                match looked? {
                     Lookup::Answered(answered) => {
                         record.cache = answered.result.name();
                         record.answered_locally(answered.status, answered.written);
+                        record.first_body = Some(laps.0);
+                        record.model = body.parsed_model().map(str::to_owned);
                         let tokens = answered.tokens;
                         for scope in scopes.into_iter().flatten() {
                             limits::charge_hit(shared, scope, session, caller, &mut body, tokens)
                                 .await;
                         }
+                        laps.lap(record, Phase::Limits);
                         return Ok(());
                     }
                     Lookup::Miss(recorder) => {
@@ -202,22 +240,34 @@ impl<'a> On<'a> {
             _ => None,
         };
         for scope in scopes.into_iter().flatten() {
-            let (held, more) =
-                limits::reserve_tokens(shared, scope, session, caller, &mut body).await?;
+            let reserved = limits::reserve_tokens(shared, scope, session, caller, &mut body).await;
+            laps.lap(record, Phase::Limits);
+            let (held, more) = reserved?;
             holds.tokens.extend(held.map(|h| (scope, h)));
             merge_headers(headers, more);
         }
         if route.auth != Auth::None {
             let pricing = &self.policy.pricing;
-            holds.budget = limits::reserve_budget(shared, caller, pricing, &mut body).await?;
+            let reserved = limits::reserve_budget(shared, caller, pricing, &mut body).await;
+            laps.lap(record, Phase::Limits);
+            holds.budget = reserved?;
         }
         let strip_usage = route.needs.usage && usage::ask_for_usage(&mut body)?;
         let watch = !body.is_streamed();
-        let permit = admission::admit(session, &lane.upstream, &route.limit_metrics, watch).await?;
+        let permit = if lane.upstream.admission.is_some() {
+            laps.lap(record, Phase::ForwardSetup);
+            let admitted =
+                admission::admit(session, &lane.upstream, &route.limit_metrics, watch).await;
+            laps.lap(record, Phase::QueueWait);
+            admitted?
+        } else {
+            None
+        };
         let handoff = Handoff {
             recorder,
             strip_usage,
             permit,
+            laps,
         };
         // Boxed: the forward's state (~10 KiB) is then made only for requests that forward, not
         // copied into every request's future (a cache hit's included).
@@ -242,6 +292,7 @@ impl<'a> On<'a> {
             mut recorder,
             strip_usage,
             permit,
+            laps,
         } = handoff;
         let mut meter = (!holds.tokens.is_empty() || route.needs.usage).then(UsageSink::default);
         let mut strip = strip_usage.then(StripUsage::default);
@@ -265,6 +316,12 @@ impl<'a> On<'a> {
         let attempt = forwarder
             .forward(session, route, lane, &body, max_body, trace, &mut tee)
             .await;
+        if let Some(first) = attempt.tries.first() {
+            let setup = first.start.saturating_duration_since(laps.0);
+            record.phases.add(Phase::ForwardSetup, setup);
+        }
+        record.first_body = tee.first_body;
+        record.model = body.parsed_model().map(str::to_owned);
         // What was not sent goes on an answer made instead.
         *headers = tee.take_headers();
         drop(tee);

@@ -6,6 +6,7 @@ use crate::config::keys::ClientKey;
 use crate::config::Policy;
 use crate::observe::{Finished, LoggedBodies, RequestUsage, TryRecord};
 use pingora::proxy::Session;
+use sluice_plugins::metrics::PhaseTimes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,12 @@ pub struct Record {
     pub ids: Option<Ids>,
     /// The gateway key the caller presented, once the auth phase found it.
     pub key: Option<Arc<ClientKey>>,
+    /// What each phase of the request path took.
+    pub phases: PhaseTimes,
+    /// When the answer's first body bytes went to the client.
+    pub first_body: Option<Instant>,
+    /// The request's `model`, when a phase parsed the body (metered routes have it in `usage`).
+    pub model: Option<String>,
 }
 
 impl Record {
@@ -66,6 +73,9 @@ impl Record {
             usage: None,
             tries: Vec::new(),
             bodies: None,
+            phases: PhaseTimes::default(),
+            first_body: None,
+            model: None,
         }
     }
 
@@ -114,6 +124,13 @@ impl Record {
             start: self.start,
             tries: &self.tries,
             bodies: self.bodies.as_ref(),
+            phases: &self.phases,
+            first_body: self.first_body,
+            model: self
+                .usage
+                .as_ref()
+                .map(|u| u.model.as_str())
+                .or(self.model.as_deref()),
         }
     }
 }

@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use sluice_plugins::openai_error::GatewayError;
+use std::time::Instant;
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,8 @@ pub struct Tee<'a> {
     sse: bool,
     /// Body bytes written to the client.
     pub bytes_out: usize,
+    /// When the first body bytes reached the client (the first token of a stream).
+    pub first_body: Option<Instant>,
 }
 
 impl<'a> Tee<'a> {
@@ -156,6 +159,7 @@ impl<'a> Tee<'a> {
         match session.write_response_body(Some(chunk), false).await {
             Ok(()) => {
                 self.bytes_out += len;
+                self.first_body.get_or_insert_with(Instant::now);
                 Ok(())
             }
             Err(e) => self.lose_client(client_write_failed(&e)),

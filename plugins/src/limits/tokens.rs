@@ -101,19 +101,22 @@ impl TokenBucket {
         self.state(tat - now)
     }
 
-    /// Drops keys whose bucket is full again (their TAT is not after `now`) and returns how many
-    /// keys remain. Call it periodically, not per request.
-    pub fn sweep(&self, now: Instant) -> usize {
+    /// Drops keys whose bucket is full again (their TAT is not after `now`) and says how many
+    /// keys remain and what the emptiest of them has left. Call it periodically, not per request.
+    pub fn sweep(&self, now: Instant) -> Swept {
         let now = self.nanos(now);
-        self.shards
-            .iter()
-            .map(|shard| {
-                let mut shard = lock(shard);
-                shard.retain(|_, tat| *tat > now);
-                shard.shrink_to_fit();
-                shard.len()
-            })
-            .sum()
+        let (mut keys, mut furthest) = (0, now);
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            shard.retain(|_, tat| *tat > now);
+            shard.shrink_to_fit();
+            keys += shard.len();
+            furthest = shard.values().copied().fold(furthest, u64::max);
+        }
+        Swept {
+            keys,
+            lowest_remaining: self.state(furthest - now).remaining,
+        }
     }
 
     /// Keys currently tracked.
@@ -144,6 +147,15 @@ impl TokenBucket {
     fn shard(&self, key: u64) -> MutexGuard<'_, HashMap<u64, u64>> {
         lock(&self.shards[(key % SHARDS as u64) as usize])
     }
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Keys whose bucket is not full.
+    pub keys: usize,
+    /// Tokens the emptiest bucket may still take at once (the capacity when all are full).
+    pub lowest_remaining: u64,
 }
 
 /// Locks, recovering from poison: every update is a single insert or assignment.
@@ -314,10 +326,14 @@ mod tests {
         assert!(bucket.reserve(1_000, 500, t0).decision.is_allowed());
         assert_eq!(bucket.len(), 101);
         // 10 tokens refill in 600 ms, 500 in 30 s; a TAT exactly at now is a full bucket.
-        assert_eq!(bucket.sweep(t0 + ms(599)), 101);
-        assert_eq!(bucket.sweep(t0 + ms(600)), 1);
+        assert_eq!(bucket.sweep(t0 + ms(599)).keys, 101);
+        let swept = bucket.sweep(t0 + ms(600));
+        assert_eq!(swept.keys, 1);
+        // The emptiest key spent 500 of 1000 and got 10 back.
+        assert_eq!(swept.lowest_remaining, 510);
         assert_eq!(bucket.peek(1_000, t0 + ms(600)).remaining, 510);
-        assert_eq!(bucket.sweep(t0 + ms(30_000)), 0);
+        let swept = bucket.sweep(t0 + ms(30_000));
+        assert_eq!((swept.keys, swept.lowest_remaining), (0, 1000));
         assert!(bucket.is_empty());
         // An unseen key peeks as a full bucket and is not stored.
         assert_eq!(bucket.peek(5, t0).remaining, 1000);

@@ -9,6 +9,7 @@ pub(super) struct CacheFamilies {
     requests: IntCounterVec,
     entries: IntGaugeVec,
     bytes: IntGaugeVec,
+    max_bytes: IntGaugeVec,
     evictions: IntCounterVec,
     errors: IntCounterVec,
     disk_resets: IntCounter,
@@ -31,6 +32,10 @@ impl CacheFamilies {
             )?,
             entries: tier("sluice_cache_entries", "Entries held, by tier")?,
             bytes: tier("sluice_cache_bytes", "Bytes held, by tier")?,
+            max_bytes: tier(
+                "sluice_cache_max_bytes",
+                "A tier's configured size limit (max_bytes), for the tiers that have one",
+            )?,
             evictions: tier_counter(
                 "sluice_cache_evictions_total",
                 "Entries evicted for space or expiry, by tier",
@@ -65,6 +70,7 @@ impl CacheFamilies {
             Box::new(self.requests.clone()),
             Box::new(self.entries.clone()),
             Box::new(self.bytes.clone()),
+            Box::new(self.max_bytes.clone()),
             Box::new(self.evictions.clone()),
             Box::new(self.errors.clone()),
             Box::new(self.disk_resets.clone()),
@@ -166,6 +172,12 @@ impl Metrics {
             evictions: c.evictions.with_label_values(&name),
             errors: c.errors.with_label_values(&name),
         }
+    }
+
+    /// The configured size limit of `tier`.
+    #[must_use]
+    pub fn cache_max_bytes(&self, tier: CacheTier) -> IntGauge {
+        self.cache.max_bytes.with_label_values(&[tier.name()])
     }
 
     /// Counts damaged disk cache files replaced by empty ones.

@@ -3,8 +3,8 @@
 
 use super::{Metrics, LATENCY_BUCKETS};
 use prometheus::{
-    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts,
+    Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 
 #[derive(Clone)]
@@ -19,6 +19,9 @@ pub(super) struct LimitFamilies {
     queue_wait: HistogramVec,
     redis_errors: IntCounter,
     key_spend: CounterVec,
+    queue_max: IntGaugeVec,
+    token_remaining: IntGaugeVec,
+    key_budget_remaining: GaugeVec,
 }
 
 impl LimitFamilies {
@@ -85,6 +88,27 @@ impl LimitFamilies {
                 ),
                 &["key", "team"],
             )?,
+            queue_max: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_queue_max",
+                    "How many requests an upstream's admission queue holds (its `queue.max`)",
+                ),
+                &["upstream"],
+            )?,
+            token_remaining: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_token_budget_remaining",
+                    "Tokens the emptiest bucket of a token limit may still take (this instance's buckets)",
+                ),
+                &["route", "limit"],
+            )?,
+            key_budget_remaining: GaugeVec::new(
+                Opts::new(
+                    "sluice_key_budget_remaining_usd",
+                    "US dollars left in a client key's budget (a budget kept by this instance)",
+                ),
+                &["key", "team"],
+            )?,
         })
     }
 
@@ -100,6 +124,9 @@ impl LimitFamilies {
             Box::new(self.queue_wait.clone()),
             Box::new(self.redis_errors.clone()),
             Box::new(self.key_spend.clone()),
+            Box::new(self.queue_max.clone()),
+            Box::new(self.token_remaining.clone()),
+            Box::new(self.key_budget_remaining.clone()),
         ]
     }
 }
@@ -173,6 +200,8 @@ impl RouteLimitMetrics {
 pub struct QueueMetrics {
     pub depth: IntGauge,
     pub wait: Histogram,
+    /// The queue's capacity, set when the policy is compiled.
+    pub max: IntGauge,
 }
 
 impl Metrics {
@@ -212,7 +241,24 @@ impl Metrics {
         QueueMetrics {
             depth: l.queue_depth.with_label_values(&[upstream]),
             wait: l.queue_wait.with_label_values(&[upstream]),
+            max: l.queue_max.with_label_values(&[upstream]),
         }
+    }
+
+    /// What the emptiest bucket of token limit `limit` on `route` has left.
+    #[must_use]
+    pub fn token_budget_remaining(&self, route: &str, limit: &str) -> IntGauge {
+        self.limits
+            .token_remaining
+            .with_label_values(&[route, limit])
+    }
+
+    /// What client key `key` (of `team`, or empty) has left of a budget this instance keeps.
+    #[must_use]
+    pub fn key_budget_remaining(&self, key: &str, team: &str) -> Gauge {
+        self.limits
+            .key_budget_remaining
+            .with_label_values(&[key, team])
     }
 
     /// Failed Redis operations of the shared limits.

@@ -10,11 +10,15 @@ use std::sync::OnceLock;
 
 mod ab;
 mod cache;
+mod gateway_time;
+mod genai;
 mod limits;
 mod upstream;
 
 pub use ab::UsageMetrics;
 pub use cache::{CacheResult, CacheTier, RouteCacheMetrics, TierMetrics};
+pub use gateway_time::{GatewayTimeMetrics, Phase, PhaseTimes, GATEWAY_BUCKETS};
+pub use genai::{GenAiRequest, Operation, MAX_MODELS};
 pub use limits::{LimitMetrics, QueueMetrics, Rejection, RouteLimitMetrics};
 pub use upstream::{ConnectionMetrics, EndpointMetrics, TryFailure};
 
@@ -37,6 +41,8 @@ pub struct Metrics {
     limits: limits::LimitFamilies,
     upstreams: upstream::UpstreamFamilies,
     ab: ab::AbFamilies,
+    gateway: gateway_time::GatewayFamilies,
+    genai: genai::GenAiFamilies,
 }
 
 impl Metrics {
@@ -89,12 +95,20 @@ impl Metrics {
         let limits = limits::LimitFamilies::new()?;
         let upstreams = upstream::UpstreamFamilies::new()?;
         let ab = ab::AbFamilies::new()?;
+        let gateway = gateway_time::GatewayFamilies::new()?;
+        let genai = genai::GenAiFamilies::new()?;
+        // CPU, resident memory, open files, start time: the standard `process_*` families.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         for c in cache
             .collectors()
             .into_iter()
             .chain(limits.collectors())
             .chain(upstreams.collectors())
             .chain(ab.collectors())
+            .chain(gateway.collectors())
+            .chain(genai.collectors())
         {
             registry.register(c)?;
         }
@@ -122,6 +136,8 @@ impl Metrics {
             limits,
             upstreams,
             ab,
+            gateway,
+            genai,
         })
     }
 
@@ -263,6 +279,14 @@ mod tests {
         assert!(text.contains(r#"sluice_config_reloads_total{result="error"} 1"#));
         assert!(text.contains(r#"sluice_config_reloads_total{result="ok"} 0"#));
         assert!(text.contains(r#"sluice_build_info{version="1.2.3"} 1"#));
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{family} ")), "{family} missing");
+        }
     }
 
     #[test]

@@ -4,13 +4,14 @@
 
 use super::errors::Errors;
 use super::limits::{
-    attach, check_limits, CheckedLimit, LimitCommon, LimitKey, LimitScope, RouteLimits, TokenLimit,
+    attach, check_limits, CheckedLimit, LimitCommon, LimitKey, LimitScope, RouteLimits,
+    TokenGauges, TokenLimit,
 };
 use super::locate::{field_path, Seg};
 use super::needs::Needs;
 use super::shared::SharedState;
 use super::spec::{AuthSpec, BudgetSpec, KeySpec};
-use prometheus::Counter;
+use prometheus::{Counter, Gauge};
 use sha2::{Digest, Sha256};
 use sluice_plugins::glob::Glob;
 use sluice_plugins::limits::Rate;
@@ -49,6 +50,8 @@ pub struct KeyBudget {
     pub scope: String,
     /// `sluice_key_spend_usd_total{key,team}`.
     pub spend: Counter,
+    /// `sluice_key_budget_remaining_usd{key,team}`, for a budget this instance keeps.
+    pub remaining: Option<Gauge>,
 }
 
 impl KeyBudget {
@@ -56,10 +59,7 @@ impl KeyBudget {
     /// from the local bucket, so only for a budget that is not in Redis (`null` there).
     fn admin_view(&self) -> serde_json::Value {
         let shared = self.limits.any_shared();
-        let left =
-            self.limits.tokens.first().filter(|_| !shared).map(|l| {
-                l.local.peek(0, std::time::Instant::now()).remaining as f64 / MICROS_PER_USD
-            });
+        let left = self.left_usd().filter(|_| !shared);
         serde_json::json!({
             "usd": self.usd,
             "per_seconds": self.per.as_secs(),
@@ -67,6 +67,22 @@ impl KeyBudget {
             "spent_usd": self.spend.get(),
             "left_usd": left,
         })
+    }
+}
+
+impl KeyBudget {
+    /// What the local bucket has left, in US dollars.
+    fn left_usd(&self) -> Option<f64> {
+        let bucket = &self.limits.tokens.first()?.local;
+        #[allow(clippy::cast_precision_loss)] // micro-dollars stay far below 2^52
+        Some(bucket.peek(0, std::time::Instant::now()).remaining as f64 / MICROS_PER_USD)
+    }
+
+    /// Sets the remaining-budget gauge of a budget this instance keeps.
+    pub fn refresh_gauge(&self) {
+        if let Some((gauge, left)) = self.remaining.as_ref().zip(self.left_usd()) {
+            gauge.set(left);
+        }
     }
 }
 
@@ -330,13 +346,17 @@ pub(super) fn attach_keys(checked: Vec<CheckedKey>, state: &SharedState, shared:
                 scope: scope.clone(),
                 limits: l,
             });
+        let team = key.team.as_deref().unwrap_or("");
         key.budget = budget.map(|(usd, per, rate)| {
             let metrics = state.metrics.limit(&scope, BUDGET_LIMIT);
-            let local = state.limit_buckets.tokens(
-                (scope.clone(), BUDGET_LIMIT.to_string()),
-                rate,
-                metrics.keys.clone(),
-            );
+            let gauges = TokenGauges {
+                keys: metrics.keys.clone(),
+                remaining: None,
+            };
+            let local =
+                state
+                    .limit_buckets
+                    .tokens((scope.clone(), BUDGET_LIMIT.to_string()), rate, gauges);
             let limit = TokenLimit {
                 common: LimitCommon {
                     name: BUDGET_LIMIT.to_string(),
@@ -356,9 +376,8 @@ pub(super) fn attach_keys(checked: Vec<CheckedKey>, state: &SharedState, shared:
                     requests: Vec::new(),
                     tokens: vec![limit],
                 },
-                spend: state
-                    .metrics
-                    .key_spend(&key.name, key.team.as_deref().unwrap_or("")),
+                spend: state.metrics.key_spend(&key.name, team),
+                remaining: (!shared).then(|| state.metrics.key_budget_remaining(&key.name, team)),
                 scope,
             }
         });

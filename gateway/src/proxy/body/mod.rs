@@ -111,6 +111,12 @@ impl Body {
         Ok(self.json.as_mut())
     }
 
+    /// The request's `model`, when a phase has already parsed the body (never parses it).
+    #[must_use]
+    pub fn parsed_model(&self) -> Option<&str> {
+        self.json.as_ref()?.get("model")?.as_str()
+    }
+
     /// Lets `edit` change the body's JSON object and, when it says it did, writes the bytes the
     /// upstream gets back from it; `Ok(false)` without a read body.
     pub fn rewrite_json(

@@ -89,3 +89,38 @@ async fn a_keys_own_limits_hold_across_routes_and_other_keys_are_untouched() {
     let (_, answer) = run_one(&policy, &call("/a", "sk-two")).await;
     assert!(answer.starts_with("http/1.1 200"), "another key: {answer}");
 }
+
+#[tokio::test]
+async fn each_phase_a_request_went_through_is_timed_and_skipped_ones_are_not() {
+    let port = upstream(ANSWER).await;
+    let policy = compile_text(&format!(
+        "upstreams:\n  u: {{ endpoints: [ {{ url: \"http://127.0.0.1:{port}\" }} ], max_concurrency: 1, queue: {{ max: 2, timeout: 1s }} }}\n  v: {{ endpoints: [ {{ url: \"http://127.0.0.1:{port}\" }} ] }}\nroutes:\n  - name: plain\n    upstream: v\n    match: {{ path_prefix: /plain }}\n  - name: chat\n    upstream: u\n    limits:\n      - {{ name: rpm, key: route, requests_per_minute: 1 }}\n"
+    ))
+    .unwrap();
+    let (record, answer) = run_one(&policy, &post("/v1/chat/completions", "", "{}")).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    for phase in [
+        Phase::Route,
+        Phase::Split,
+        Phase::Limits,
+        Phase::QueueWait,
+        Phase::ForwardSetup,
+    ] {
+        assert!(record.phases.get(phase).is_some(), "{phase:?} not timed");
+    }
+    assert_eq!(record.phases.get(Phase::CacheLookup), None);
+    assert_eq!(record.tries.len(), 1);
+
+    // Refused by its limit: the limits phase still counts, nothing after it does.
+    let (record, answer) = run_one(&policy, &post("/v1/chat/completions", "", "{}")).await;
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(record.phases.get(Phase::Limits).is_some());
+    assert_eq!(record.phases.get(Phase::QueueWait), None);
+    assert_eq!(record.phases.get(Phase::ForwardSetup), None);
+
+    // A route with no limits and no queue pays for neither.
+    let (record, _) = run_one(&policy, &post("/plain", "", "{}")).await;
+    assert_eq!(record.phases.get(Phase::Limits), None);
+    assert_eq!(record.phases.get(Phase::QueueWait), None);
+    assert!(record.phases.get(Phase::ForwardSetup).is_some());
+}

@@ -93,6 +93,14 @@ impl CacheStore {
         metrics: &Metrics,
         handle: &Handle,
     ) -> Result<CacheStore, String> {
+        let limit = |tier, bytes: u64| {
+            let gauge = metrics.cache_max_bytes(tier);
+            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        };
+        limit(CacheTier::Memory, config.memory_max_bytes);
+        if let Some(disk) = &config.disk {
+            limit(CacheTier::Disk, disk.max_bytes);
+        }
         let memory = MemoryTier::start(
             config.memory_max_bytes,
             metrics.cache_tier(CacheTier::Memory),
