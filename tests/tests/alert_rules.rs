@@ -1,63 +1,25 @@
 //! The Prometheus rules in `grafana/rules/`: promtool accepts every rule file and passes every
 //! unit test file beside them, and, read from the YAML, every alert has a test case where it
 //! fires and one where it stays quiet, a severity, a summary, a description and a runbook_url
-//! whose anchor is a heading of docs/operations.md. An alert nobody tested, or a runbook link
-//! into nothing, fails here instead of at 3 a.m.
+//! whose anchor is a heading of docs/operations.md; and every metric and label the rules read
+//! is one a running sluice exposes. An alert nobody tested, a renamed metric it reads, or a
+//! runbook link into nothing fails here instead of at 3 a.m.
 
-use serde_yaml::Value;
-use sluice_e2e::workspace;
+mod alert_rules_support;
+
+use alert_rules_support::{
+    alerts, cases, exposed, exprs, heading_anchors, rule_files, test_files, unexposed, untested,
+    Case, Selected,
+};
+use promql_parser::parser;
+use promql_parser::util::walk_expr;
+use sluice_e2e::{config, sha256, workspace, Gateway, Mock, RedisServer, PATIENCE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const SEVERITIES: &[&str] = &["page", "ticket", "info"];
 const RUNBOOK_PAGE: &str = "docs/operations.md";
-
-// === The files ===
-
-/// The files of `grafana/rules/` whose names end in `suffix`, sorted.
-fn rule_dir_files(suffix: &str) -> Vec<PathBuf> {
-    let dir = workspace().join("grafana/rules");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .collect();
-    out.sort();
-    assert!(!out.is_empty(), "no *{suffix} in {}", dir.display());
-    out
-}
-
-fn rule_files() -> Vec<PathBuf> {
-    rule_dir_files(".rules.yml")
-}
-
-fn test_files() -> Vec<PathBuf> {
-    rule_dir_files(".test.yml")
-}
-
-fn yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().unwrap().to_string_lossy().into_owned()
-}
-
-/// A YAML mapping of scalars as strings (`exp_labels`, `labels`, `annotations`).
-fn string_map(value: &Value) -> BTreeMap<String, String> {
-    let scalar = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).unwrap().trim().to_string(),
-    };
-    value
-        .as_mapping()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (scalar(k), scalar(v)))
-        .collect()
-}
 
 // === promtool ===
 
@@ -99,118 +61,6 @@ fn promtool_unit_tests_pass() {
 
 // === The alerts and their test cases ===
 
-/// An alerting rule: several rules may share a name (a fast and a slow burn), told apart by
-/// their static labels.
-#[derive(Debug)]
-struct Alert {
-    name: String,
-    file: String,
-    labels: BTreeMap<String, String>,
-    annotations: BTreeMap<String, String>,
-}
-
-impl Alert {
-    fn id(&self) -> String {
-        format!("{} {:?} ({})", self.name, self.labels, self.file)
-    }
-}
-
-fn alerts() -> Vec<Alert> {
-    let mut out = Vec::new();
-    for path in rule_files() {
-        let doc = yaml(&path);
-        let groups = doc["groups"].as_sequence().expect("groups");
-        for rule in groups
-            .iter()
-            .flat_map(|g| g["rules"].as_sequence().unwrap())
-        {
-            if let Some(name) = rule["alert"].as_str() {
-                out.push(Alert {
-                    name: name.to_string(),
-                    file: file_name(&path),
-                    labels: string_map(&rule["labels"]),
-                    annotations: string_map(&rule["annotations"]),
-                });
-            }
-        }
-    }
-    assert!(!out.is_empty(), "no alerting rules in grafana/rules");
-    out
-}
-
-/// An `alert_rule_test` entry: what alerts it expects, and which rule files its test file
-/// loads (a case in a file that does not load the alert's rules is quiet for nothing).
-#[derive(Debug)]
-struct Case {
-    alertname: String,
-    loads: BTreeSet<String>,
-    /// Each expected alert's `exp_labels` and `exp_annotations`.
-    expected: Vec<(BTreeMap<String, String>, BTreeMap<String, String>)>,
-}
-
-fn cases() -> Vec<Case> {
-    let mut out = Vec::new();
-    for path in test_files() {
-        let doc = yaml(&path);
-        let loads: BTreeSet<String> = doc["rule_files"]
-            .as_sequence()
-            .unwrap_or_else(|| panic!("{}: no rule_files", path.display()))
-            .iter()
-            .map(|f| f.as_str().unwrap().to_string())
-            .collect();
-        for test in doc["tests"].as_sequence().expect("tests") {
-            for case in test["alert_rule_test"].as_sequence().into_iter().flatten() {
-                let expected = case["exp_alerts"]
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| {
-                        (
-                            string_map(&a["exp_labels"]),
-                            string_map(&a["exp_annotations"]),
-                        )
-                    })
-                    .collect();
-                out.push(Case {
-                    alertname: case["alertname"].as_str().unwrap().to_string(),
-                    loads: loads.clone(),
-                    expected,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// What is missing: for each alerting rule, a case where it fires with its labels and all its
-/// annotations; for each alert name, a case where it is expected quiet.
-fn untested(alerts: &[Alert], cases: &[Case]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for alert in alerts {
-        let mine = || {
-            cases
-                .iter()
-                .filter(|c| c.alertname == alert.name && c.loads.contains(&alert.file))
-        };
-        let fires = mine().any(|c| {
-            c.expected.iter().any(|(labels, annotations)| {
-                alert.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-                    && annotations.keys().eq(alert.annotations.keys())
-            })
-        });
-        if !fires {
-            problems.push(format!(
-                "{}: no test case where it fires with its labels and annotations",
-                alert.id()
-            ));
-        }
-        if !mine().any(|c| c.expected.is_empty()) {
-            problems.push(format!("{}: no test case where it stays quiet", alert.id()));
-        }
-    }
-    problems
-}
-
 #[test]
 fn every_alert_has_a_firing_and_a_quiet_test_case() {
     let problems = untested(&alerts(), &cases());
@@ -233,40 +83,6 @@ fn the_coverage_check_reports_a_missing_quiet_case() {
 }
 
 // === Annotations and runbooks ===
-
-/// The anchors GitHub gives the headings of a Markdown file (code blocks skipped): lower case,
-/// punctuation dropped, spaces as hyphens, `-1`, `-2` ... on repeats.
-fn heading_anchors(markdown: &str) -> BTreeSet<String> {
-    let mut anchors = BTreeSet::new();
-    let mut in_code = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        let Some(title) = line.strip_prefix('#') else {
-            continue;
-        };
-        if in_code {
-            continue;
-        }
-        let slug: String = title
-            .trim_start_matches('#')
-            .trim()
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
-            .map(|c| if c == ' ' { '-' } else { c })
-            .collect();
-        let mut anchor = slug.clone();
-        let mut n = 0;
-        while !anchors.insert(anchor.clone()) {
-            n += 1;
-            anchor = format!("{slug}-{n}");
-        }
-    }
-    anchors
-}
 
 #[test]
 fn heading_anchors_follow_github() {
@@ -322,5 +138,121 @@ fn every_alert_says_how_bad_what_and_where_its_runbook_is() {
             }
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// === The metrics the rules read, against a running sluice ===
+
+#[test]
+fn the_exposure_check_reports_unknown_metrics_labels_and_records() {
+    let mut exposed = BTreeMap::new();
+    exposed.insert(
+        "sluice_requests_total".to_string(),
+        ["route", "upstream"].map(String::from).into(),
+    );
+    let problems = unexposed(&exposed).join("\n");
+    assert!(
+        problems.contains("sluice_requests_total has no label code"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("sluice exposes no sluice_queue_max"),
+        "{problems}"
+    );
+    assert!(!problems.contains("no rule records"), "{problems}");
+}
+
+const KEY: &str = "sk-sluice-alert-rules";
+
+/// A route with a cache, a token limit, a queue, outlier detection and a key with a budget:
+/// the families of this instance's own buckets.
+fn local_config(mock: &Mock, disk: &Path) -> String {
+    config(
+        &[&mock.url],
+        "    max_concurrency: 4\n    queue: { max: 8, timeout: 5s }\n    outlier: { consecutive_failures: 5 }\n",
+        "  - name: chat\n    upstream: up\n    auth: optional\n    cache: { ttl: 60s }\n    limits:\n      - { name: per-key-tpm, key: api_key, tokens_per_minute: 100000 }\n",
+    ) + &format!(
+        "cache:\n  memory: {{ max_bytes: 16MiB }}\n  disk: {{ path: \"{}\", max_bytes: 16MiB }}\n\
+         pricing:\n  mock-gpt-4o: {{ input: 1, output: 1 }}\n\
+         keys:\n  - {{ name: app-a, team: red, hash: \"sha256:{}\", budget: {{ usd: 10, per: 30d }} }}\n",
+        disk.display(),
+        sha256(KEY.as_bytes())
+    )
+}
+
+/// The same route with a Redis cache tier and a shared limit: the Redis families.
+fn redis_config(mock: &Mock, redis: &RedisServer) -> String {
+    config(
+        &[&mock.url],
+        "",
+        "  - name: chat\n    upstream: up\n    cache: { ttl: 60s }\n    limits:\n      - { name: shared-rps, key: api_key, requests_per_second: 100, burst: 100, shared: true, instances: 2 }\n",
+    ) + &format!(
+        "redis:\n  url: \"{}\"\n  timeout: 100ms\ncache:\n  redis: true\n",
+        redis.url()
+    )
+}
+
+/// Sends the same chat request twice: a miss, then a hit.
+async fn exercise(gw: &Gateway) {
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let resp = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(KEY)
+            .body(r#"{"model":"mock-gpt-4o","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", gw.log_text());
+    }
+}
+
+/// The metric names and label names of both gateways together, once every name in `wanted`
+/// is there (some gauges are set by a sweep) or after the harness's patience.
+async fn exposed_by(
+    gws: &[&Gateway],
+    wanted: &BTreeSet<String>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for gw in gws {
+            for (name, labels) in exposed(&gw.metrics().await) {
+                all.entry(name).or_default().extend(labels);
+            }
+        }
+        if wanted.iter().all(|name| all.contains_key(name)) || std::time::Instant::now() > deadline
+        {
+            return all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_metric_and_label_the_rules_read_is_exposed_by_sluice() {
+    let mock = Mock::start("alerts", &[]);
+    let disk = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let local = Gateway::start(&local_config(&mock, disk.path()));
+    let shared = Gateway::start(&redis_config(&mock, &redis));
+
+    // The names the rules select, so the scrapes wait for families set late (at a sweep).
+    let mut wanted = BTreeSet::new();
+    for (_, expr) in exprs().0 {
+        let mut selected = Selected::default();
+        walk_expr(&mut selected, &parser::parse(&expr).unwrap()).unwrap();
+        wanted.extend(
+            selected
+                .found
+                .into_iter()
+                .map(|(m, _)| m)
+                .filter(|m| !m.contains(':')),
+        );
+    }
+    exercise(&local).await;
+    exercise(&shared).await;
+    let all = exposed_by(&[&local, &shared], &wanted).await;
+    let problems = unexposed(&all);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
