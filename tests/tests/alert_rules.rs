@@ -1,22 +1,26 @@
 //! The Prometheus rules in `grafana/rules/`: promtool accepts every rule file and passes every
 //! unit test file beside them, and, read from the YAML, every alert has a test case where it
 //! fires and one where it stays quiet, a severity, a summary, a description and a runbook_url
-//! whose anchor is a heading of docs/operations.md; and every metric and label the rules read
-//! is one a running sluice exposes. An alert nobody tested, a renamed metric it reads, or a
-//! runbook link into nothing fails here instead of at 3 a.m.
+//! whose anchor is a heading of docs/operations.md; every metric and label the rules read is
+//! one a running sluice exposes, and a real Prometheus scraping sluice evaluates every rule
+//! without error. An alert nobody tested, a renamed metric it reads, a match that fails on real
+//! series or a runbook link into nothing fails here instead of at 3 a.m.
 
 mod alert_rules_support;
 
 use alert_rules_support::{
     alerts, cases, exposed, exprs, heading_anchors, rule_files, test_files, unexposed, untested,
-    Case, Selected,
+    yaml, Case, Selected,
 };
 use promql_parser::parser;
 use promql_parser::util::walk_expr;
-use sluice_e2e::{config, sha256, workspace, Gateway, Mock, RedisServer, PATIENCE};
+use sluice_e2e::{
+    config, free_port, sha256, workspace, Gateway, Mock, Proc, RedisServer, PATIENCE,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const SEVERITIES: &[&str] = &["page", "ticket", "info"];
 const RUNBOOK_PAGE: &str = "docs/operations.md";
@@ -229,14 +233,35 @@ async fn exposed_by(
     }
 }
 
-#[tokio::test]
-async fn every_metric_and_label_the_rules_read_is_exposed_by_sluice() {
+/// Two exercised sluices, the second on Redis, and what they run on.
+struct Sluices {
+    local: Gateway,
+    shared: Gateway,
+    _redis: RedisServer,
+    _mock: Mock,
+    _disk: tempfile::TempDir,
+}
+
+async fn sluices() -> Sluices {
     let mock = Mock::start("alerts", &[]);
     let disk = tempfile::tempdir().unwrap();
     let redis = RedisServer::start();
     let local = Gateway::start(&local_config(&mock, disk.path()));
     let shared = Gateway::start(&redis_config(&mock, &redis));
+    exercise(&local).await;
+    exercise(&shared).await;
+    Sluices {
+        local,
+        shared,
+        _redis: redis,
+        _mock: mock,
+        _disk: disk,
+    }
+}
 
+#[tokio::test]
+async fn every_metric_and_label_the_rules_read_is_exposed_by_sluice() {
+    let sluices = sluices().await;
     // The names the rules select, so the scrapes wait for families set late (at a sweep).
     let mut wanted = BTreeSet::new();
     for (_, expr) in exprs().0 {
@@ -250,9 +275,128 @@ async fn every_metric_and_label_the_rules_read_is_exposed_by_sluice() {
                 .filter(|m| !m.contains(':')),
         );
     }
-    exercise(&local).await;
-    exercise(&shared).await;
-    let all = exposed_by(&[&local, &shared], &wanted).await;
+    let all = exposed_by(&[&sluices.local, &sluices.shared], &wanted).await;
     let problems = unexposed(&all);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// === In a real Prometheus ===
+
+/// A real Prometheus scraping `targets` (host:port) every second and evaluating copies of the
+/// rule files whose groups run every second instead of every minute.
+struct Prometheus {
+    url: String,
+    dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Prometheus {
+    fn start(targets: &[String]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).unwrap();
+        for path in rule_files() {
+            let mut doc = yaml(&path);
+            for group in doc["groups"].as_sequence_mut().unwrap() {
+                group["interval"] = "1s".into();
+            }
+            let copy = rules.join(path.file_name().unwrap());
+            std::fs::write(copy, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        }
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+                 rule_files: [\"{}/*.rules.yml\"]\n\
+                 scrape_configs:\n  - job_name: sluice\n    static_configs: [ {{ targets: [{}] }} ]\n",
+                rules.display(),
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run prometheus ({e}): run `make deps` (Debian: apt-get install prometheus)"
+                )
+            });
+        Prometheus {
+            url: format!("http://{listen}"),
+            dir,
+            _proc: Proc { child },
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// `GET /api/v1/<path>`'s `data`, or `None` while Prometheus does not answer.
+    async fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let answer: serde_json::Value = reqwest::get(format!("{}/api/v1/{path}", self.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(answer["data"].clone())
+    }
+}
+
+#[tokio::test]
+async fn every_rule_evaluates_without_error_on_a_real_prometheus_scraping_sluice() {
+    let sluices = sluices().await;
+    let targets: Vec<String> = [&sluices.local, &sluices.shared]
+        .iter()
+        .map(|gw| gw.admin.trim_start_matches("http://").to_string())
+        .collect();
+    let prometheus = Prometheus::start(&targets);
+    // Both scraped, and the recording rules evaluated on what was scraped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let query = "query?query=count(up%3D%3D1)%20%2B%20count(route:sluice_cache_lookups:rate30m)";
+    loop {
+        let data = prometheus.api(query).await;
+        let value = data
+            .as_ref()
+            .and_then(|d| d["result"][0]["value"][1].as_str());
+        if value == Some("3") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped both sluices and recorded their cache lookups ({data:?}):\n{}",
+            prometheus.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two more rounds of every group on the scraped series.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let groups = prometheus.api("rules").await.unwrap();
+    let mut rules = 0;
+    let mut problems = Vec::new();
+    for rule in groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+    {
+        rules += 1;
+        if rule["health"] != "ok" {
+            problems.push(format!(
+                "{}: {} {}",
+                rule["name"], rule["health"], rule["lastError"]
+            ));
+        }
+    }
+    assert_eq!(rules, exprs().0.len(), "{groups}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
