@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 # also need redis-server (shared cache and limits), prometheus, nginx and wrk (the load
 # benchmark's baseline and client). `make run` installs only what the build needs.
 BUILD_PACKAGES := cmake:cmake
-APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prlimit:util-linux prometheus:prometheus
+APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prlimit:util-linux prometheus:prometheus chromium:chromium
 
 .PHONY: deps deps-build venv build build-release run test lint bench bench-compare bench-instructions bench-percore bench-allocs bench-allocs-run fuzz clean
 
@@ -54,6 +54,7 @@ run: build-release
 	done; \
 	echo ""; \
 	echo "sluice on http://127.0.0.1:8080  (metrics: http://127.0.0.1:9090/metrics)"; \
+	echo "status page: http://127.0.0.1:9090/"; \
 	echo "try:  curl -s http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
 	echo "      curl -sN http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
 	echo ""; \

@@ -87,7 +87,7 @@ impl Delta<'_> {
         self.new
             .matching(name, labels)
             .map(|s| self.increase(s))
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 
     /// The increase of each `le` bucket of histogram `name` (summed over other labels).
@@ -173,7 +173,7 @@ fn route_stats(delta: &Delta<'_>, route: &str, window_s: f64) -> RouteStats {
         .matching("sluice_requests_total", &r)
         .filter(|s| s.label("code").is_some_and(|c| c.starts_with('5')))
         .map(|s| delta.increase(s))
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let limited = delta.sum(
         "sluice_requests_total",
         &[("route", route), ("code", "429")],
@@ -250,7 +250,7 @@ fn variants(delta: &Delta<'_>, scrape: &Scrape) -> Vec<VariantShare> {
                 .iter()
                 .filter(|o| o.label("route") == Some(route))
                 .map(|o| o.value)
-                .sum();
+                .fold(0.0, |a, b| a + b);
             VariantShare {
                 route: route.to_string(),
                 variant: variant.to_string(),
@@ -274,6 +274,12 @@ impl History {
     pub const WINDOW_S: f64 = 5.0;
     /// Samples closer together than this reuse the newest (several pages open).
     pub const MIN_GAP_S: f64 = 0.5;
+
+    /// Whether no sample was taken yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
 
     /// Whether a sample taken at `now_s` would be kept.
     #[must_use]

@@ -1,5 +1,7 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and `/admin/*` (behind the bearer
-//! token when `admin.token_env` is set).
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, the status page at `/`, and
+//! `/admin/*` (behind the bearer token when `admin.token_env` is set).
+
+mod stats;
 
 use crate::bind::Readiness;
 use crate::reload::PolicyStore;
@@ -19,7 +21,12 @@ pub struct AdminApp {
     token: Option<String>,
     readiness: Arc<Readiness>,
     cache: Option<Arc<PromptCache>>,
+    sampler: stats::Sampler,
 }
+
+/// The status page: one self-contained document (no external scripts, fonts or images) that
+/// polls `/admin/stats` every second.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 impl AdminApp {
     #[must_use]
@@ -34,6 +41,7 @@ impl AdminApp {
             token,
             readiness,
             cache,
+            sampler: stats::Sampler::default(),
         }
     }
 
@@ -138,6 +146,11 @@ impl AdminApp {
                 self.store.shared().metrics.encode().into_bytes()
             }),
             (&Method::GET, "/healthz") => (StatusCode::OK, text, b"ok\n".to_vec()),
+            (&Method::GET, "/") => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                STATUS_PAGE.as_bytes().to_vec(),
+            ),
             (&Method::GET, "/readyz") => {
                 if self.readiness.is_draining() {
                     (
@@ -198,7 +211,8 @@ impl AdminApp {
 /// The one method each admin path takes; `None` for an unknown path.
 fn allowed_method(path: &str) -> Option<Method> {
     match path {
-        "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/keys" => Some(Method::GET),
+        "/" | "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/keys"
+        | "/admin/stats" => Some(Method::GET),
         "/admin/reload" | "/admin/cache/purge" => Some(Method::POST),
         _ => None,
     }
@@ -246,10 +260,15 @@ impl ServeHttp for AdminApp {
         let body = read_body(session).await;
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let get = method == Method::GET || method == Method::HEAD;
         let (status, content_type, body) =
             if method == Method::POST && path == "/admin/cache/purge" && self.authorized(session) {
                 let (status, body) = self.purge(&body).await;
                 (status, "application/json", body)
+            } else if get && path == "/admin/stats" && self.authorized(session) {
+                let stats = self.sampler.stats(&self.store).await;
+                let body = serde_json::to_vec(&stats).unwrap_or_default();
+                (StatusCode::OK, "application/json", body)
             } else {
                 self.route(&method, &path, session)
             };
