@@ -7,6 +7,7 @@ pub use answer::Answer;
 pub use gateway::Gateway;
 pub use metrics::{metric_sum, metric_value, scrape};
 pub use mock::{Mock, UpstreamCalls};
+pub use prometheus::Prometheus;
 pub use sluice_testkit::{free_port, Proc, RedisServer};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +17,7 @@ mod answer;
 mod gateway;
 mod metrics;
 mod mock;
+mod prometheus;
 
 /// How long a poll waits for something that takes milliseconds on an idle machine. Generous,
 /// since CI runs test binaries next to a parallel build on two cores; only a failing test

@@ -1,99 +1,19 @@
 //! The Grafana dashboards (`grafana/dashboards/*.json`) against a running sluice: every panel
 //! and variable query parses as PromQL once Grafana's variables are filled in, and names only
-//! metrics, and labels of those metrics, that a sluice with a split route, pricing, a cache and
-//! limits exposes. A renamed metric or a typo fails here instead of showing an empty panel.
+//! metrics, and labels of those metrics, that a sluice driven through every feature exposes
+//! (dashboards_support/scenario.rs). A renamed metric or a typo fails here instead of showing
+//! an empty panel; a label the panel groups by that the metric lacks (which Prometheus
+//! answers without complaint) fails here too.
 
+mod dashboards_support;
+
+use dashboards_support::scenario::Scenario;
+use dashboards_support::{dashboards, label_values_args, panels, queries, variables, Query};
 use promql_parser::parser::{self, Expr, LabelModifier};
 use promql_parser::util::{walk_expr, ExprVisitor};
-use serde_json::{json, Value};
-use sluice_e2e::{metric_sum, scrape, workspace, Gateway, Mock};
+use serde_json::json;
+use sluice_e2e::{scrape, workspace};
 use std::collections::{BTreeMap, BTreeSet};
-
-// === The dashboards ===
-
-/// One PromQL query of a dashboard and where it is, for the failure message.
-struct Query {
-    place: String,
-    text: String,
-    /// A query variable, `label_values(selector, label)`, rather than a panel's `expr`.
-    variable: bool,
-}
-
-/// Every `grafana/dashboards/*.json`, by file name, parsed.
-fn dashboards() -> Vec<(String, Value)> {
-    let dir = workspace().join("grafana/dashboards");
-    let mut out: Vec<(String, Value)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let json = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{name} is not valid JSON: {e}"));
-            (name, json)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(!out.is_empty(), "no dashboards in {}", dir.display());
-    out
-}
-
-/// Every panel of a dashboard, those inside collapsed rows included.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
-        for panel in list.as_array().into_iter().flatten() {
-            out.push(panel);
-            walk(&panel["panels"], out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dashboard["panels"], &mut out);
-    out
-}
-
-/// The dashboard's template variables.
-fn variables(dashboard: &Value) -> impl Iterator<Item = &Value> {
-    dashboard["templating"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-}
-
-/// Every query of a dashboard: panel targets, then query variables.
-fn queries(name: &str, dashboard: &Value) -> Vec<Query> {
-    let mut out = Vec::new();
-    for panel in panels(dashboard) {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap_or_else(|| {
-                panic!("{name}: panel {} has a target without expr", panel["id"])
-            });
-            out.push(Query {
-                place: format!(
-                    "{name}: panel {} \"{}\" target {}",
-                    panel["id"],
-                    panel["title"].as_str().unwrap_or_default(),
-                    target["refId"].as_str().unwrap_or_default()
-                ),
-                text: expr.to_string(),
-                variable: false,
-            });
-        }
-    }
-    for var in variables(dashboard).filter(|v| v["type"] == "query") {
-        // Grafana 10+ stores {query, refId}; older files a bare string.
-        let query = var["query"]["query"].as_str().or(var["query"].as_str());
-        out.push(Query {
-            place: format!(
-                "{name}: variable {}",
-                var["name"].as_str().unwrap_or_default()
-            ),
-            text: query.unwrap_or_default().to_string(),
-            variable: true,
-        });
-    }
-    out
-}
 
 // === Grafana's variables ===
 
@@ -103,7 +23,10 @@ const VARIABLES: &[(&str, &str)] = &[
     ("datasource", "sluice-prometheus"),
     ("route", "chat"),
     ("variant", "(control|candidate)"),
-    ("upstream", "(control-up|cand-up)"),
+    ("upstream", "(primary|candidate)"),
+    ("endpoint", "(http://127\\\\.0\\\\.0\\\\.1:8001)"),
+    ("tier", "(memory|redis|disk)"),
+    ("key", "(app-a)"),
     ("__rate_interval", "1m"),
     ("__interval", "15s"),
     ("__interval_ms", "15000"),
@@ -112,43 +35,14 @@ const VARIABLES: &[(&str, &str)] = &[
     ("__range_ms", "3600000"),
 ];
 
-/// `text` with `$name`, `${name}` and `${name:format}` replaced; an unknown variable is an
-/// error. `$1` and `${1}` are regex groups (label_replace), which Grafana leaves alone.
+/// `text` with Grafana's variables replaced by [`VARIABLES`].
 fn interpolate(text: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (name, token_len) = match after.strip_prefix('{') {
-            Some(braced) => {
-                let end = braced
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed ${{ in {text}"))?;
-                let inner = &braced[..end];
-                (inner.split(':').next().unwrap_or(inner), end + 2)
-            }
-            None => {
-                let end = after
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(after.len());
-                (&after[..end], end)
-            }
-        };
-        let token = &rest[at..at + 1 + token_len];
-        if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(token);
-        } else {
-            let value = VARIABLES
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| format!("unknown variable {token}"))?;
-            out.push_str(value.1);
-        }
-        rest = &rest[at + 1 + token_len..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    dashboards_support::interpolate(text, |name| {
+        VARIABLES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 // === What a query uses ===
@@ -242,12 +136,8 @@ fn made_labels(expr: &Expr) -> BTreeSet<String> {
 fn uses(query: &Query) -> Result<Vec<Use>, String> {
     let text = interpolate(&query.text)?;
     let (promql, label) = if query.variable {
-        let (selector, label) = text
-            .strip_prefix("label_values(")
-            .and_then(|t| t.strip_suffix(')'))
-            .and_then(|t| t.rsplit_once(','))
-            .ok_or_else(|| format!("not label_values(metric, label): {text}"))?;
-        (selector.trim(), Some(label.trim().to_string()))
+        let (selector, label) = label_values_args(&text)?;
+        (selector, Some(label.to_string()))
     } else {
         (text.as_str(), None)
     };
@@ -407,90 +297,22 @@ fn dashboards_are_well_formed_and_use_the_provisioned_datasource() {
     }
 }
 
-/// Two upstreams behind a split, priced models, a cache and limits: every family the
-/// dashboards read has series.
-fn gateway_config(control: &Mock, candidate: &Mock) -> String {
-    format!(
-        r#"server:
-  listen: ["{{listen}}"]
-  threads: 1
-admin:
-  listen: "{{admin}}"
-pricing:
-  mock-gpt-4o: {{ input: 2.5, output: 10 }}
-  "mock-small*": {{ input: 0.15, output: 0.6 }}
-upstreams:
-  control-up:
-    endpoints: [ {{ url: "{control}" }} ]
-    health: {{ path: /health, interval: 1s, timeout: 500ms }}
-    outlier: {{ consecutive_failures: 5, base_ejection: 10s }}
-  cand-up:
-    endpoints: [ {{ url: "{candidate}" }} ]
-routes:
-  - name: chat
-    match: {{ path_prefix: /v1/chat/completions }}
-    upstream: control-up
-    cache: {{ ttl: 60s }}
-    limits:
-      - {{ name: per-key-rps, key: api_key, requests_per_second: 1000, burst: 1000 }}
-      - {{ name: per-key-tpm, key: api_key, tokens_per_minute: 1000000 }}
-    split:
-      salt: grafana
-      allow_override: true
-      variants:
-        - {{ name: control, weight: 80 }}
-        - name: candidate
-          weight: 20
-          upstream: cand-up
-          set: {{ model: mock-small }}
-"#,
-        control = control.url,
-        candidate = candidate.url,
-    )
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_names_metrics_a_running_sluice_exposes() {
-    let control = Mock::start("control", &[]);
-    let candidate = Mock::start("candidate", &[]);
-    let gw = Gateway::start(&gateway_config(&control, &candidate));
-    let client = reqwest::Client::new();
-    // Each variant twice with the same prompt: a miss, then a hit.
-    for (variant, cache) in [
-        ("control", "miss"),
-        ("candidate", "miss"),
-        ("control", "hit"),
-        ("candidate", "hit"),
-    ] {
-        let body = json!({"model": "mock-gpt-4o", "messages": [{"role": "user", "content": format!("hi {variant}")}]});
-        let resp = client
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .header("authorization", "Bearer grafana-test")
-            .header("x-sluice-variant", variant)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{variant}: {}", gw.log_text());
-        let headers = resp.headers();
-        assert_eq!(headers["x-sluice-variant"], variant, "{headers:?}");
-        assert_eq!(headers["x-sluice-cache"], cache, "{variant}: {headers:?}");
-    }
-
+    let mut scenario = Scenario::start();
+    scenario.drive().await;
     let queries: Vec<Query> = dashboards()
         .iter()
         .flat_map(|(name, dashboard)| queries(name, dashboard))
         .collect();
-    assert!(queries.len() >= 40, "only {} queries found", queries.len());
-    // Metrics are recorded just after each response: scrape until every request counts.
-    let scrape = gw
-        .metrics_until(|m| {
-            let requests = |v: &str| metric_sum(m, "sluice_requests_total", &[("variant", v)]);
-            requests("control") + requests("candidate") >= 4.0
-                && problems(&queries, &exposed(m)).is_empty()
-        })
-        .await;
-    let found = problems(&queries, &exposed(&scrape));
+    assert!(queries.len() >= 100, "only {} queries found", queries.len());
+    // Both sluices: the second keeps a key budget of its own, which only it reports.
+    let scrape = scenario.gw.metrics().await;
+    let mut exposed = exposed(&scrape);
+    for (name, labels) in self::exposed(&scenario.local.metrics().await) {
+        exposed.entry(name).or_default().extend(labels);
+    }
+    let found = problems(&queries, &exposed);
     assert!(
         found.is_empty(),
         "{} problems in the dashboards:\n{}\n\nscrape:\n{scrape}",

@@ -3,8 +3,10 @@
 //! → underscores), so dashboards built for the conventions read sluice as they read a model server.
 
 use super::Metrics;
-use prometheus::{HistogramOpts, HistogramVec};
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -92,11 +94,65 @@ pub struct GenAiRequest<'a> {
 
 #[derive(Clone)]
 pub(super) struct GenAiFamilies {
+    /// Tells registries apart in the per-thread cache of handles.
+    id: u64,
     duration: HistogramVec,
     first_token: HistogramVec,
     per_token: HistogramVec,
     tokens: HistogramVec,
     models: Arc<Mutex<HashSet<String>>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The labels of the series one kind of request records into.
+struct SeriesKey {
+    families: u64,
+    operation: Operation,
+    provider: String,
+    model: String,
+    error_type: String,
+}
+
+impl SeriesKey {
+    fn of(families: u64, r: &GenAiRequest<'_>) -> SeriesKey {
+        SeriesKey {
+            families,
+            operation: r.operation,
+            provider: r.provider.to_string(),
+            model: r.model.to_string(),
+            error_type: r.error_type.to_string(),
+        }
+    }
+
+    fn is(&self, families: u64, r: &GenAiRequest<'_>) -> bool {
+        self.families == families
+            && self.operation == r.operation
+            && self.provider == r.provider
+            && self.model == r.model
+            && self.error_type == r.error_type
+    }
+}
+
+#[derive(Clone)]
+struct Series {
+    duration: Histogram,
+    /// Only successes record these, so a failure's labels resolve none.
+    success: Option<SuccessSeries>,
+}
+
+#[derive(Clone)]
+struct SuccessSeries {
+    first_token: Histogram,
+    per_token: Histogram,
+    input: Histogram,
+    output: Histogram,
+}
+
+thread_local! {
+    // The last request's series: a route's requests mostly share them, and resolving labels
+    // (hashing, a lock per family) costs more than everything else recorded per request.
+    static LAST: RefCell<Option<(SeriesKey, Series)>> = const { RefCell::new(None) };
 }
 
 const LABELS: &[&str] = &[
@@ -141,6 +197,7 @@ impl GenAiFamilies {
                 Some("gen_ai_token_type"),
             )?,
             models: Arc::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -151,6 +208,36 @@ impl GenAiFamilies {
             Box::new(self.per_token.clone()),
             Box::new(self.tokens.clone()),
         ]
+    }
+
+    /// The series `r` records into, resolved once per thread while requests keep their labels.
+    fn series(&self, r: &GenAiRequest<'_>) -> Series {
+        LAST.with_borrow_mut(|last| {
+            if let Some((_, series)) = last.as_ref().filter(|(k, _)| k.is(self.id, r)) {
+                return series.clone();
+            }
+            let key = SeriesKey::of(self.id, r);
+            let model = self.model_label(&key.model);
+            let base = [key.operation.name(), key.provider.as_str(), model];
+            let [op, provider, model] = base;
+            let series = Series {
+                duration: self
+                    .duration
+                    .with_label_values(&[op, provider, model, &key.error_type]),
+                success: key.error_type.is_empty().then(|| SuccessSeries {
+                    first_token: self.first_token.with_label_values(&base),
+                    per_token: self.per_token.with_label_values(&base),
+                    input: self
+                        .tokens
+                        .with_label_values(&[op, provider, model, "input"]),
+                    output: self
+                        .tokens
+                        .with_label_values(&[op, provider, model, "output"]),
+                }),
+            };
+            *last = Some((key, series.clone()));
+            series
+        })
     }
 
     /// The label for `model`: itself among the first [`MAX_MODELS`] names seen, else `other`.
@@ -171,33 +258,27 @@ impl Metrics {
     /// Records one request in the GenAI families.
     pub fn record_genai(&self, r: &GenAiRequest<'_>) {
         let g = &self.genai;
-        let model = g.model_label(r.model);
-        let labels = [r.operation.name(), r.provider, model];
-        let [op, provider, model] = labels;
-        g.duration
-            .with_label_values(&[op, provider, model, r.error_type])
-            .observe(r.duration.as_secs_f64());
-        if !r.error_type.is_empty() {
+        let series = g.series(r);
+        series.duration.observe(r.duration.as_secs_f64());
+        let Some(success) = series.success else {
             return;
-        }
+        };
         if let Some(first) = r.first_token {
-            g.first_token
-                .with_label_values(&labels)
-                .observe(first.as_secs_f64());
+            success.first_token.observe(first.as_secs_f64());
             if let Some(after) = r.output_tokens.filter(|n| *n > 1) {
                 let rest = r.duration.saturating_sub(first).as_secs_f64();
                 #[allow(clippy::cast_precision_loss)] // token counts are far below 2^52
-                g.per_token
-                    .with_label_values(&labels)
-                    .observe(rest / (after - 1) as f64);
+                success.per_token.observe(rest / (after - 1) as f64);
             }
         }
-        for (kind, count) in [("input", r.input_tokens), ("output", r.output_tokens)] {
+        let counts = [
+            (&success.input, r.input_tokens),
+            (&success.output, r.output_tokens),
+        ];
+        for (histogram, count) in counts {
             if let Some(count) = count {
                 #[allow(clippy::cast_precision_loss)]
-                g.tokens
-                    .with_label_values(&[op, provider, model, kind])
-                    .observe(count as f64);
+                histogram.observe(count as f64);
             }
         }
     }
