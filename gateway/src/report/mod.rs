@@ -74,3 +74,19 @@ fn since_start(scrape: &Scrape) -> Option<f64> {
     let up = now.saturating_sub(Duration::try_from_secs_f64(started).ok()?);
     (!up.is_zero()).then_some(up.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plugins::ab::exposition::parse;
+
+    #[test]
+    fn totals_since_start_cover_the_uptime_when_sluice_says_when_it_started() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let started = now.as_secs_f64() - 100.0;
+        let scrape = parse(&format!("{START_TIME} {started}\n")).unwrap();
+        let up = since_start(&scrape).unwrap();
+        assert!((100.0..101.0).contains(&up), "{up}");
+        assert_eq!(since_start(&parse("sluice_build_info 1\n").unwrap()), None);
+    }
+}
