@@ -2,7 +2,7 @@
 //! seconds, from two scrapes of sluice's own metrics, and a short history for sparklines.
 //! Plain inputs (parsed scrapes, seconds), no clock and no I/O.
 
-use crate::ab::exposition::{parse_value, Sample, Scrape};
+use crate::ab::exposition::{difference, is_cumulative, Sample, Scrape};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -58,11 +58,13 @@ pub struct VariantShare {
     pub weight_share: Option<f64>,
 }
 
-/// The figures between `old` and `new`, taken `window_s` apart (counters that went down, as
-/// after a restart, count from zero).
+/// The figures between `old` and `new`, taken `window_s` apart. Both come from one process, so
+/// its counters only grow; if they did not, the window counts nothing rather than guess.
 #[must_use]
 pub fn between(old: &Scrape, new: &Scrape, window_s: f64) -> LiveStats {
-    let delta = Delta { old, new };
+    let delta = difference(old, new, is_cumulative)
+        .or_else(|_| difference(new, new, is_cumulative))
+        .unwrap_or_default();
     let routes = route_names(new)
         .into_iter()
         .map(|route| route_stats(&delta, &route, window_s))
@@ -71,82 +73,8 @@ pub fn between(old: &Scrape, new: &Scrape, window_s: f64) -> LiveStats {
         window_s,
         routes,
         endpoints: endpoints(new),
-        variants: variants(&delta, new),
+        variants: variants(&delta),
     }
-}
-
-/// Counter increases between two scrapes.
-struct Delta<'a> {
-    old: &'a Scrape,
-    new: &'a Scrape,
-}
-
-impl Delta<'_> {
-    /// The increase of the series of `name` carrying `labels`, summed.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.new
-            .matching(name, labels)
-            .map(|s| self.increase(s))
-            .fold(0.0, |a, b| a + b)
-    }
-
-    /// The increase of each `le` bucket of histogram `name` (summed over other labels).
-    fn buckets(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
-        let bucket = format!("{name}_bucket");
-        let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-        for s in self.new.matching(&bucket, labels) {
-            let Some(le) = s.label("le").and_then(|v| parse_value(v).ok()) else {
-                continue;
-            };
-            by_le.entry(le.to_bits()).or_insert((le, 0.0)).1 += self.increase(s);
-        }
-        let mut out: Vec<(f64, f64)> = by_le.into_values().collect();
-        out.sort_by(|a, b| a.0.total_cmp(&b.0));
-        out
-    }
-
-    /// One series' increase; a counter that went down started again from zero.
-    fn increase(&self, s: &Sample) -> f64 {
-        let before = self
-            .old
-            .samples
-            .iter()
-            .find(|o| o.name == s.name && o.labels == s.labels)
-            .map_or(0.0, |o| o.value);
-        if s.value >= before {
-            s.value - before
-        } else {
-            s.value
-        }
-    }
-}
-
-/// Prometheus' `histogram_quantile` on cumulative `(le, count)` buckets: linear within the
-/// bucket that holds the rank; `None` without observations.
-#[must_use]
-pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower.0);
-            }
-            let inside = count - lower.1;
-            let share = if inside > 0.0 {
-                (rank - lower.1) / inside
-            } else {
-                1.0
-            };
-            return Some(lower.0 + (le - lower.0) * share);
-        }
-        lower = (le, count);
-    }
-    Some(lower.0)
 }
 
 fn route_names(scrape: &Scrape) -> Vec<String> {
@@ -165,49 +93,49 @@ fn ratio(part: f64, whole: f64) -> Option<f64> {
     (whole > 0.0).then(|| part / whole)
 }
 
-fn route_stats(delta: &Delta<'_>, route: &str, window_s: f64) -> RouteStats {
+/// One route's figures from `delta`, the window's increases.
+fn route_stats(delta: &Scrape, route: &str, window_s: f64) -> RouteStats {
     let r = [("route", route)];
-    let requests = delta.sum("sluice_requests_total", &r);
-    let errors: f64 = delta
-        .new
+    let count = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        delta
+            .matching(name, labels)
+            .map(|s| s.value)
+            .fold(0.0, |a, b| a + b)
+    };
+    let requests = count("sluice_requests_total", &r);
+    let errors = delta
         .matching("sluice_requests_total", &r)
         .filter(|s| s.label("code").is_some_and(|c| c.starts_with('5')))
-        .map(|s| delta.increase(s))
+        .map(|s| s.value)
         .fold(0.0, |a, b| a + b);
-    let limited = delta.sum(
+    let limited = count(
         "sluice_requests_total",
         &[("route", route), ("code", "429")],
     );
-    let durations = delta.buckets("sluice_request_duration_seconds", &r);
-    let gateway = delta.buckets("sluice_gateway_seconds", &r);
-    let caches = delta
-        .new
-        .matching("sluice_cache_requests_total", &r)
-        .count()
-        > 0;
-    let cache_hit_rate = caches
-        .then(|| {
-            let hits = delta.sum(
-                "sluice_cache_requests_total",
-                &[("route", route), ("result", "hit")],
-            );
-            let misses = delta.sum(
-                "sluice_cache_requests_total",
-                &[("route", route), ("result", "miss")],
-            );
-            ratio(hits, hits + misses)
-        })
-        .flatten();
+    let cache = |result: &str| {
+        count(
+            "sluice_cache_requests_total",
+            &[("route", route), ("result", result)],
+        )
+    };
+    // A coalesced request was answered without its own upstream call: a hit.
+    let (hits, misses) = (cache("hit") + cache("coalesced"), cache("miss"));
+    let caches = delta.matching("sluice_cache_requests_total", &r).count() > 0;
     let per_second = |n: f64| if window_s > 0.0 { n / window_s } else { 0.0 };
+    let durations = delta.histogram("sluice_request_duration_seconds", &r);
     RouteStats {
         route: route.to_string(),
         requests,
         rps: per_second(requests),
         error_rate: ratio(errors, requests),
-        p50_s: quantile(0.5, &durations),
-        p99_s: quantile(0.99, &durations),
-        gateway_p99_s: quantile(0.99, &gateway),
-        cache_hit_rate,
+        p50_s: durations.quantile(0.5),
+        p99_s: durations.quantile(0.99),
+        gateway_p99_s: delta.histogram("sluice_gateway_seconds", &r).quantile(0.99),
+        cache_hit_rate: if caches {
+            ratio(hits, hits + misses)
+        } else {
+            None
+        },
         rate_limited: per_second(limited),
         rps_history: Vec::new(),
     }
@@ -234,19 +162,20 @@ fn endpoints(scrape: &Scrape) -> Vec<EndpointStats> {
         .collect()
 }
 
-fn variants(delta: &Delta<'_>, scrape: &Scrape) -> Vec<VariantShare> {
-    let weights: Vec<&Sample> = scrape.matching("sluice_split_weight", &[]).collect();
+fn variants(delta: &Scrape) -> Vec<VariantShare> {
+    let weights: Vec<&Sample> = delta.matching("sluice_split_weight", &[]).collect();
+    let answers = |labels: &[(&str, &str)]| -> f64 {
+        delta
+            .matching("sluice_requests_total", labels)
+            .map(|s| s.value)
+            .fold(0.0, |a, b| a + b)
+    };
     weights
         .iter()
         .map(|w| {
             let route = w.label("route").unwrap_or_default();
             let variant = w.label("variant").unwrap_or_default();
-            let all = delta.sum("sluice_requests_total", &[("route", route)]);
-            let mine = delta.sum(
-                "sluice_requests_total",
-                &[("route", route), ("variant", variant)],
-            );
-            let total_weight: f64 = weights
+            let total_weight = weights
                 .iter()
                 .filter(|o| o.label("route") == Some(route))
                 .map(|o| o.value)
@@ -254,7 +183,10 @@ fn variants(delta: &Delta<'_>, scrape: &Scrape) -> Vec<VariantShare> {
             VariantShare {
                 route: route.to_string(),
                 variant: variant.to_string(),
-                share: ratio(mine, all),
+                share: ratio(
+                    answers(&[("route", route), ("variant", variant)]),
+                    answers(&[("route", route)]),
+                ),
                 weight_share: ratio(w.value, total_weight),
             }
         })

@@ -65,19 +65,6 @@ fn no_traffic_in_the_window_has_no_percentiles_and_zero_rates() {
 }
 
 #[test]
-fn quantile_interpolates_like_prometheus() {
-    let b = [(0.1, 50.0), (0.2, 100.0), (f64::INFINITY, 100.0)];
-    assert_eq!(quantile(0.5, &b), Some(0.1));
-    assert!((quantile(0.75, &b).unwrap() - 0.15).abs() < 1e-9);
-    assert_eq!(quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
-    // Everything past the last finite bucket: its bound.
-    assert_eq!(
-        quantile(0.99, &[(0.1, 0.0), (f64::INFINITY, 4.0)]),
-        Some(0.1)
-    );
-}
-
-#[test]
 fn variant_shares_come_from_answers_and_weights() {
     let text = |a: u32, b: u32| {
         scrape(&format!(
@@ -119,8 +106,22 @@ fn history_keeps_a_window_and_a_point_per_sample() {
 }
 
 #[test]
-fn a_restarted_counter_counts_from_zero() {
-    // The 200s went 47 → 7 (a restart: 7 new); the 502 and 429 series did not move.
+fn counters_that_went_down_count_nothing_rather_than_guess() {
     let stats = between(&metrics(50, 0, 0), &metrics(10, 0, 0), 1.0);
-    assert_eq!(stats.routes[0].requests, 7.0);
+    assert_eq!((stats.routes[0].requests, stats.routes[0].rps), (0.0, 0.0));
+}
+
+#[test]
+fn coalesced_requests_count_as_hits() {
+    let text = |hits: u32, coalesced: u32, misses: u32| {
+        scrape(&format!(
+            r#"sluice_request_duration_seconds_count{{route="c",variant=""}} 0
+sluice_cache_requests_total{{result="hit",route="c",tier="memory",variant=""}} {hits}
+sluice_cache_requests_total{{result="coalesced",route="c",tier="",variant=""}} {coalesced}
+sluice_cache_requests_total{{result="miss",route="c",tier="",variant=""}} {misses}
+"#
+        ))
+    };
+    let stats = between(&text(0, 0, 0), &text(1, 2, 1), 1.0);
+    assert_eq!(stats.routes[0].cache_hit_rate, Some(0.75));
 }
