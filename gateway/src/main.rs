@@ -1,9 +1,9 @@
 //! `sluice`: the gateway binary.
 
 use clap::{Parser, Subcommand};
-use sluice::ab_report::positive_duration;
 use sluice::access_log::{self, LogFormat};
 use sluice::config::{compile, load_file, SharedState};
+use sluice::report::source::{positive_duration, Source};
 use sluice_plugins::metrics::Metrics;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,36 +56,8 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// A running sluice's metrics, e.g. http://127.0.0.1:9090/metrics.
-        #[arg(long, value_name = "URL", required_unless_present = "prometheus")]
-        metrics: Option<String>,
-        /// With --metrics: scrape, wait this long (e.g. 5m), scrape again and report the
-        /// difference. Without it: totals since sluice started.
-        #[arg(
-            long,
-            value_name = "DUR",
-            requires = "metrics",
-            conflicts_with = "prometheus",
-            value_parser = positive_duration
-        )]
-        window: Option<Duration>,
-        /// A Prometheus server that scrapes sluice, e.g. http://127.0.0.1:9091.
-        #[arg(
-            long,
-            value_name = "URL",
-            conflicts_with = "metrics",
-            requires = "range"
-        )]
-        prometheus: Option<String>,
-        /// With --prometheus: the window to report, ending now (e.g. 1h).
-        #[arg(
-            long,
-            value_name = "DUR",
-            requires = "prometheus",
-            conflicts_with = "metrics",
-            value_parser = positive_duration
-        )]
-        range: Option<Duration>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Per route: traffic, latency, where the time went, cache and limits; then findings (slow
     /// endpoints, errors, ejections, queueing, 429s, gateway overhead, a low cache hit rate)
@@ -94,36 +66,8 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// A running sluice's metrics, e.g. http://127.0.0.1:9090/metrics.
-        #[arg(long, value_name = "URL", required_unless_present = "prometheus")]
-        metrics: Option<String>,
-        /// With --metrics: scrape, wait this long (e.g. 1m), scrape again and report the
-        /// difference. Without it: totals since sluice started.
-        #[arg(
-            long,
-            value_name = "DUR",
-            requires = "metrics",
-            conflicts_with = "prometheus",
-            value_parser = positive_duration
-        )]
-        window: Option<Duration>,
-        /// A Prometheus server that scrapes sluice, e.g. http://127.0.0.1:9091.
-        #[arg(
-            long,
-            value_name = "URL",
-            conflicts_with = "metrics",
-            requires = "range"
-        )]
-        prometheus: Option<String>,
-        /// With --prometheus: the window to report, ending now (e.g. 1h).
-        #[arg(
-            long,
-            value_name = "DUR",
-            requires = "prometheus",
-            conflicts_with = "metrics",
-            value_parser = positive_duration
-        )]
-        range: Option<Duration>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// Cache commands.
     Cache {
@@ -135,6 +79,55 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+/// Where `ab-report` and `report` read sluice's numbers.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// A running sluice's metrics, e.g. http://127.0.0.1:9090/metrics.
+    #[arg(long, value_name = "URL", required_unless_present = "prometheus")]
+    metrics: Option<String>,
+    /// With --metrics: scrape, wait this long (e.g. 1m), scrape again and report the
+    /// difference. Without it: totals since sluice started.
+    #[arg(
+        long,
+        value_name = "DUR",
+        requires = "metrics",
+        conflicts_with = "prometheus",
+        value_parser = positive_duration
+    )]
+    window: Option<Duration>,
+    /// A Prometheus server that scrapes sluice, e.g. http://127.0.0.1:9091.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "metrics",
+        requires = "range"
+    )]
+    prometheus: Option<String>,
+    /// With --prometheus: the window to report, ending now (e.g. 1h).
+    #[arg(
+        long,
+        value_name = "DUR",
+        requires = "prometheus",
+        conflicts_with = "metrics",
+        value_parser = positive_duration
+    )]
+    range: Option<Duration>,
+}
+
+impl SourceArgs {
+    /// The source clap's rules allow: --metrics, or --prometheus with --range.
+    fn source(self) -> Option<Source> {
+        match (self.metrics, self.prometheus, self.range) {
+            (Some(url), _, _) => Some(Source::Metrics {
+                url,
+                window: self.window,
+            }),
+            (None, Some(url), Some(range)) => Some(Source::Prometheus { url, range }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -198,22 +191,12 @@ fn main() -> ExitCode {
             route,
             baseline,
             json,
-            metrics,
-            window,
-            prometheus,
-            range,
+            source,
         } => {
-            use sluice::ab_report::{Args, Source};
-            let source = match (metrics, prometheus, range) {
-                (Some(url), _, _) => Source::Metrics { url, window },
-                (None, Some(url), Some(range)) => Source::Prometheus { url, range },
-                // clap already requires --metrics, or --prometheus with --range.
-                _ => {
-                    eprintln!(
-                        "sluice ab-report: give --metrics URL, or --prometheus URL --range DUR"
-                    );
-                    return ExitCode::from(2);
-                }
+            use sluice::ab_report::Args;
+            let Some(source) = source.source() else {
+                eprintln!("sluice ab-report: give --metrics URL, or --prometheus URL --range DUR");
+                return ExitCode::from(2);
             };
             let args = Args {
                 route,
@@ -235,22 +218,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Report {
-            json,
-            metrics,
-            window,
-            prometheus,
-            range,
-        } => {
-            use sluice::report::source::Source;
-            let source = match (metrics, prometheus, range) {
-                (Some(url), _, _) => Source::Metrics { url, window },
-                (None, Some(url), Some(range)) => Source::Prometheus { url, range },
-                // clap already requires --metrics, or --prometheus with --range.
-                _ => {
-                    eprintln!("sluice report: give --metrics URL, or --prometheus URL --range DUR");
-                    return ExitCode::from(2);
-                }
+        Command::Report { json, source } => {
+            let Some(source) = source.source() else {
+                eprintln!("sluice report: give --metrics URL, or --prometheus URL --range DUR");
+                return ExitCode::from(2);
             };
             match sluice::report::run(&sluice::report::Args { json, source }) {
                 Ok(stdout) => {
