@@ -108,7 +108,7 @@ impl ConnectionLike for Connection {
 }
 
 /// A node a command can be sent to: for [`RedisLink::query_on`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RedisNode {
     /// The one server.
     Server,
@@ -194,10 +194,10 @@ impl RedisLink {
         if matches!(self.connector, Connector::Single { .. }) {
             return Ok(vec![RedisNode::Server]);
         }
-        let slots: Vec<Vec<Value>> = self.query(&redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let slots: Vec<Vec<Value>> = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
         let mut masters: Vec<RedisNode> =
             slots.iter().filter_map(|range| master_of(range)).collect();
-        masters.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        masters.sort();
         masters.dedup();
         Ok(masters)
     }
