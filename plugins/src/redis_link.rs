@@ -63,6 +63,17 @@ pub enum RedisNodes {
     Cluster(Vec<String>),
 }
 
+impl RedisNodes {
+    /// Every URL: the server's, or each seed's.
+    #[must_use]
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            RedisNodes::Single(url) => vec![url.clone()],
+            RedisNodes::Cluster(seeds) => seeds.clone(),
+        }
+    }
+}
+
 /// How the link makes a connection.
 enum Connector {
     Single {

@@ -6,6 +6,7 @@
 
 mod damage;
 mod disk;
+mod invalidate;
 mod memory;
 mod queue;
 mod redis;
@@ -21,6 +22,8 @@ pub use self::types::DiskConfig;
 use self::types::{unix_now_ms, Lookup};
 use super::{CacheKey, Entry};
 use crate::metrics::{CacheTier, Metrics};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
@@ -69,6 +72,8 @@ pub struct CacheStore {
     handle: Handle,
     /// Owns the threads `handle` runs on; `None` only while opening and once dropped.
     runtime: Option<Runtime>,
+    /// This instance, in the purge messages it publishes.
+    origin: u64,
 }
 
 // === impl CacheStore ===
@@ -120,11 +125,18 @@ impl CacheStore {
             }
             None => None,
         };
+        let origin = RandomState::new().build_hasher().finish();
         let redis = match &config.redis {
             Some(redis) => {
                 let errors = metrics.cache_tier(CacheTier::Redis).errors;
                 let tier = RedisTier::start(redis, errors.clone(), handle)?;
                 let writes = tier.writer(handle, QUEUE_CAPACITY, errors);
+                let local = invalidate::LocalTiers {
+                    memory: Arc::clone(&memory),
+                    disk: disk.as_ref().map(|d| d.writes.clone()),
+                };
+                let channel = invalidate::channel(tier.prefix());
+                invalidate::listen(redis.nodes.urls(), channel, origin, local, handle);
                 Some(Backed { tier, writes })
             }
             None => None,
@@ -135,6 +147,7 @@ impl CacheStore {
             disk,
             handle: handle.clone(),
             runtime: None,
+            origin,
         })
     }
 
@@ -192,7 +205,8 @@ impl CacheStore {
     }
 
     /// Removes every entry, or those of one route; counts per tier. Writes queued before the
-    /// purge are purged too.
+    /// purge are purged too, and other instances on the same Redis purge their memory and disk
+    /// tiers when they hear of it.
     pub async fn purge(&self, route: Option<&str>) -> PurgeCounts {
         let redis = async {
             match &self.redis {
@@ -207,6 +221,12 @@ impl CacheStore {
             }
         };
         let (memory, redis, disk) = tokio::join!(self.memory.purge(route), redis, disk);
+        if let Some(r) = &self.redis {
+            let channel = invalidate::channel(r.tier.prefix());
+            r.tier
+                .publish(&channel, &invalidate::message(self.origin, route))
+                .await;
+        }
         PurgeCounts {
             memory,
             redis,

@@ -31,6 +31,7 @@ enum Op {
 }
 
 /// The sending side; the writer task lives on the store's runtime until the queue is dropped.
+#[derive(Clone)]
 pub(super) struct Queue {
     ops: mpsc::Sender<Op>,
     /// Counts changes dropped because the queue was full.

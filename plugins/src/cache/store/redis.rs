@@ -35,6 +35,18 @@ impl RedisTier {
         Ok(Arc::new(RedisTier { link }))
     }
 
+    /// Tells every instance listening on `channel` (none listening is no error).
+    pub(super) async fn publish(&self, channel: &str, message: &str) {
+        let mut publish = ::redis::cmd("PUBLISH");
+        publish.arg(channel).arg(message);
+        let _ = self.link.query::<i64>(&publish).await;
+    }
+
+    /// The key prefix, for the purge channel's name.
+    pub(super) fn prefix(&self) -> &str {
+        self.link.prefix()
+    }
+
     /// Starts this tier's background writer on `handle`.
     pub(super) fn writer(
         self: &Arc<Self>,
