@@ -21,7 +21,8 @@ pub struct RedisCluster {
     nodes: Vec<Node>,
     /// Client ports of the masters killed so far.
     killed: Vec<u16>,
-    dir: tempfile::TempDir,
+    /// The nodes' configs and logs, one subdirectory each.
+    _dir: tempfile::TempDir,
 }
 
 /// One cluster node: its client port, its cluster bus port and its process while it runs.
@@ -52,7 +53,7 @@ impl RedisCluster {
         let cluster = RedisCluster {
             nodes,
             killed: Vec::new(),
-            dir,
+            _dir: dir,
         };
         assert!(
             out.status.success(),
@@ -146,12 +147,6 @@ impl RedisCluster {
             .map(|n| format!("--- node {} ---\n{}", n.port, n.log_text()))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    /// Where the nodes keep their configs and logs.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -265,7 +260,9 @@ impl Node {
                 ),
             }
         }
-        panic!("redis-server (cluster node) did not start in {START_ATTEMPTS} attempts:\n{failures}");
+        panic!(
+            "redis-server (cluster node) did not start in {START_ATTEMPTS} attempts:\n{failures}"
+        );
     }
 
     fn spawn(&mut self) -> Result<(), StartFailure> {
@@ -273,7 +270,12 @@ impl Node {
         let child = Command::new(redis_server())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-port", &self.bus_port.to_string()])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
             .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
             // A replica takes over however long its link was down: failovers must not stall.
             .args(["--cluster-replica-validity-factor", "0"])
@@ -294,7 +296,9 @@ impl Node {
             let answered = command(self.port, &["PING"]).is_ok_and(|r| r == "PONG");
             let owners = [self.port, self.bus_port].map(|p| listener_is_child(pid, p));
             if owners.contains(&Some(false)) {
-                return Err(StartFailure::Ports("another process holds its ports".into()));
+                return Err(StartFailure::Ports(
+                    "another process holds its ports".into(),
+                ));
             }
             if answered && owners == [Some(true); 2] {
                 break;
@@ -439,7 +443,10 @@ mod tests {
         let (masters, replicas) = (cluster.masters(), cluster.replicas());
         for i in 0..10 {
             assert_eq!(
-                cli_on(masters[i % 3], &["SET", &format!("key-{i}"), &format!("v{i}")]),
+                cli_on(
+                    masters[i % 3],
+                    &["SET", &format!("key-{i}"), &format!("v{i}")]
+                ),
                 "OK"
             );
         }
@@ -478,8 +485,16 @@ mod tests {
         let now = cluster.masters();
         assert_eq!(now.len(), 3, "{now:?}");
         assert!(!now.contains(&dead), "{now:?}");
-        let promoted: Vec<u16> = now.iter().copied().filter(|p| replicas.contains(p)).collect();
-        assert_eq!(promoted.len(), 1, "masters {now:?}, replicas were {replicas:?}");
+        let promoted: Vec<u16> = now
+            .iter()
+            .copied()
+            .filter(|p| replicas.contains(p))
+            .collect();
+        assert_eq!(
+            promoted.len(),
+            1,
+            "masters {now:?}, replicas were {replicas:?}"
+        );
         assert_eq!(cluster.replicas().len(), 2);
         assert_eq!(cluster.cli(&["GET", "survivor"]), "yes");
         assert_eq!(cluster.dbsize_total(), 1);
