@@ -200,7 +200,7 @@ fn open_cache(policy: &Policy, shared: &SharedState) -> Result<Option<Arc<Prompt
     let config = StoreConfig {
         memory_max_bytes: tiers.memory_max_bytes,
         redis: tiers.redis.as_ref().map(|r| RedisConfig {
-            url: r.url.clone(),
+            nodes: r.nodes.clone(),
             timeout: r.timeout,
             prefix: r.prefix.clone(),
         }),
@@ -226,7 +226,7 @@ fn open_shared_limits(
         return Ok(None);
     };
     let config = RedisConfig {
-        url: redis.url.clone(),
+        nodes: redis.nodes.clone(),
         timeout: redis.timeout,
         prefix: redis.prefix.clone(),
     };

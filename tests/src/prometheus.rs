@@ -1,5 +1,6 @@
-//! A real Prometheus scraping the test's sluice every second, on its own port and storage, and
-//! its HTTP API: instant queries and label values, as Grafana asks them.
+//! A real Prometheus scraping the test's sluice every second, on its own port and storage,
+//! optionally evaluating rule files every second, and its HTTP API: instant queries and label
+//! values, as Grafana asks them, and the rules' health.
 
 use crate::PATIENCE;
 use sluice_testkit::{free_port, listener_is_child, Proc, StartFailure, START_ATTEMPTS};
@@ -25,9 +26,16 @@ impl Prometheus {
     /// waits until its API is ready. Panics if it is not installed: tests that need it fail.
     #[must_use]
     pub fn start(targets: &[&str]) -> Prometheus {
+        Prometheus::start_with_rules(targets, &[])
+    }
+
+    /// [`Prometheus::start`] that also evaluates `rules`, each a rule file's name and YAML,
+    /// at the global evaluation interval of one second.
+    #[must_use]
+    pub fn start_with_rules(targets: &[&str], rules: &[(String, String)]) -> Prometheus {
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut prometheus = Prometheus::spawn(targets);
+            let mut prometheus = Prometheus::spawn(targets, rules);
             match prometheus.wait_ready() {
                 Ok(()) => return prometheus,
                 Err(StartFailure::Ports(why)) => failures.push_str(&format!(
@@ -44,16 +52,26 @@ impl Prometheus {
         panic!("prometheus did not start in {START_ATTEMPTS} attempts:\n{failures}");
     }
 
-    fn spawn(targets: &[&str]) -> Prometheus {
+    fn spawn(targets: &[&str], rules: &[(String, String)]) -> Prometheus {
         let count = targets.len();
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let targets = targets.join(", ");
         let dir = tempfile::tempdir().expect("tempdir");
+        let rule_files: Vec<String> = rules
+            .iter()
+            .map(|(name, yaml)| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, yaml).expect("write rule file");
+                format!("\"{}\"", path.display())
+            })
+            .collect();
+        let rule_files = rule_files.join(", ");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\n\
+                 rule_files: [{rule_files}]\n\
                  scrape_configs:\n  - job_name: {JOB}\n    static_configs: [ {{ targets: [{targets}] }} ]\n"
             ),
         )
@@ -119,6 +137,40 @@ impl Prometheus {
         match data["result"].as_array() {
             Some(result) => Ok(result.clone()),
             None => Err(format!("no result list in {data}")),
+        }
+    }
+
+    /// The first value of the instant query `promql`, or `None` while it has none (or
+    /// Prometheus does not answer).
+    pub async fn value(&self, promql: &str) -> Option<f64> {
+        let result = self.query(promql).await.ok()?;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits (polling) until the first value of `promql` satisfies `done`; fails the test with
+    /// Prometheus's log after 30 s.
+    pub async fn wait_for(&self, promql: &str, done: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.value(promql).await;
+            if value.is_some_and(&done) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never satisfied `{promql}` (last value {value:?}); its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The rule groups Prometheus evaluates (`/api/v1/rules`), each with its rules' health.
+    pub async fn rule_groups(&self) -> Result<Vec<serde_json::Value>, String> {
+        let data = self.api("/api/v1/rules", &[]).await?;
+        match data["groups"].as_array() {
+            Some(groups) => Ok(groups.clone()),
+            None => Err(format!("no group list in {data}")),
         }
     }
 

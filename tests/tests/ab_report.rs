@@ -3,9 +3,9 @@
 //! over a window) and from a real Prometheus scraping it, must call the candidate slower.
 
 use futures_util::StreamExt;
-use sluice_e2e::{bin, chat_body, free_port, Gateway, Mock, Proc, PATIENCE};
+use sluice_e2e::{bin, chat_body, free_port, Gateway, Mock, Prometheus, PATIENCE};
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -272,114 +272,22 @@ async fn bad_sources_and_routes_fail_with_one_clear_line() {
 
 // === Prometheus ===
 
-/// A real Prometheus scraping `target` (host:port) every second, on its own port and storage.
-struct Prometheus {
-    url: String,
-    _proc: Proc,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let binary = which("prometheus").unwrap_or_else(|| {
-            panic!(
-                "prometheus is not installed: run `make deps` (Debian: apt-get install prometheus)"
-            )
-        });
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-                 scrape_configs:\n  - job_name: sluice\n    static_configs: [ {{ targets: [\"{target}\"] }} ]\n"
-            ),
-        )
-        .expect("write prometheus.yml");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn prometheus");
-        Prometheus {
-            url: format!("http://{listen}"),
-            _proc: Proc { child },
-            dir,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// The first value of an instant query's result (`None` while it is empty).
-    async fn query(&self, client: &reqwest::Client, promql: &str) -> Option<f64> {
-        let answer: serde_json::Value = client
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        answer["data"]["result"][0]["value"][1]
-            .as_str()?
-            .parse()
-            .ok()
-    }
-
-    /// Polls `promql` until its value satisfies `done` (Prometheus scrapes every second).
-    async fn wait_for(&self, client: &reqwest::Client, promql: &str, done: impl Fn(f64) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.query(client, promql).await.is_some_and(&done) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never satisfied `{promql}`; its log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-}
-
 #[tokio::test]
 async fn the_report_from_prometheus_calls_the_slower_candidate_slower() {
     let (_control, _candidate, gw) = start();
-    let prometheus = Prometheus::start(gw.admin.trim_start_matches("http://"));
-    let client = reqwest::Client::new();
+    let prometheus = Prometheus::start(&[gw.admin.trim_start_matches("http://")]);
     // Scraping before the traffic starts, so the range sees it grow.
     prometheus
-        .wait_for(&client, "up{job=\"sluice\"}", |up| up == 1.0)
+        .wait_for("up{job=\"sluice\"}", |up| up == 1.0)
         .await;
     traffic(&gw, &AtomicUsize::new(0)).await;
     prometheus
-        .wait_for(&client, "sum(sluice_requests_total{route=\"chat\"})", |n| {
+        .wait_for("sum(sluice_requests_total{route=\"chat\"})", |n| {
             n == REQUESTS as f64
         })
         .await;
     prometheus
         .wait_for(
-            &client,
             "min(count_over_time(sluice_requests_total{route=\"chat\"}[1m]))",
             |samples| samples >= 2.0,
         )

@@ -9,18 +9,16 @@
 mod alert_rules_support;
 
 use alert_rules_support::{
-    alerts, cases, exposed, exprs, heading_anchors, rule_files, test_files, unexposed, untested,
-    yaml, Case, Selected,
+    alerts, cases, exposed, exprs, heading_anchors, rule_files, rules_every_second, test_files,
+    unexposed, untested, Case, Selected,
 };
 use promql_parser::parser;
 use promql_parser::util::walk_expr;
-use sluice_e2e::{
-    config, free_port, sha256, workspace, Gateway, Mock, Proc, RedisServer, PATIENCE,
-};
+use sluice_e2e::{config, sha256, workspace, Gateway, Mock, Prometheus, RedisServer, PATIENCE};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const SEVERITIES: &[&str] = &["page", "ticket", "info"];
 const RUNBOOK_PAGE: &str = "docs/operations.md";
@@ -282,113 +280,27 @@ async fn every_metric_and_label_the_rules_read_is_exposed_by_sluice() {
 
 // === In a real Prometheus ===
 
-/// A real Prometheus scraping `targets` (host:port) every second and evaluating copies of the
-/// rule files whose groups run every second instead of every minute.
-struct Prometheus {
-    url: String,
-    dir: tempfile::TempDir,
-    _proc: Proc,
-}
-
-impl Prometheus {
-    fn start(targets: &[String]) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = dir.path().join("rules");
-        std::fs::create_dir(&rules).unwrap();
-        for path in rule_files() {
-            let mut doc = yaml(&path);
-            for group in doc["groups"].as_sequence_mut().unwrap() {
-                group["interval"] = "1s".into();
-            }
-            let copy = rules.join(path.file_name().unwrap());
-            std::fs::write(copy, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        }
-        let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-                 rule_files: [\"{}/*.rules.yml\"]\n\
-                 scrape_configs:\n  - job_name: sluice\n    static_configs: [ {{ targets: [{}] }} ]\n",
-                rules.display(),
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run prometheus ({e}): run `make deps` (Debian: apt-get install prometheus)"
-                )
-            });
-        Prometheus {
-            url: format!("http://{listen}"),
-            dir,
-            _proc: Proc { child },
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// `GET /api/v1/<path>`'s `data`, or `None` while Prometheus does not answer.
-    async fn api(&self, path: &str) -> Option<serde_json::Value> {
-        let answer: serde_json::Value = reqwest::get(format!("{}/api/v1/{path}", self.url))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        Some(answer["data"].clone())
-    }
-}
-
 #[tokio::test]
 async fn every_rule_evaluates_without_error_on_a_real_prometheus_scraping_sluice() {
     let sluices = sluices().await;
-    let targets: Vec<String> = [&sluices.local, &sluices.shared]
+    let targets: Vec<&str> = [&sluices.local, &sluices.shared]
         .iter()
-        .map(|gw| gw.admin.trim_start_matches("http://").to_string())
+        .map(|gw| gw.admin.trim_start_matches("http://"))
         .collect();
-    let prometheus = Prometheus::start(&targets);
+    let prometheus = Prometheus::start_with_rules(&targets, &rules_every_second());
     // Both scraped, and the recording rules evaluated on what was scraped.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let query = "query?query=count(up%3D%3D1)%20%2B%20count(route:sluice_cache_lookups:rate30m)";
-    loop {
-        let data = prometheus.api(query).await;
-        let value = data
-            .as_ref()
-            .and_then(|d| d["result"][0]["value"][1].as_str());
-        if value == Some("3") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never scraped both sluices and recorded their cache lookups ({data:?}):\n{}",
-            prometheus.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    prometheus
+        .wait_for(
+            "count(up == 1) + count(route:sluice_cache_lookups:rate30m)",
+            |n| n == 3.0,
+        )
+        .await;
     // Two more rounds of every group on the scraped series.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let groups = prometheus.api("rules").await.unwrap();
+    let groups = prometheus.rule_groups().await.unwrap();
     let mut rules = 0;
     let mut problems = Vec::new();
-    for rule in groups["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
-    {
+    for rule in groups.iter().flat_map(|g| g["rules"].as_array().unwrap()) {
         rules += 1;
         if rule["health"] != "ok" {
             problems.push(format!(
@@ -397,6 +309,6 @@ async fn every_rule_evaluates_without_error_on_a_real_prometheus_scraping_sluice
             ));
         }
     }
-    assert_eq!(rules, exprs().0.len(), "{groups}");
+    assert_eq!(rules, exprs().0.len(), "{groups:#?}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -6,10 +6,10 @@
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sluice_e2e::{bin, free_port, metric_sum, Gateway, Mock, Proc};
-use std::process::{Command, Output, Stdio};
+use sluice_e2e::{bin, free_port, metric_sum, Gateway, Mock, Prometheus};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long each of the troubled sluice's clients keeps sending.
 const TRAFFIC: Duration = Duration::from_secs(5);
@@ -341,83 +341,14 @@ async fn an_unreachable_source_fails_in_one_line_that_names_it() {
 
 // === From Prometheus ===
 
-/// A real Prometheus scraping `target` (host:port) every second, on its own port and storage.
-struct Prometheus {
-    url: String,
-    _proc: Proc,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
-        let scrape = format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-             scrape_configs:\n  - job_name: sluice\n    static_configs: [ {{ targets: [\"{target}\"] }} ]\n"
-        );
-        std::fs::write(&config, scrape).expect("write prometheus.yml");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        // Debian's package (`make deps`); a missing binary fails the test here.
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus is installed (make deps; Debian: apt-get install prometheus)");
-        Prometheus {
-            url: format!("http://{listen}"),
-            _proc: Proc { child },
-            dir,
-        }
-    }
-
-    /// Waits until the instant query `promql` has a result of at least `want`.
-    async fn wait_for(&self, promql: &str, want: f64) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let answer: Option<Value> = match client
-                .get(format!("{}/api/v1/query", self.url))
-                .query(&[("query", promql)])
-                .send()
-                .await
-            {
-                Ok(resp) => resp.json().await.ok(),
-                Err(_) => None,
-            };
-            let value = answer.as_ref().and_then(|a| {
-                a["data"]["result"][0]["value"][1]
-                    .as_str()?
-                    .parse::<f64>()
-                    .ok()
-            });
-            if value.is_some_and(|v| v >= want) {
-                return;
-            }
-            let log = std::fs::read_to_string(self.dir.path().join("prometheus.log"));
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never had `{promql}` >= {want}; its log:\n{}",
-                log.unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_report_from_prometheus_names_the_same_problems() {
     let t = Troubled::start();
-    let prometheus = Prometheus::start(t.gw.admin.trim_start_matches("http://"));
+    let prometheus = Prometheus::start(&[t.gw.admin.trim_start_matches("http://")]);
     // Scraping before the traffic starts, so the range sees the counters grow.
-    prometheus.wait_for("up{job=\"sluice\"}", 1.0).await;
+    prometheus
+        .wait_for("up{job=\"sluice\"}", |up| up >= 1.0)
+        .await;
     let stop = AtomicBool::new(false);
     let stopper = async {
         tokio::time::sleep(TRAFFIC).await;
@@ -427,7 +358,7 @@ async fn the_report_from_prometheus_names_the_same_problems() {
     // Scraped after the traffic: every answer is in Prometheus.
     let answered = metric_sum(&t.gw.metrics().await, "sluice_requests_total", &[]);
     prometheus
-        .wait_for("sum(sluice_requests_total)", answered)
+        .wait_for("sum(sluice_requests_total)", |n| n >= answered)
         .await;
     // The traffic is a third of the range: the latency estimate's busiest tenth is in it.
     let out = report(&["--json", "--prometheus", &prometheus.url, "--range", "15s"]).await;

@@ -29,6 +29,14 @@ pub fn redacted_view(spec: &Spec) -> Value {
         }
     }
     redact_url_at(v.pointer_mut("/redis/url"));
+    if let Some(seeds) = v
+        .pointer_mut("/redis/cluster")
+        .and_then(Value::as_array_mut)
+    {
+        for seed in seeds {
+            redact_url_at(Some(seed));
+        }
+    }
     v
 }
 

@@ -32,6 +32,21 @@ pub fn test_files() -> Vec<PathBuf> {
     rule_dir_files(".test.yml")
 }
 
+/// Each rule file's name and YAML, with its groups evaluated every second instead of every
+/// minute, for a Prometheus that must evaluate them within a test.
+pub fn rules_every_second() -> Vec<(String, String)> {
+    rule_files()
+        .iter()
+        .map(|path| {
+            let mut doc = yaml(path);
+            for group in doc["groups"].as_sequence_mut().unwrap() {
+                group["interval"] = "1s".into();
+            }
+            (file_name(path), serde_yaml::to_string(&doc).unwrap())
+        })
+        .collect()
+}
+
 pub fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

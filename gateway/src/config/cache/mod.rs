@@ -10,6 +10,7 @@ use super::units::{header_name, ByteSize, HumanDuration};
 use http::header::HeaderName;
 use serde::{Deserialize, Serialize};
 use sluice_plugins::cache::key::{CacheCondition, KeyPolicy};
+pub use sluice_plugins::redis_link::RedisNodes;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub struct CacheTiers {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    pub url: String,
+    pub nodes: RedisNodes,
     /// Per command.
     pub timeout: Duration,
     /// Prefix of every key.
@@ -79,14 +80,47 @@ pub enum CacheScope {
 /// Checks the top-level `redis:`.
 pub(super) fn compile_redis(errors: &mut Errors, spec: &RedisSpec) -> Option<RedisSettings> {
     let before = errors.count();
-    if let Err(m) = check_redis_url(&spec.url) {
-        errors.at(&field_path!["redis", "url"], m);
-    }
+    let nodes = match (&spec.url, &spec.cluster) {
+        (Some(url), None) => {
+            if let Err(m) = check_redis_url(url) {
+                errors.at(&field_path!["redis", "url"], m);
+            }
+            RedisNodes::Single(url.clone())
+        }
+        (None, Some(seeds)) => {
+            if seeds.is_empty() {
+                errors.at(
+                    &field_path!["redis", "cluster"],
+                    "needs at least one seed node URL",
+                );
+            }
+            for (i, seed) in seeds.iter().enumerate() {
+                if let Err(m) = check_redis_url(seed) {
+                    errors.at(&field_path!["redis", "cluster", i], m);
+                }
+            }
+            RedisNodes::Cluster(seeds.clone())
+        }
+        (Some(_), Some(_)) => {
+            errors.at(
+                &field_path!["redis", "cluster"],
+                "give `url` (one server) or `cluster` (seed nodes), not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            errors.at(
+                &field_path!["redis"],
+                "needs `url` (one server) or `cluster` (a Redis Cluster's seed nodes)",
+            );
+            return None;
+        }
+    };
     if spec.timeout.0.is_zero() {
         errors.at(&field_path!["redis", "timeout"], "must be more than 0");
     }
     (errors.count() == before).then(|| RedisSettings {
-        url: spec.url.clone(),
+        nodes,
         timeout: spec.timeout.0,
         prefix: spec.prefix.clone(),
     })
@@ -266,8 +300,12 @@ fn parse_scope(scope: &str) -> Result<CacheScope, String> {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
-    pub url: String,
+    /// One server: `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes' URLs (the rest are found from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Vec<String>>,
     /// Per command.
     #[serde(default = "default_redis_timeout")]
     pub timeout: HumanDuration,

@@ -60,7 +60,7 @@ fn every_field_compiles() {
         Some(CacheTiers {
             memory_max_bytes: 64 * 1024 * 1024,
             redis: Some(RedisSettings {
-                url: "rediss://:pw@cache:6380/1".into(),
+                nodes: RedisNodes::Single("rediss://:pw@cache:6380/1".into()),
                 timeout: Duration::from_millis(250),
                 prefix: "gw".into(),
             }),
@@ -228,4 +228,39 @@ fn disk_paths_resolve_against_the_config_directory() {
         relative_to(Path::new(""), Path::new("./data")),
         PathBuf::from("data")
     );
+}
+
+#[test]
+fn redis_takes_one_server_or_a_clusters_seed_nodes_never_both_or_neither() {
+    let with = |redis: &str| {
+        format!(
+            "redis: {redis}\nupstreams:\n  u: {{ endpoints: [ {{ url: \"http://127.0.0.1:1\" }} ] }}\nroutes:\n  - {{ name: r, upstream: u, cache: {{ ttl: 1m }} }}\ncache: {{ redis: true }}\n"
+        )
+    };
+    let p = compile_text(&with(
+        "{ cluster: [\"redis://:pw@10.0.0.1:7000\", \"redis://10.0.0.2:7000\"] }",
+    ))
+    .unwrap();
+    let redis = p.cache_tiers.and_then(|t| t.redis).unwrap();
+    assert_eq!(
+        redis.nodes,
+        RedisNodes::Cluster(vec![
+            "redis://:pw@10.0.0.1:7000".into(),
+            "redis://10.0.0.2:7000".into()
+        ])
+    );
+    let shown = p.redacted.to_string();
+    assert!(!shown.contains(":pw@"), "{shown}");
+    for (bad, says) in [
+        (
+            "{ url: \"redis://a:1\", cluster: [\"redis://b:1\"] }",
+            "not both",
+        ),
+        ("{ timeout: 1s }", "needs `url`"),
+        ("{ cluster: [] }", "at least one seed"),
+        ("{ cluster: [\"http://b:1\"] }", "redis.cluster[0]"),
+    ] {
+        let err = compile_text(&with(bad)).err().unwrap().join("\n");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
 }

@@ -5,12 +5,13 @@
 //!
 //! Keys are `{prefix}:cache:{route}:{<32 hex>}`: the hash tag on the entry key keeps any
 //! future multi-key operation on one entry in one Redis Cluster slot, while a route's entries
-//! spread over all slots; purge by route is a SCAN on the route's part of the name.
+//! spread over all slots; purge by route is a SCAN on the route's part of the name, on every
+//! master of a cluster.
 
 use super::queue::{Change, Queue};
 use super::types::Lookup;
 use crate::cache::{CacheKey, Entry};
-use crate::redis_link::{RedisConfig, RedisLink};
+use crate::redis_link::{RedisConfig, RedisLink, RedisNode};
 use prometheus::IntCounter;
 use std::sync::Arc;
 use tokio::runtime::Handle;
@@ -111,8 +112,8 @@ impl RedisTier {
         }
     }
 
-    /// SCANs for all entries or one route's and UNLINKs them; returns how many were removed
-    /// (0 while Redis is down).
+    /// SCANs every node that holds data (each master of a cluster) for all entries or one
+    /// route's and UNLINKs them; returns how many were removed (0 while Redis is down).
     pub(super) async fn purge(&self, route: Option<&str>) -> u64 {
         let prefix = escape_glob(self.link.prefix());
         let pattern = match route {
@@ -123,28 +124,52 @@ impl RedisTier {
             ),
             None => format!("{prefix}:cache:*"),
         };
+        let Ok(nodes) = self.link.data_nodes().await else {
+            return 0;
+        };
+        let mut removed = 0;
+        for node in &nodes {
+            match self.purge_node(node, &pattern).await {
+                Ok(n) => removed += n,
+                Err(n) => return removed + n,
+            }
+        }
+        removed
+    }
+
+    /// Purges `pattern` on one node; `Err` carries what was removed before Redis failed.
+    async fn purge_node(&self, node: &RedisNode, pattern: &str) -> Result<u64, u64> {
         let mut removed = 0;
         let mut cursor: u64 = 0;
         loop {
             let mut scan = ::redis::cmd("SCAN");
             scan.arg(cursor)
                 .arg("MATCH")
-                .arg(&pattern)
+                .arg(pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let Ok((next, keys)) = self.link.query::<(u64, Vec<Vec<u8>>)>(&scan).await else {
-                return removed;
+            let Ok((next, keys)) = self.link.query_on::<(u64, Vec<Vec<u8>>)>(node, &scan).await
+            else {
+                return Err(removed);
             };
             if !keys.is_empty() {
-                let mut unlink = ::redis::cmd("UNLINK");
-                unlink.arg(&keys);
-                match self.link.query::<u64>(&unlink).await {
-                    Ok(n) => removed += n,
-                    Err(_) => return removed,
+                // One UNLINK per key: a cluster node's keys span many slots.
+                let mut unlink = ::redis::pipe();
+                for key in &keys {
+                    unlink.cmd("UNLINK").arg(key);
+                }
+                let count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+                match self
+                    .link
+                    .pipeline::<Vec<u64>>("purge", &unlink, count)
+                    .await
+                {
+                    Ok(n) => removed += n.iter().sum::<u64>(),
+                    Err(_) => return Err(removed),
                 }
             }
             if next == 0 {
-                return removed;
+                return Ok(removed);
             }
             cursor = next;
         }
