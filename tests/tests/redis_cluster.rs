@@ -141,7 +141,13 @@ async fn an_answer_stored_by_one_instance_is_a_redis_hit_on_the_others_until_pur
         .json()
         .await
         .expect("purge answer");
-    assert_eq!(purged["tiers"]["redis"], PROMPTS, "{purged}");
+    assert_eq!(
+        purged["tiers"]["redis"],
+        PROMPTS,
+        "{purged}; keys per master: {:?}\nA:\n{}",
+        cluster.dbsizes(),
+        a.log_text()
+    );
     assert_eq!(
         cluster.dbsize_total(),
         0,
