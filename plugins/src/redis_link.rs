@@ -241,7 +241,8 @@ impl RedisLink {
     }
 
     /// A pipeline of `commands` commands within min(`commands`, 10) timeouts; a failure counts
-    /// as `commands` failed operations. `what` names it in the log.
+    /// as `commands` failed operations. `what` names it in the log. On a cluster the commands
+    /// go out one by one, concurrently, and every result is returned (ignored ones too).
     pub async fn pipeline<T: FromRedisValue>(
         &self,
         what: &str,
@@ -250,7 +251,19 @@ impl RedisLink {
     ) -> Result<T, String> {
         let limit = self.timeout * commands.clamp(1, PIPELINE_TIMEOUTS);
         self.run(u64::from(commands), what, limit, async {
-            pipe.query_async::<T>(&mut self.connection()?).await
+            match self.connection()? {
+                // A cluster refuses a pipeline across slots: each command goes to its own
+                // slot's master, all at once (the results of ignored commands included).
+                Connection::Cluster(c) => {
+                    let sent = pipe.cmd_iter().map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<Value>(&mut c).await }
+                    });
+                    let values = futures_util::future::try_join_all(sent).await?;
+                    T::from_redis_value(Value::Array(values)).map_err(RedisError::from)
+                }
+                mut single => pipe.query_async::<T>(&mut single).await,
+            }
         })
         .await
     }
