@@ -6,7 +6,9 @@
 mod ports;
 mod process;
 mod redis;
+mod redis_cluster;
 
 pub use ports::{free_port, listener_is_child};
 pub use process::{Proc, StartFailure, READY_WITHIN, START_ATTEMPTS};
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
