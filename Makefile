@@ -9,7 +9,7 @@ PYTHON := $(VENV)/bin/python
 BUILD_PACKAGES := cmake:cmake
 APT_PACKAGES := $(BUILD_PACKAGES) g++:g++ redis-server:redis-server nginx:nginx wrk:wrk taskset:util-linux prlimit:util-linux prometheus:prometheus chromium:chromium
 
-.PHONY: deps deps-build venv build build-release run test lint bench bench-compare bench-instructions bench-percore bench-allocs bench-allocs-run fuzz clean
+.PHONY: deps deps-build venv build build-release run redis-cluster test lint bench bench-compare bench-instructions bench-percore bench-allocs bench-allocs-run fuzz clean
 
 deps-build:
 	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BUILD_PACKAGES)" FONTS=no
@@ -59,6 +59,17 @@ run: build-release
 	echo "      curl -sN http://127.0.0.1:8080/v1/chat/completions -d '{\"model\":\"mock-gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"; \
 	echo ""; \
 	wait $$sluice
+
+# A local Redis Cluster (3 masters + 3 replicas, ports 7000-7005; FIRST_PORT=... moves them)
+# to try shared limits and the cache on; docs/scaling.md.
+redis-cluster: deps
+	tools/redis-cluster.sh
+
+# A local Redis Cluster (3 masters + 3 replicas on ports 7000-7005; FIRST_PORT=7100 moves
+# them) to try shared limits and the cache on (docs/scaling.md); Ctrl-C stops it.
+redis-cluster:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="redis-server:redis-server" FONTS=no
+	tools/redis-cluster.sh
 
 test: build venv
 	$(CARGO) test --workspace
