@@ -49,3 +49,50 @@ async fn a_purge_on_one_instance_empties_the_others_memory_within_a_second() {
         "B still answered from its memory tier"
     );
 }
+
+#[tokio::test]
+async fn a_no_cache_refresh_on_one_instance_replaces_the_others_copy_within_a_second() {
+    let mock = Mock::start("a", &[]);
+    let redis = RedisServer::start();
+    let top = format!(
+        "redis:\n  url: \"{}\"\n  timeout: 200ms\ncache:\n  redis: true\n",
+        redis.url()
+    );
+    let (a, b) = (gateway(&mock, "", &top), gateway(&mock, "", &top));
+    let c = reqwest::Client::new();
+    let body = chat("m", "refresh me everywhere", false);
+
+    let first = post(&a, &c, body.clone(), &[]).await;
+    assert_eq!(first.cache(), "miss");
+    let stored = Instant::now() + Duration::from_secs(5);
+    while redis.dbsize() == 0 && Instant::now() < stored {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = post(&b, &c, body.clone(), &[]).await;
+    assert_eq!(
+        (held.cache(), held.body.as_str()),
+        ("hit", first.body.as_str())
+    );
+
+    // A fresh answer (the mock writes fewer tokens this time) replaces the entry.
+    let fresh = [("cache-control", "no-cache"), ("x-mock-tokens", "3")];
+    let refreshed = post(&a, &c, body.clone(), &fresh).await;
+    assert_ne!(refreshed.body, first.body);
+
+    // B's memory hits change nothing, so asking until it answers the fresh body is safe.
+    let told = Instant::now();
+    loop {
+        let now = post(&b, &c, body.clone(), &[]).await;
+        if now.body == refreshed.body {
+            break;
+        }
+        assert!(
+            told.elapsed() < Duration::from_secs(1),
+            "B still answers its old copy {:?} after {:?}:\n{}",
+            now.cache(),
+            told.elapsed(),
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

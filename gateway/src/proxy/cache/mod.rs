@@ -111,6 +111,7 @@ pub async fn lookup(
         max_ttl: policy.max_ttl,
         adaptive: policy.adaptive,
         now_ms,
+        refresh: directives.no_cache,
     };
     let leader = match cache.flights.join(key) {
         Role::Leader(leader) => Some(leader),

@@ -23,6 +23,8 @@ pub struct EntryPlan {
     pub adaptive: bool,
     /// Unix ms when the request started.
     pub now_ms: u64,
+    /// A `no-cache` refresh: other instances drop their older copy.
+    pub refresh: bool,
 }
 
 pub struct CacheRecorder {
@@ -140,7 +142,12 @@ impl ResponseSink for CacheRecorder {
         let leader = self.leader.take();
         match (entry, leader) {
             (Some(entry), leader) => {
-                self.store.put(self.plan.key, Arc::clone(&entry));
+                let (key, stored) = (self.plan.key, Arc::clone(&entry));
+                if self.plan.refresh {
+                    self.store.put_refreshed(key, &self.plan.route, stored);
+                } else {
+                    self.store.put(key, stored);
+                }
                 if let Some(leader) = leader {
                     leader.complete(entry);
                 }

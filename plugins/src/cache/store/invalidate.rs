@@ -1,11 +1,13 @@
-//! Purges that reach every instance: the Redis tier is shared, but each instance's memory and
-//! disk tiers are its own. A purge publishes `<origin> *` or `<origin> route:<name>` on
-//! `<prefix>:cache:purge`; every instance listens there and purges its own memory and disk
-//! tiers (the origin has already). Classic pub/sub: on a cluster a message reaches every node,
+//! Purges and refreshes that reach every instance: the Redis tier is shared, but each
+//! instance's memory and disk tiers are its own. A purge publishes `<origin> *` or
+//! `<origin> route:<name>`, a `no-cache` refresh `<origin> key:<hex>:<route>`, on
+//! `<prefix>:cache:purge`; every instance listens there and follows in its own memory and
+//! disk tiers (the origin has already). Classic pub/sub: on a cluster a message reaches every node,
 //! so a listener on any one node hears them all.
 
 use super::memory::MemoryTier;
-use super::queue::Queue;
+use super::queue::{Change, Queue};
+use crate::cache::CacheKey;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,24 +22,40 @@ pub(super) fn channel(prefix: &str) -> String {
     format!("{prefix}:cache:purge")
 }
 
-/// The message of a purge of everything (`None`) or of one route, from instance `origin`.
+/// What another instance did that this one's own tiers must follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Told {
+    /// Purged everything (`None`) or one route.
+    Purge(Option<String>),
+    /// Stored a fresh answer for `key` of `route` (a `no-cache` refresh): older copies go.
+    Refresh { route: String, key: CacheKey },
+}
+
+/// The message of `told`, from instance `origin`.
 #[must_use]
-pub(super) fn message(origin: u64, route: Option<&str>) -> String {
-    match route {
-        Some(route) => format!("{origin:016x} route:{route}"),
-        None => format!("{origin:016x} *"),
+pub(super) fn message(origin: u64, told: &Told) -> String {
+    match told {
+        Told::Purge(None) => format!("{origin:016x} *"),
+        Told::Purge(Some(route)) => format!("{origin:016x} route:{route}"),
+        Told::Refresh { route, key } => format!("{origin:016x} key:{}:{route}", key.hex()),
     }
 }
 
-/// What a purge message asks, if it is one: its origin and route (`None`: everything).
+/// What a message tells, if it is one of ours, and its origin.
 #[must_use]
-pub(super) fn parse(message: &str) -> Option<(u64, Option<String>)> {
+pub(super) fn parse(message: &str) -> Option<(u64, Told)> {
     let (origin, what) = message.split_once(' ')?;
     let origin = u64::from_str_radix(origin, 16).ok()?;
-    match what {
-        "*" => Some((origin, None)),
-        _ => Some((origin, Some(what.strip_prefix("route:")?.to_string()))),
+    if what == "*" {
+        return Some((origin, Told::Purge(None)));
     }
+    if let Some(route) = what.strip_prefix("route:") {
+        return Some((origin, Told::Purge(Some(route.to_string()))));
+    }
+    let (hex, route) = what.strip_prefix("key:")?.split_once(':')?;
+    let key = CacheKey(u128::from_str_radix(hex, 16).ok()?);
+    let route = route.to_string();
+    Some((origin, Told::Refresh { route, key }))
 }
 
 /// The tiers a purge told by another instance clears here.
@@ -47,6 +65,18 @@ pub(super) struct LocalTiers {
 }
 
 impl LocalTiers {
+    async fn follow(&self, told: Told) {
+        match told {
+            Told::Purge(route) => self.purge(route.as_deref()).await,
+            Told::Refresh { route, key } => {
+                self.memory.remove(key).await;
+                if let Some(disk) = &self.disk {
+                    disk.push(Change::Remove { key, route });
+                }
+            }
+        }
+    }
+
     async fn purge(&self, route: Option<&str>) {
         let memory = self.memory.purge(route).await;
         let disk = match &self.disk {
@@ -100,7 +130,7 @@ async fn subscribe(
             continue;
         };
         match parse(&text) {
-            Some((from, route)) if from != origin => local.purge(route.as_deref()).await,
+            Some((from, told)) if from != origin => local.follow(told).await,
             _ => {}
         }
     }
@@ -109,16 +139,29 @@ async fn subscribe(
 
 #[cfg(test)]
 mod tests {
-    use super::{message, parse};
+    use super::{message, parse, Told};
+    use crate::cache::CacheKey;
 
     #[test]
     fn messages_round_trip_and_junk_is_ignored() {
-        assert_eq!(parse(&message(7, None)), Some((7, None)));
-        assert_eq!(
-            parse(&message(u64::MAX, Some("chat v2"))),
-            Some((u64::MAX, Some("chat v2".into())))
-        );
-        for junk in ["", "zz *", "0000000000000001", "0000000000000001 drop"] {
+        let key = CacheKey(0xabc);
+        for told in [
+            Told::Purge(None),
+            Told::Purge(Some("chat v2".into())),
+            Told::Refresh {
+                route: "a:b".into(),
+                key,
+            },
+        ] {
+            assert_eq!(parse(&message(u64::MAX, &told)), Some((u64::MAX, told)));
+        }
+        for junk in [
+            "",
+            "zz *",
+            "0000000000000001",
+            "0000000000000001 drop",
+            "01 key:xyz:r",
+        ] {
             assert_eq!(parse(junk), None, "{junk}");
         }
     }

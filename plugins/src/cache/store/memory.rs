@@ -75,6 +75,12 @@ impl MemoryTier {
         }
     }
 
+    /// Removes one entry.
+    pub(super) async fn remove(&self, key: CacheKey) {
+        self.cache.invalidate(&key).await;
+        self.read_gauges();
+    }
+
     /// Removes all entries or one route's; returns how many.
     pub(super) async fn purge(&self, route: Option<&str>) -> u64 {
         let keys: Vec<CacheKey> = self

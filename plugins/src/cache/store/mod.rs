@@ -188,6 +188,32 @@ impl CacheStore {
         self.store_everywhere(key, entry, now_ms);
     }
 
+    /// Like [`CacheStore::put`] for a `no-cache` refresh: other instances drop their older copy
+    /// from their memory and disk tiers. They are told once the new entry is in Redis, so the
+    /// next lookup there finds it, not the old one.
+    pub fn put_refreshed(self: &Arc<Self>, key: CacheKey, route: &str, entry: Arc<Entry>) {
+        self.put(key, entry);
+        if self.redis.is_some() {
+            let store = Arc::clone(self);
+            let route = route.to_string();
+            self.handle.spawn(async move {
+                if let Some(r) = &store.redis {
+                    r.writes.flush().await;
+                }
+                store.tell(&invalidate::Told::Refresh { route, key }).await;
+            });
+        }
+    }
+
+    /// Tells the other instances on the same Redis what to follow in their own tiers.
+    async fn tell(&self, told: &invalidate::Told) {
+        if let Some(r) = &self.redis {
+            let channel = invalidate::channel(r.tier.prefix());
+            let message = invalidate::message(self.origin, told);
+            r.tier.publish(&channel, &message).await;
+        }
+    }
+
     /// Adaptive TTL: after a hit at `now_ms`, stores the entry with its extended expiry in
     /// every tier (L2/L3 in the background). An extension gaining less than a tenth of
     /// `extend_ms` is skipped, so hits on a hot entry do not each rewrite it.
@@ -221,12 +247,8 @@ impl CacheStore {
             }
         };
         let (memory, redis, disk) = tokio::join!(self.memory.purge(route), redis, disk);
-        if let Some(r) = &self.redis {
-            let channel = invalidate::channel(r.tier.prefix());
-            r.tier
-                .publish(&channel, &invalidate::message(self.origin, route))
-                .await;
-        }
+        let told = invalidate::Told::Purge(route.map(str::to_string));
+        self.tell(&told).await;
         PurgeCounts {
             memory,
             redis,
