@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod answer;
 mod gateway;
+pub mod load;
 mod metrics;
 mod mock;
 mod prometheus;
