@@ -3,7 +3,7 @@
 use crate::{free_port, listener_is_child, Proc, StartFailure, READY_WITHIN, START_ATTEMPTS};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -92,55 +92,63 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), StartFailure> {
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
-        let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(log.try_clone().expect("log clone"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn redis-server");
-        let mut proc = Proc { child };
-        let pid = proc.child.id();
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(StartFailure::Ports(format!("exited early ({status})")));
-            }
-            let answered = redis_ping(self.port).is_ok_and(|r| r == "+PONG");
-            match listener_is_child(pid, self.port) {
-                Some(false) => {
-                    return Err(StartFailure::Ports("another process holds its port".into()))
-                }
-                _ if answered => break,
-                _ => {}
-            }
-            if Instant::now() > deadline {
-                return Err(StartFailure::Stuck(format!(
-                    "no PONG after {READY_WITHIN:?}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.proc = Some(proc);
+        self.proc = Some(spawn_ready(self.dir.path(), &[self.port], &[])?);
         Ok(())
     }
 }
 
-/// The redis-server executable, from `PATH` or the sbin directories.
-fn redis_server() -> PathBuf {
+/// Starts redis-server on `ports[0]` in `dir` (its log in `redis.log` there), without
+/// persistence and with `extra` arguments, and waits until it answers PING. `Ports` when it
+/// exits early or another process holds one of `ports`: retry on fresh ones.
+pub(crate) fn spawn_ready(dir: &Path, ports: &[u16], extra: &[&str]) -> Result<Proc, StartFailure> {
+    let log = std::fs::File::create(dir.join("redis.log")).expect("log file");
+    let child = Command::new(installed("redis-server"))
+        .args(["--port", &ports[0].to_string(), "--bind", "127.0.0.1"])
+        .args(extra)
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(log.try_clone().expect("log clone"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn redis-server");
+    let mut proc = Proc { child };
+    let pid = proc.child.id();
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            return Err(StartFailure::Ports(format!("exited early ({status})")));
+        }
+        let answered = redis_ping(ports[0]).is_ok_and(|r| r == "+PONG");
+        let owners: Vec<Option<bool>> = ports.iter().map(|p| listener_is_child(pid, *p)).collect();
+        if owners.contains(&Some(false)) {
+            return Err(StartFailure::Ports("another process holds its port".into()));
+        }
+        if answered {
+            return Ok(proc);
+        }
+        if Instant::now() > deadline {
+            return Err(StartFailure::Stuck(format!(
+                "no PONG after {READY_WITHIN:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tool` (redis-server, redis-cli) from `PATH` or the sbin directories; panics when it is not
+/// installed: the tests that need it must fail, not skip.
+pub(crate) fn installed(tool: &str) -> PathBuf {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
         .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(tool))
         .find(|path| path.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "redis-server is not installed, and the shared cache and limits tests need a real \
-                 one: run `make deps` (Debian: apt-get install redis-server)"
+                "{tool} is not installed, and the shared cache and limits tests need a real one: \
+                 run `make deps` (Debian: apt-get install redis-server, which ships redis-cli)"
             )
         })
 }

@@ -1,7 +1,8 @@
 //! A real Redis Cluster per test (3 masters, 3 replicas), for the shared cache and limits on a
 //! cluster: never mocked.
 
-use crate::{free_port, listener_is_child, Proc, StartFailure, READY_WITHIN, START_ATTEMPTS};
+use crate::redis::{installed, spawn_ready};
+use crate::{free_port, Proc, StartFailure, READY_WITHIN, START_ATTEMPTS};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ impl RedisCluster {
     /// is not installed: the tests that need them must fail, not skip.
     #[must_use]
     pub fn start() -> RedisCluster {
-        let cli = redis_cli();
+        let cli = installed("redis-cli");
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<Node> = (0..NODES)
             .map(|i| Node::start(&dir.path().join(format!("node-{i}"))))
@@ -266,51 +267,20 @@ impl Node {
     }
 
     fn spawn(&mut self) -> Result<(), StartFailure> {
-        let log = std::fs::File::create(self.dir.join("redis.log")).expect("log file");
-        let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ])
-            .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
+        let bus_port = self.bus_port.to_string();
+        let cluster = [
+            ["--cluster-port", &bus_port],
+            ["--cluster-enabled", "yes"],
+            ["--cluster-config-file", "nodes.conf"],
+            ["--cluster-node-timeout", NODE_TIMEOUT_MS],
             // A replica takes over however long its link was down: failovers must not stall.
-            .args(["--cluster-replica-validity-factor", "0"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(log.try_clone().expect("log clone"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn redis-server");
-        let mut proc = Proc { child };
-        let pid = proc.child.id();
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(StartFailure::Ports(format!("exited early ({status})")));
-            }
-            let answered = command(self.port, &["PING"]).is_ok_and(|r| r == "PONG");
-            let owners = [self.port, self.bus_port].map(|p| listener_is_child(pid, p));
-            if owners.contains(&Some(false)) {
-                return Err(StartFailure::Ports(
-                    "another process holds its ports".into(),
-                ));
-            }
-            if answered && owners == [Some(true); 2] {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(StartFailure::Stuck(format!(
-                    "no PONG after {READY_WITHIN:?}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.proc = Some(proc);
+            ["--cluster-replica-validity-factor", "0"],
+        ];
+        self.proc = Some(spawn_ready(
+            &self.dir,
+            &[self.port, self.bus_port],
+            cluster.as_flattened(),
+        )?);
         Ok(())
     }
 
@@ -381,7 +351,7 @@ fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
 
 /// `redis-cli -c -p port args...`, its output trimmed; panics when it does not run.
 fn cli_on(port: u16, args: &[&str]) -> String {
-    let out = Command::new(redis_cli())
+    let out = Command::new(installed("redis-cli"))
         .args(["-c", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -393,30 +363,6 @@ fn cli_on(port: u16, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn redis_server() -> PathBuf {
-    installed("redis-server")
-}
-
-fn redis_cli() -> PathBuf {
-    installed("redis-cli")
-}
-
-/// `tool` from `PATH` or the sbin directories; panics when it is not installed.
-fn installed(tool: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{tool} is not installed, and the Redis Cluster tests need a real one: run \
-                 `make deps` (Debian: apt-get install redis-server, which ships redis-cli)"
-            )
-        })
 }
 
 #[cfg(test)]

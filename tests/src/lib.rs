@@ -10,11 +10,12 @@ pub use mock::{Mock, UpstreamCalls};
 pub use prometheus::Prometheus;
 pub use sluice_testkit::{free_port, Proc, RedisServer};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 mod answer;
 mod gateway;
+pub mod load;
 mod metrics;
 mod mock;
 mod prometheus;
@@ -36,6 +37,26 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs `sluice <subcommand> <args>` off the test's runtime and returns how it ended.
+pub async fn run_sluice(subcommand: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(bin("sluice"))
+        .arg(subcommand)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run sluice {subcommand}: {e}"))
+}
+
+/// The stdout of a successful `--json` run, parsed; fails the test, with stdout and stderr,
+/// when the run failed or printed something else.
+#[must_use]
+pub fn json_stdout(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// The workspace root.

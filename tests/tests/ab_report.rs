@@ -3,7 +3,9 @@
 //! over a window) and from a real Prometheus scraping it, must call the candidate slower.
 
 use futures_util::StreamExt;
-use sluice_e2e::{bin, chat_body, free_port, Gateway, Mock, Prometheus, PATIENCE};
+use sluice_e2e::{
+    chat_body, free_port, json_stdout, run_sluice, Gateway, Mock, Prometheus, PATIENCE,
+};
 use std::collections::HashMap;
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,14 +81,9 @@ async fn traffic(gw: &Gateway, done: &AtomicUsize) -> HashMap<String, u64> {
     by_variant
 }
 
-/// Runs `sluice ab-report` with `args`, off the test's runtime.
+/// Runs `sluice ab-report` with `args`.
 async fn ab_report(args: &[&str]) -> Output {
-    tokio::process::Command::new(bin("sluice"))
-        .arg("ab-report")
-        .args(args)
-        .output()
-        .await
-        .expect("run sluice ab-report")
+    run_sluice("ab-report", args).await
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -94,13 +91,6 @@ fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The `--json` report of a successful run.
-fn json(out: &Output) -> serde_json::Value {
-    let (stdout, stderr) = text(out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// Asserts the text report's verdict calls the candidate slower at p < 0.01 (as printed).
@@ -153,7 +143,7 @@ async fn the_report_from_metrics_calls_the_slower_candidate_slower() {
         ab_report(&[&args[..], &["--json"]].concat()).await
     };
     let (by_variant, windowed) = tokio::join!(traffic(&gw, &done), windowed);
-    let window = json(&windowed);
+    let window = json_stdout(&windowed);
     let in_window = window["requests"].as_u64().expect("requests");
     assert!(
         (1..REQUESTS as u64).contains(&in_window),
@@ -165,7 +155,8 @@ async fn the_report_from_metrics_calls_the_slower_candidate_slower() {
     let out = ab_report(&["--metrics", &metrics, "--route", "chat"]).await;
     assert_text_says_slower(&out);
     println!("{}", text(&out).0);
-    let report = json(&ab_report(&["--metrics", &metrics, "--route", "chat", "--json"]).await);
+    let report =
+        json_stdout(&ab_report(&["--metrics", &metrics, "--route", "chat", "--json"]).await);
     assert_json_says_slower(&report);
     assert_eq!(report["requests"], REQUESTS as u64);
     for v in report["variants"].as_array().expect("variants") {
@@ -302,7 +293,9 @@ async fn the_report_from_prometheus_calls_the_slower_candidate_slower() {
     ];
     let out = ab_report(&args).await;
     assert_text_says_slower(&out);
-    assert_json_says_slower(&json(&ab_report(&[&args[..], &["--json"]].concat()).await));
+    assert_json_says_slower(&json_stdout(
+        &ab_report(&[&args[..], &["--json"]].concat()).await,
+    ));
     let (stdout, _) = text(&out);
     assert!(
         stdout.starts_with(&format!(

@@ -5,9 +5,8 @@
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
+use sluice_e2e::load::{assert_answered, assert_near, client, fire, tally, Load};
 use sluice_e2e::{config, free_port, metric_sum, Gateway, Mock, RedisServer, PATIENCE};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // === Helpers ===
@@ -32,13 +31,6 @@ fn limited(mock: &Mock, redis_url: &str, limit: &str) -> String {
     )
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
-
 async fn fallbacks(gw: &Gateway) -> f64 {
     metric_sum(&gw.metrics().await, FALLBACKS, &[])
 }
@@ -54,119 +46,6 @@ async fn assert_shared(gws: &[&Gateway]) {
     }
 }
 
-/// One small chat request with API key `key`: its status when 200 or 429, else what went
-/// wrong (another status with its body, or a transport error).
-async fn fire(client: reqwest::Client, url: String, key: &'static str) -> Result<u16, String> {
-    let resp = client
-        .post(format!("{url}/v1/chat/completions"))
-        .header("authorization", key)
-        .header("content-type", "application/json")
-        .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
-        .send()
-        .await
-        .map_err(|e| format!("transport: {e:?}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| format!("{status}, body: {e:?}"))?;
-    match status {
-        200 | 429 => Ok(status),
-        _ => Err(format!("{status}: {body}")),
-    }
-}
-
-/// One request of a load: which gateway, when it was sent, how it was answered.
-struct Shot {
-    gw: usize,
-    at: Instant,
-    answer: Result<u16, String>,
-}
-
-/// Steady load: `per_sec` requests per second to each gateway, each request its own task so a
-/// slow answer never holds the pace back.
-struct Load {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Shot>>,
-}
-
-impl Load {
-    fn start(client: &reqwest::Client, gws: &[&Gateway], per_sec: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let urls: Vec<String> = gws.iter().map(|g| g.url.clone()).collect();
-        let (client, stopped) = (client.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec);
-            let mut sent = Vec::new();
-            while !stopped.load(Ordering::Relaxed) {
-                tick.tick().await;
-                for (gw, url) in urls.iter().enumerate() {
-                    let req = tokio::spawn(fire(client.clone(), url.clone(), KEY));
-                    sent.push((gw, Instant::now(), req));
-                }
-            }
-            let mut shots = Vec::new();
-            for (gw, at, req) in sent {
-                let answer = req.await.unwrap_or_else(|e| Err(format!("task: {e}")));
-                shots.push(Shot { gw, at, answer });
-            }
-            shots
-        });
-        Load { stop, task }
-    }
-
-    /// Stops sending and returns every request once answered.
-    async fn finish(self) -> Vec<Shot> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("load task")
-    }
-}
-
-/// Fails on any answer other than 200 or 429.
-fn assert_answered(shots: &[Shot], gws: &[&Gateway]) {
-    let bad: Vec<String> = shots
-        .iter()
-        .filter_map(|s| {
-            s.answer
-                .as_ref()
-                .err()
-                .map(|e| format!("gateway {}: {e}", s.gw))
-        })
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{} of {} requests were not answered 200/429: {:?}\nlogs:\n{}",
-        bad.len(),
-        shots.len(),
-        &bad[..bad.len().min(10)],
-        gws.iter()
-            .map(|g| g.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
-}
-
-/// Per gateway: (sent, admitted) among the requests sent in `[from, to)`.
-fn tally(shots: &[Shot], from: Instant, to: Instant) -> [(usize, usize); 2] {
-    let mut out = [(0, 0); 2];
-    for s in shots.iter().filter(|s| s.at >= from && s.at < to) {
-        out[s.gw].0 += 1;
-        out[s.gw].1 += usize::from(s.answer == Ok(200));
-    }
-    out
-}
-
-/// Asserts that `admitted` is within `tolerance` (a fraction, plus 2 requests for the window's
-/// edges) of `expected`.
-fn assert_near(what: &str, admitted: usize, expected: f64, tolerance: f64) {
-    let margin = expected * tolerance + 2.0;
-    println!("{what}: admitted {admitted}, expected ≈ {expected:.1} (± {margin:.1})");
-    assert!(
-        (admitted as f64 - expected).abs() <= margin,
-        "{what}: admitted {admitted}, expected {expected:.1} ± {margin:.1}"
-    );
-}
-
 // === 1. One request budget for two instances ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +58,7 @@ async fn two_instances_admit_one_shared_request_budget() {
 
     // 20 at once to A alone (another key): the whole burst (10), not A's local share (5).
     let started = Instant::now();
-    let probe = "Bearer sk-probe";
+    let probe = Some("Bearer sk-probe");
     let burst = join_all((0..20).map(|_| fire(c.clone(), a.url.clone(), probe))).await;
     let took = started.elapsed().as_secs_f64();
     assert!(burst.iter().all(Result::is_ok), "{burst:?}");
@@ -191,7 +70,7 @@ async fn two_instances_admit_one_shared_request_budget() {
     );
 
     // ~20 req/s to each for 4 s: one budget (10 + 10 × 4 ≈ 50), not two (≈ 100).
-    let load = Load::start(&c, &[&a, &b], 20);
+    let load = Load::start(&c, &[&a, &b], 20, Some(KEY));
     tokio::time::sleep(Duration::from_secs(4)).await;
     let shots = load.finish().await;
     assert_answered(&shots, &[&a, &b]);
@@ -311,7 +190,7 @@ async fn redis_outage_falls_back_to_local_shares_and_recovers_without_restart() 
     let c = client();
 
     let t_start = Instant::now();
-    let load = Load::start(&c, &gws, 20);
+    let load = Load::start(&c, &gws, 20, Some(KEY));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t_kill = Instant::now();
     redis.stop();
@@ -348,7 +227,7 @@ async fn redis_outage_falls_back_to_local_shares_and_recovers_without_restart() 
 
     let secs = |from: Instant, to: Instant| (to - from).as_secs_f64();
     let phase = |name: &str, from: Instant, to: Instant| {
-        let t = tally(&shots, from, to);
+        let t = tally::<2>(&shots, from, to);
         let d = secs(from, to);
         println!(
             "{name} ({d:.2}s): (sent, admitted) A {:?}, B {:?}",
@@ -408,7 +287,7 @@ async fn unreachable_redis_at_startup_serves_from_the_local_share() {
     let c = client();
 
     let started = Instant::now();
-    let answers = join_all((0..20).map(|_| fire(c.clone(), gw.url.clone(), KEY))).await;
+    let answers = join_all((0..20).map(|_| fire(c.clone(), gw.url.clone(), Some(KEY)))).await;
     let took = started.elapsed().as_secs_f64();
     assert!(
         answers.iter().all(Result::is_ok),

@@ -6,7 +6,7 @@
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use sluice_e2e::{bin, free_port, metric_sum, Gateway, Mock, Prometheus};
+use sluice_e2e::{free_port, json_stdout, metric_sum, run_sluice, Gateway, Mock, Prometheus};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -77,22 +77,9 @@ async fn send_until(
         .await
 }
 
-/// Runs `sluice report` with `args`, off the test's runtime.
+/// Runs `sluice report` with `args`.
 async fn report(args: &[&str]) -> Output {
-    tokio::process::Command::new(bin("sluice"))
-        .arg("report")
-        .args(args)
-        .output()
-        .await
-        .expect("run sluice report")
-}
-
-/// The `--json` report of a successful run.
-fn json(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    run_sluice("report", args).await
 }
 
 /// The findings of `kind`.
@@ -218,7 +205,7 @@ async fn the_report_names_the_slow_endpoint_the_limited_route_and_the_useless_ca
         (out, text)
     };
     let ((out, text), chats) = tokio::join!(window, t.traffic(&stop));
-    let r = json(&out);
+    let r = json_stdout(&out);
     println!("{r:#}");
     let window_s = r["window_s"].as_f64().expect("window_s");
     assert!((3.0..3.5).contains(&window_s), "{window_s}");
@@ -286,7 +273,7 @@ async fn a_quiet_healthy_sluice_gets_no_warning() {
         send_until(&gw, "m", 5, 2, Duration::from_millis(10), &stop)
     );
     assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
-    let r = json(&out);
+    let r = json_stdout(&out);
     println!("{r:#}");
     let chat = route(&r, "chat");
     assert!(chat["requests"].as_u64().unwrap() >= 20, "{r:#}");
@@ -362,7 +349,7 @@ async fn the_report_from_prometheus_names_the_same_problems() {
         .await;
     // The traffic is a third of the range: the latency estimate's busiest tenth is in it.
     let out = report(&["--json", "--prometheus", &prometheus.url, "--range", "15s"]).await;
-    let r = json(&out);
+    let r = json_stdout(&out);
     println!("{r:#}");
     assert_eq!(r["window_s"], 15.0);
     t.assert_named(&r);
