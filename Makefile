@@ -60,11 +60,6 @@ run: build-release
 	echo ""; \
 	wait $$sluice
 
-# A local Redis Cluster (3 masters + 3 replicas, ports 7000-7005; FIRST_PORT=... moves them)
-# to try shared limits and the cache on; docs/scaling.md.
-redis-cluster: deps
-	tools/redis-cluster.sh
-
 # A local Redis Cluster (3 masters + 3 replicas on ports 7000-7005; FIRST_PORT=7100 moves
 # them) to try shared limits and the cache on (docs/scaling.md); Ctrl-C stops it.
 redis-cluster:
