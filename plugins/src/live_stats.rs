@@ -96,24 +96,18 @@ fn ratio(part: f64, whole: f64) -> Option<f64> {
 /// One route's figures from `delta`, the window's increases.
 fn route_stats(delta: &Scrape, route: &str, window_s: f64) -> RouteStats {
     let r = [("route", route)];
-    let count = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        delta
-            .matching(name, labels)
-            .map(|s| s.value)
-            .fold(0.0, |a, b| a + b)
-    };
-    let requests = count("sluice_requests_total", &r);
+    let requests = delta.sum("sluice_requests_total", &r);
     let errors = delta
         .matching("sluice_requests_total", &r)
         .filter(|s| s.label("code").is_some_and(|c| c.starts_with('5')))
         .map(|s| s.value)
         .fold(0.0, |a, b| a + b);
-    let limited = count(
+    let limited = delta.sum(
         "sluice_requests_total",
         &[("route", route), ("code", "429")],
     );
     let cache = |result: &str| {
-        count(
+        delta.sum(
             "sluice_cache_requests_total",
             &[("route", route), ("result", result)],
         )
@@ -164,12 +158,7 @@ fn endpoints(scrape: &Scrape) -> Vec<EndpointStats> {
 
 fn variants(delta: &Scrape) -> Vec<VariantShare> {
     let weights: Vec<&Sample> = delta.matching("sluice_split_weight", &[]).collect();
-    let answers = |labels: &[(&str, &str)]| -> f64 {
-        delta
-            .matching("sluice_requests_total", labels)
-            .map(|s| s.value)
-            .fold(0.0, |a, b| a + b)
-    };
+    let answers = |labels: &[(&str, &str)]| delta.sum("sluice_requests_total", labels);
     weights
         .iter()
         .map(|w| {

@@ -66,7 +66,10 @@ impl Scrape {
     /// The sum of the [`matching`](Scrape::matching) samples' values (0 when there are none).
     #[must_use]
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|s| s.value).sum()
+        // From +0.0: `Iterator::sum` of no floats is -0.0, which JSON would show as `-0.0`.
+        self.matching(name, labels)
+            .map(|s| s.value)
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Histogram `family` over the series that carry all of `labels`, summed over the rest.
