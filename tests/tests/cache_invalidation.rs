@@ -1,29 +1,55 @@
-//! A purge on one instance reaches the others: two gateways share a Redis; an answer B holds in
-//! its own memory tier is gone from it within a second of a purge sent to A.
+//! Purges and refreshes on one instance reach the others: two gateways share a Redis; an answer
+//! B holds in its own memory tier is gone from it within a second of a purge sent to A, and
+//! replaced within a second of A's `no-cache` refresh.
 
 mod cache_support;
 
 use cache_support::{chat, gateway, post};
-use sluice_e2e::{Mock, RedisServer};
+use sluice_e2e::{Gateway, Mock, RedisServer};
 use std::time::{Duration, Instant};
 
-#[tokio::test]
-async fn a_purge_on_one_instance_empties_the_others_memory_within_a_second() {
-    let mock = Mock::start("a", &[]);
-    let redis = RedisServer::start();
-    let top = format!(
-        "redis:\n  url: \"{}\"\n  timeout: 200ms\ncache:\n  redis: true\n",
-        redis.url()
-    );
-    let (a, b) = (gateway(&mock, "", &top), gateway(&mock, "", &top));
-    let c = reqwest::Client::new();
-    let body = chat("m", "purge me everywhere", false);
+/// Two gateways with a caching route over one mock, sharing one Redis.
+struct Pair {
+    a: Gateway,
+    b: Gateway,
+    redis: RedisServer,
+    _mock: Mock,
+}
 
-    assert_eq!(post(&a, &c, body.clone(), &[]).await.cache(), "miss");
+impl Pair {
+    fn start() -> Pair {
+        let mock = Mock::start("a", &[]);
+        let redis = RedisServer::start();
+        let top = format!(
+            "redis:\n  url: \"{}\"\n  timeout: 200ms\ncache:\n  redis: true\n",
+            redis.url()
+        );
+        let (a, b) = (gateway(&mock, "", &top), gateway(&mock, "", &top));
+        Pair {
+            a,
+            b,
+            redis,
+            _mock: mock,
+        }
+    }
+}
+
+/// Waits (up to 5 s) until the background writer has put an entry into Redis.
+async fn stored_in(redis: &RedisServer) {
     let stored = Instant::now() + Duration::from_secs(5);
     while redis.dbsize() == 0 && Instant::now() < stored {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_purge_on_one_instance_empties_the_others_memory_within_a_second() {
+    let Pair { a, b, redis, _mock } = Pair::start();
+    let c = reqwest::Client::new();
+    let body = chat("m", "purge me everywhere", false);
+
+    assert_eq!(post(&a, &c, body.clone(), &[]).await.cache(), "miss");
+    stored_in(&redis).await;
     // B finds it in Redis, then holds it in its own memory tier.
     assert_eq!(post(&b, &c, body.clone(), &[]).await.cache(), "hit");
     assert_eq!(post(&b, &c, body.clone(), &[]).await.cache(), "hit");
@@ -52,22 +78,13 @@ async fn a_purge_on_one_instance_empties_the_others_memory_within_a_second() {
 
 #[tokio::test]
 async fn a_no_cache_refresh_on_one_instance_replaces_the_others_copy_within_a_second() {
-    let mock = Mock::start("a", &[]);
-    let redis = RedisServer::start();
-    let top = format!(
-        "redis:\n  url: \"{}\"\n  timeout: 200ms\ncache:\n  redis: true\n",
-        redis.url()
-    );
-    let (a, b) = (gateway(&mock, "", &top), gateway(&mock, "", &top));
+    let Pair { a, b, redis, _mock } = Pair::start();
     let c = reqwest::Client::new();
     let body = chat("m", "refresh me everywhere", false);
 
     let first = post(&a, &c, body.clone(), &[]).await;
     assert_eq!(first.cache(), "miss");
-    let stored = Instant::now() + Duration::from_secs(5);
-    while redis.dbsize() == 0 && Instant::now() < stored {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stored_in(&redis).await;
     let held = post(&b, &c, body.clone(), &[]).await;
     assert_eq!(
         (held.cache(), held.body.as_str()),
